@@ -1,0 +1,294 @@
+"""Manifold-key attention modules: drop-in replacements for timm's ViT and Swin attention.
+
+`ManifoldAttention` takes timm's `timm.layers.Attention` constructor and forward arguments;
+`ManifoldWindowAttention` subclasses timm's Swin `WindowAttention` (relative position bias,
+`set_window_size` and the shifted-window `mask` are inherited). Both replace the key rows of
+timm's shared `qkv` projection with a `ManifoldKey`; queries and values keep their projection
+`qv` (rows [q; v]).
+
+Two attention paths, side by side as in timm:
+    fused: `F.scaled_dot_product_attention` (no N×N matrix is materialised);
+    eager: softmax(q kᵀ·scale + bias), then `attn_drop`, then @ v — timm's `AttentionExtract`
+           (module names "*attn_drop") and captum layer hooks find the attention there.
+The eager path runs when `fused_attn` is False or a recorder is attached (`mkviz.record_attention`).
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Type
+import warnings
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from timm.layers import use_fused_attn
+from timm.layers.attention import maybe_add_mask, resolve_self_attn_mask
+from timm.models.swin_transformer import WindowAttention
+
+from .key import ManifoldKey
+
+__all__ = ["ContextBroadcast", "ManifoldAttention", "ManifoldWindowAttention", "attn_layer"]
+
+# recorder(module, x, q, attn): called on the eager path with the block input x (B, N, C_in),
+# the queries q (B, heads, N, d) after q_norm, and attn (B, heads, N, N) after softmax.
+Recorder = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], None]
+
+
+class ContextBroadcast(nn.Module):
+    """Context broadcasting (Hyeon-Woo et al., ICCV 2023): y + γ ⊙ mean_n(y).
+
+    Applied to the attention output after `proj` (our placement; see DESIGN.md §1). γ (C,) is
+    trainable: 1 from scratch (the paper's plain CB), 0 when converting a pretrained model, so
+    that the conversion is exact and CB is learned in.
+    """
+
+    def __init__(self, dim: int, init_scale: float = 1.0, device=None, dtype=None) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.full((dim,), float(init_scale), device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, N, C) -> (B, N, C)."""
+        return x + self.scale * x.mean(dim=1, keepdim=True)
+
+
+class _ManifoldQKV(nn.Module):
+    """Shared parts of both modules: the q/v projection, the manifold key, the attention core."""
+
+    num_heads: int
+    head_dim: int
+    attn_dim: int
+    scale: float
+    fused_attn: bool
+
+    def _build_manifold(
+            self, dim: int, qkv_bias: bool, variant: str, num_charts: int, kernel_size: int,
+            expand_from: str, ua_weight: float, dd: dict,
+    ) -> None:
+        self.qv = nn.Linear(dim, self.attn_dim * 2, bias=qkv_bias, **dd)  # rows [q; v]
+        self.key = ManifoldKey(
+            dim, self.attn_dim, variant=variant, num_charts=num_charts, kernel_size=kernel_size,
+            expand_from=expand_from, bias=qkv_bias, ua_weight=ua_weight, **dd,
+        )
+        self.recorder: Optional[Recorder] = None
+
+    def _check_width(self, x: torch.Tensor) -> None:
+        if x.dim() != 3 or x.shape[-1] != self.key.in_dim:
+            raise ValueError(
+                f"x: expected shape (batch, tokens, {self.key.in_dim}) for an attention of width "
+                f"{self.key.in_dim}; got {tuple(x.shape)}"
+            )
+
+    def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x: (B, N, C_in) -> q, k, v each (B, heads, N, head_dim), before q/k norms."""
+        B, N, _ = x.shape
+        A = self.attn_dim
+        if self.key.foldable and self.key.impl == "fast":
+            # the whole key path is one (A, C_in) matrix: run q, k, v as ONE matmul like timm
+            k_weight, k_bias = self.key.effective_linear()
+            weight = torch.cat([self.qv.weight[:A], k_weight, self.qv.weight[A:]])  # (3A, C_in)
+            bias = None
+            if self.qv.bias is not None:
+                bias = torch.cat([self.qv.bias[:A], k_bias, self.qv.bias[A:]])  # (3A,)
+            qkv = F.linear(x, weight, bias)  # (B, N, 3A)
+            qkv = qkv.reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            return qkv.unbind(0)  # each (B, heads, N, d)
+        qv = self.qv(x).reshape(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, v = qv.unbind(0)  # each (B, heads, N, d)
+        k = self.key(x).reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # (B, heads, N, d)
+        return q, k, v
+
+    def _attend(
+            self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+            attn_bias: Optional[torch.Tensor], is_causal: bool = False,
+    ) -> torch.Tensor:
+        """Attention core. q, k, v: (B, heads, N, d); attn_bias additive, broadcastable to
+        (B, heads, N, N). Returns (B, N, heads·d)."""
+        B, _, N, _ = q.shape
+        if self.fused_attn and self.recorder is None:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_bias,
+                dropout_p=self.attn_drop.p if self.training else 0.,
+                is_causal=is_causal and attn_bias is None,
+            )
+        else:
+            logits = (q * self.scale) @ k.transpose(-2, -1)  # (B, heads, N, N)
+            if is_causal:
+                attn_bias = resolve_self_attn_mask(N, logits, None, True)
+            logits = maybe_add_mask(logits, attn_bias)
+            attn = logits.softmax(dim=-1)
+            if self.recorder is not None:
+                self.recorder(self, x, q, attn)
+            attn = self.attn_drop(attn)
+            out = attn @ v  # (B, heads, N, d)
+        return out.transpose(1, 2).reshape(B, N, self.attn_dim)
+
+
+class ManifoldAttention(_ManifoldQKV):
+    """Multi-head self-attention with a manifold key; drop-in for `timm.layers.Attention`.
+
+    Takes timm's constructor arguments (dim, num_heads, attn_head_dim, dim_out, qkv_bias,
+    qk_norm, scale_norm, proj_bias, gated, attn_drop, proj_drop, norm_layer, device, dtype;
+    unknown extras are accepted with a warning) plus the manifold-key options:
+
+    Args:
+        variant: "vanillak", "simplek", "spatialk" or "kua" (case-insensitive).
+        num_charts: number of charts H.
+        kernel_size: chart-map kernel size (odd).
+        expand_from: "key" (expand the projected key) or "input" (expand the tokens).
+        context_broadcast: add γ ⊙ token mean to the output (`ContextBroadcast`).
+        ua_weight: KUA's unbalanced-atlas regulariser weight λ.
+
+    forward(x (B, N, dim), attn_mask=None, is_causal=False) -> (B, N, dim_out).
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int = 8,
+            attn_head_dim: Optional[int] = None,
+            dim_out: Optional[int] = None,
+            qkv_bias: bool = False,
+            qk_norm: bool = False,
+            scale_norm: bool = False,
+            proj_bias: bool = True,
+            gated: bool = False,
+            attn_drop: float = 0.,
+            proj_drop: float = 0.,
+            norm_layer: Optional[Type[nn.Module]] = None,
+            device=None,
+            dtype=None,
+            *,
+            variant: str = "vanillak",
+            num_charts: int = 8,
+            kernel_size: int = 1,
+            expand_from: str = "key",
+            context_broadcast: bool = False,
+            ua_weight: float = 0.0,
+            **kwargs,
+    ) -> None:
+        super().__init__()
+        if kwargs:
+            warnings.warn(f"ManifoldAttention ignores unknown arguments: {sorted(kwargs)}", stacklevel=2)
+        dd = {"device": device, "dtype": dtype}
+        dim_out = dim_out or dim
+        head_dim = attn_head_dim
+        if head_dim is None:
+            if dim % num_heads:
+                raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
+            head_dim = dim // num_heads
+        if (qk_norm or scale_norm) and norm_layer is None:
+            raise ValueError("norm_layer must be given when qk_norm or scale_norm is True")
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.attn_dim = num_heads * head_dim
+        self.scale = head_dim ** -0.5
+        self.fused_attn = use_fused_attn()
+
+        self._build_manifold(dim, qkv_bias, variant, num_charts, kernel_size, expand_from, ua_weight, dd)
+        self.q_norm = norm_layer(head_dim, **dd) if qk_norm else nn.Identity()
+        self.k_norm = norm_layer(head_dim, **dd) if qk_norm else nn.Identity()
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.norm = norm_layer(self.attn_dim, **dd) if scale_norm else nn.Identity()
+        self.gate = nn.Linear(dim, self.attn_dim, bias=qkv_bias, **dd) if gated else None
+        self.proj = nn.Linear(self.attn_dim, dim_out, bias=proj_bias, **dd)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.context_broadcast = ContextBroadcast(dim_out, **dd) if context_broadcast else None
+
+    def forward(
+            self,
+            x: torch.Tensor,
+            attn_mask: Optional[torch.Tensor] = None,
+            is_causal: bool = False,
+    ) -> torch.Tensor:
+        self._check_width(x)
+        B, N, _ = x.shape
+        gate = self.gate(x).sigmoid() if self.gate is not None else None
+        q, k, v = self.project_qkv(x)  # each (B, heads, N, d)
+        q, k = self.q_norm(q), self.k_norm(k)
+        bias = None
+        if attn_mask is not None and not is_causal:
+            bias = resolve_self_attn_mask(N, q, attn_mask, False) if attn_mask.dtype == torch.bool else attn_mask
+        out = self._attend(x, q, k, v, bias, is_causal)  # (B, N, A)
+        out = self.norm(out)
+        if gate is not None:
+            out = out * gate
+        out = self.proj_drop(self.proj(out))
+        if self.context_broadcast is not None:
+            out = self.context_broadcast(out)
+        return out
+
+
+class ManifoldWindowAttention(_ManifoldQKV, WindowAttention):
+    """Swin window attention with a manifold key; drop-in for timm's Swin `WindowAttention`.
+
+    Keeps the relative position bias table and the shifted-window `mask`. Manifold-key options
+    as in `ManifoldAttention`. Note: with kernel_size > 1 the chart maps slide along each
+    window's row-major token order.
+
+    forward(x (B·num_windows, N, C), mask (num_windows, N, N) of 0/-inf or None) -> same shape as x.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int,
+            head_dim: Optional[int] = None,
+            window_size=7,
+            qkv_bias: bool = True,
+            attn_drop: float = 0.,
+            proj_drop: float = 0.,
+            device=None,
+            dtype=None,
+            *,
+            variant: str = "vanillak",
+            num_charts: int = 8,
+            kernel_size: int = 1,
+            expand_from: str = "key",
+            context_broadcast: bool = False,
+            ua_weight: float = 0.0,
+            **kwargs,
+    ) -> None:
+        dd = {"device": device, "dtype": dtype}
+        timm_dd = {k: v for k, v in dd.items() if v is not None}  # older timm lacks these
+        WindowAttention.__init__(self, dim, num_heads, head_dim=head_dim, window_size=window_size,
+                                 qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop, **timm_dd)
+        if kwargs:
+            warnings.warn(f"ManifoldWindowAttention ignores unknown arguments: {sorted(kwargs)}", stacklevel=2)
+        del self.qkv
+        self.head_dim = head_dim or dim // num_heads
+        self.attn_dim = self.head_dim * num_heads
+        self._build_manifold(dim, qkv_bias, variant, num_charts, kernel_size, expand_from, ua_weight, dd)
+        self.context_broadcast = ContextBroadcast(dim, **dd) if context_broadcast else None
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        self._check_width(x)
+        B_, N, _ = x.shape
+        q, k, v = self.project_qkv(x)  # each (B·nW, heads, N, d)
+        bias = self._get_rel_pos_bias()  # (1, heads, N, N)
+        if mask is not None:
+            num_win = mask.shape[0]
+            bias = bias.view(1, 1, self.num_heads, N, N) + mask.view(1, num_win, 1, N, N)
+            bias = bias.expand(B_ // num_win, -1, -1, -1, -1).reshape(B_, self.num_heads, N, N)
+        out = self._attend(x, q, k, v, bias)  # (B·nW, N, A)
+        out = self.proj_drop(self.proj(out))
+        if self.context_broadcast is not None:
+            out = self.context_broadcast(out)
+        return out
+
+
+def attn_layer(**manifold_kwargs) -> type:
+    """A `ManifoldAttention` subclass with the given defaults, usable as timm's `attn_layer`.
+
+    Example: `timm.create_model("vit_small_patch16_224", attn_layer=attn_layer(variant="kua", num_charts=4))`
+    builds a from-scratch model whose blocks use the manifold key (timm needs a class, not a partial).
+    """
+    probe = ManifoldKey(8, 8, **{k: v for k, v in manifold_kwargs.items()
+                                 if k in ("variant", "kernel_size", "expand_from")})
+    del probe  # validates the names early, with the usual errors
+
+    class _ConfiguredManifoldAttention(ManifoldAttention):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**manifold_kwargs, **kwargs})
+
+    _ConfiguredManifoldAttention.__name__ = "ManifoldAttention"
+    _ConfiguredManifoldAttention.__qualname__ = "ManifoldAttention"
+    return _ConfiguredManifoldAttention

@@ -1,0 +1,33 @@
+"""The `mkviz` command: `mkviz demo | bench | train ...`; each subcommand is a module's `main(argv)`."""
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Optional, Sequence
+
+COMMANDS = {
+    "demo": ("mkviz.demo", "run the main job: models, attention pictures and a report"),
+    "bench": ("mkviz.bench", "benchmarks against timm's baseline (parameters, FLOPs, speed)"),
+    "train": ("mkviz.train", "train or fine-tune a baseline or manifold-key model"),
+}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        lines = ["usage: mkviz COMMAND [ARGS]", "", "commands:"]
+        lines += [f"  {name:<7} {help_}" for name, (_, help_) in COMMANDS.items()]
+        known = argv and argv[0] not in ("-h", "--help")
+        print(("mkviz: unknown command " + repr(argv[0]) + "\n\n" if known else "") + "\n".join(lines),
+              file=sys.stderr if known else sys.stdout)
+        return 2 if known else 0
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    try:
+        return int(module.main(argv[1:]) or 0)
+    except (ValueError, FileNotFoundError) as err:  # bad input: one clear line, no traceback wall
+        print(f"mkviz {argv[0]}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
