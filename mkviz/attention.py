@@ -28,9 +28,10 @@ from .key import ManifoldKey
 
 __all__ = ["ContextBroadcast", "ManifoldAttention", "ManifoldWindowAttention", "attn_layer"]
 
-# recorder(module, x, q, attn): called on the eager path with the block input x (B, N, C_in),
-# the queries q (B, heads, N, d) after q_norm, and attn (B, heads, N, N) after softmax.
-Recorder = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], None]
+# recorder(module, x, q, attn, attn_bias): called on the eager path with the block input x (B, N, C_in),
+# the queries q (B, heads, N, d) after q_norm, attn (B, heads, N, N) after softmax, and the additive
+# logit bias (mask, causal mask, Swin's relative position bias + shift mask) broadcastable to attn, or None.
+Recorder = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]], None]
 
 
 class ContextBroadcast(nn.Module):
@@ -116,7 +117,7 @@ class _ManifoldQKV(nn.Module):
             logits = maybe_add_mask(logits, attn_bias)
             attn = logits.softmax(dim=-1)
             if self.recorder is not None:
-                self.recorder(self, x, q, attn)
+                self.recorder(self, x, q, attn, attn_bias)
             attn = self.attn_drop(attn)
             out = attn @ v  # (B, heads, N, d)
         return out.transpose(1, 2).reshape(B, N, self.attn_dim)
