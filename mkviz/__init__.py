@@ -4,11 +4,16 @@
     ManifoldKey                        the key path (mkviz.key)
     ManifoldAttention, ...             drop-in attention modules (mkviz.attention)
     count_params / count_flops         cost (mkviz.cost)
+    record_attention                   fused and per-chart attention, chart keys (mkviz.record)
+    integrated_gradients, ...          captum attributions: pixels, patches, attention (mkviz.attribution)
 """
 from .attention import ContextBroadcast, ManifoldAttention, ManifoldWindowAttention, attn_layer
 from .convert import convert, create_model, fold, manifold_modules, unbalanced_atlas_loss
 from .cost import count_flops, count_params, key_impl
 from .key import VARIANTS, ManifoldKey
+from .record import AttentionRecording, attention_layers, record_attention, select_layers
+from .attribution import (attention_attribution, attention_replaced, eager_attention, integrated_gradients,
+                          layer_integrated_gradients)
 
 __version__ = "0.1.0"
 
@@ -16,4 +21,7 @@ __all__ = [
     "VARIANTS", "ManifoldKey", "ContextBroadcast", "ManifoldAttention", "ManifoldWindowAttention", "attn_layer",
     "convert", "create_model", "fold", "manifold_modules", "unbalanced_atlas_loss",
     "count_params", "count_flops", "key_impl",
+    "AttentionRecording", "record_attention", "attention_layers", "select_layers",
+    "integrated_gradients", "layer_integrated_gradients", "attention_attribution", "attention_replaced",
+    "eager_attention",
 ]
