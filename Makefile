@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lab bench-params clean
+.PHONY: install chromium demo test lab bench-params clean
 
 install: $(STAMP)
 
@@ -17,8 +17,17 @@ $(STAMP): pyproject.toml constraints.txt
 demo: install
 	$(BIN)/mkviz demo
 
-test: install
+test: install chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Browser tests drive Debian's chromium with Playwright (never `playwright install`: it downloads).
+# Installed through the package manager when possible; otherwise those tests skip and say why.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	      || echo "mkviz: could not install chromium; browser tests will be skipped"; \
+	  else echo "mkviz: chromium not found and cannot be installed here; browser tests will be skipped"; fi; }
 
 lab: install
 	$(BIN)/jupyter lab notebooks/

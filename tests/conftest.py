@@ -27,3 +27,30 @@ def small_swin(**kwargs) -> torch.nn.Module:
 def seeded():
     torch.manual_seed(0)
     yield
+
+
+# ----------------------------------------------------------------------------- browser
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-quic", "--no-first-run", "--disable-sync"]
+
+
+def chromium_path() -> str | None:
+    import shutil
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Debian chromium driven by Playwright (`make test` installs chromium when it can)."""
+    path = chromium_path()
+    if path is None:
+        pytest.skip("browser test skipped: no chromium on this machine (make test installs Debian's "
+                    "chromium with apt-get when run as root)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("browser test skipped: playwright is not installed (pip install -e '.[test]')")
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
