@@ -6,6 +6,8 @@
     count_params / count_flops         cost (mkviz.cost)
     record_attention                   fused and per-chart attention, chart keys (mkviz.record)
     integrated_gradients, ...          captum attributions: pixels, patches, attention (mkviz.attribution)
+    ChartExplorer, ChartCountExplorer  interactive explorers, ipywidgets + plotly (mkviz.viz)
+    mkviz.figures                      plain plotly figures (overlays, chart maps, similarity, curves, tables)
 """
 from .attention import ContextBroadcast, ManifoldAttention, ManifoldWindowAttention, attn_layer
 from .convert import convert, create_model, fold, manifold_modules, unbalanced_atlas_loss
@@ -14,6 +16,9 @@ from .key import VARIANTS, ManifoldKey
 from .record import AttentionRecording, attention_layers, record_attention, select_layers
 from .attribution import (attention_attribution, attention_replaced, eager_attention, integrated_gradients,
                           layer_integrated_gradients)
+
+from . import figures
+from .viz import ChartCountExplorer, ChartExplorer  # plotly and ipywidgets are imported on first use
 
 __version__ = "0.1.0"
 
@@ -24,4 +29,5 @@ __all__ = [
     "AttentionRecording", "record_attention", "attention_layers", "select_layers",
     "integrated_gradients", "layer_integrated_gradients", "attention_attribution", "attention_replaced",
     "eager_attention",
+    "figures", "ChartExplorer", "ChartCountExplorer",
 ]
