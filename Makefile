@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install chromium demo test lab bench-params clean
+.PHONY: install chromium demo test lab bench-params sync-notebooks clean
 
 install: $(STAMP)
 
@@ -17,8 +17,13 @@ $(STAMP): pyproject.toml constraints.txt
 demo: install
 	$(BIN)/mkviz demo
 
+# the tests, then every notebook executed by nbmake in small mode (MKVIZ_SMALL=1)
 test: install chromium
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	MKVIZ_SMALL=1 $(BIN)/python -m pytest tests notebooks --nbmake --nbmake-timeout=600 $(PYTEST_ARGS)
+
+# after editing a notebook's .py (or .ipynb) source: make the pair agree again
+sync-notebooks: install
+	$(BIN)/jupytext --sync notebooks/*.py
 
 # Browser tests drive Debian's chromium with Playwright (never `playwright install`: it downloads).
 # Installed through the package manager when possible; otherwise those tests skip and say why.
