@@ -1,0 +1,786 @@
+"""Train or fine-tune a baseline or manifold-key timm model: `mkviz train ...` or `mkviz.train.train(cfg)`.
+
+    cfg = TrainConfig(preset="tiny", variant="vanillak", num_charts=8, epochs=10, out="outputs/vk8")
+    result = train(cfg)                      # dict: history, final val/test metrics, paths
+    model, config = load_checkpoint("outputs/vk8")
+    evaluate(model, loader)                  # {"loss", "acc", "count"}
+
+Determinism and exact resume
+----------------------------
+* The learning rate is a pure function of the global step (linear warmup, then cosine to `min_lr`).
+* The order of the training data is a pure function of (seed, epoch): a `torch.Generator` seeded with
+  `seed * 1_000_003 + epoch` permutes the training set; the global batch of step s is
+  `perm[s*G:(s+1)*G]` with G = batch_size × world_size (the incomplete last batch is dropped).
+* With W processes (torchrun) rank r trains on `perm[s*G + r*b : s*G + (r+1)*b]` (b = --batch-size, per
+  process). DDP averages the ranks' gradients, and every rank's loss is a mean over b samples, so the
+  update is the one a single process makes on the whole global batch of G = W·b samples: a run with
+  `torchrun --nproc_per_node 2 ... --batch-size 32` follows the same loss curve as one process with
+  `--batch-size 64` (up to float summation order).
+* A checkpoint holds the model, AdamW state, step counters, the batch reached within the epoch, the
+  running epoch metrics and the RNG states of every rank; `--resume` restores them all and skips the
+  batches already done, so on CPU an interrupted-and-resumed run ends with bitwise the same weights
+  as an uninterrupted one (with num_workers=0; worker processes reseed per epoch, so random
+  augmentations in workers are not replayed exactly).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from . import checkpoint as ckpt
+from .checkpoint import CheckpointError
+from .convert import convert, create_model, manifold_modules, unbalanced_atlas_loss
+from .key import VARIANTS, resolve_variant
+
+__all__ = ["TrainConfig", "PRESETS", "train", "evaluate", "load_checkpoint", "build_model", "build_datasets",
+           "EpochBatchSampler", "lr_at", "main"]
+
+# Small ViTs defined by timm kwargs on top of a timm model name.
+PRESETS: dict[str, dict[str, Any]] = {
+    # the shipped checkpoints: 32-px shapes, 4x4 patches of 8 px + cls token, 4 blocks of width 64
+    "tiny": dict(model="vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=64, depth=4, num_heads=4),
+    # for tests and smoke runs: 2 blocks, 4x4 patches of 8 px
+    "micro": dict(model="vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2),
+}
+VARIANT_CHOICES = ("baseline",) + VARIANTS
+DATASETS = ("shapes", "digits", "cifar10", "cifar100", "imagefolder")
+NUM_CLASSES = {"shapes": 4, "digits": 10, "cifar10": 10, "cifar100": 100}
+
+# fields of TrainConfig that do not change the trajectory of a run (may differ when resuming)
+_RUNTIME_FIELDS = {"out", "resume", "overwrite", "quiet", "compile", "num_workers", "save_every_steps", "keep_last",
+                   "log_every", "device", "export", "export_half", "max_steps", "data_root", "download",
+                   "deterministic", "optimizer_state", "amp"}
+# fields that define the model (checked against --init-from checkpoints)
+_MODEL_FIELDS = ("model", "timm_kwargs", "variant", "num_charts", "context_broadcast", "kernel_size", "expand_from")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on (saved in every checkpoint's config.json)."""
+
+    # model
+    model: Optional[str] = None               # timm name; None: the preset's (or "tiny" preset if neither)
+    preset: Optional[str] = None              # a key of PRESETS (its timm kwargs; explicit timm_kwargs win)
+    timm_kwargs: dict = field(default_factory=dict)
+    variant: str = "baseline"                 # baseline | vanillak | simplek | spatialk | kua
+    num_charts: int = 8
+    context_broadcast: bool = False
+    kernel_size: int = 1
+    expand_from: str = "key"
+    ua_weight: float = 0.0                    # KUA unbalanced-atlas weight λ (added to the loss)
+    pretrained: bool = False                  # timm pretrained weights (needs internet), converted function-preservingly
+    init_from: Optional[str] = None           # start from this mkviz checkpoint's weights
+    # data
+    dataset: str = "shapes"
+    data_root: Optional[str] = None
+    download: bool = False
+    image_size: Optional[int] = None          # None: the model's input size
+    num_train: int = 8000                     # shapes only
+    num_val: int = 1000
+    num_test: int = 1000
+    difficulty: str = "easy"
+    # optimisation
+    epochs: int = 10
+    batch_size: int = 64                      # per process; global batch = batch_size × world size
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    weight_decay: float = 0.05
+    warmup_steps: Optional[int] = None        # None: 5 % of the total steps
+    label_smoothing: float = 0.1
+    grad_clip: float = 1.0                    # max global grad norm (0: off)
+    amp: Optional[bool] = None                # bf16 autocast; None: on for CUDA, off on CPU
+    compile: bool = False
+    seed: int = 0
+    num_workers: int = 0
+    device: Optional[str] = None              # None: cuda (this rank's GPU) if available, else cpu
+    deterministic: bool = False               # torch.use_deterministic_algorithms(True)
+    # output
+    out: str = "outputs/train"
+    resume: bool = False
+    overwrite: bool = False
+    save_every_steps: int = 0                 # also checkpoint every N steps within an epoch (0: epoch ends only)
+    keep_last: int = 2                        # training checkpoints kept
+    log_every: int = 0                        # append the global-batch loss to steps.jsonl every N steps (0: off)
+    max_steps: Optional[int] = None           # stop (with a checkpoint) after this many steps in total
+    optimizer_state: bool = True              # False: checkpoints without optimiser state (cannot be resumed)
+    export: Optional[str] = None              # also write the final weights + config (no optimiser) here
+    export_half: bool = False                 # ... in float16
+    quiet: bool = False
+
+    def resolved(self) -> "TrainConfig":
+        """A validated copy with the preset expanded into `model` and `timm_kwargs`."""
+        c = dataclasses.replace(self, timm_kwargs=dict(self.timm_kwargs))
+        if c.preset is None and c.model is None:
+            c.preset = "tiny"
+        if c.preset is not None:
+            if c.preset not in PRESETS:
+                raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {c.preset!r}")
+            p = dict(PRESETS[c.preset])
+            name = p.pop("model")
+            c.model = c.model or name
+            c.timm_kwargs = {**p, **c.timm_kwargs}
+        if c.image_size is not None and "img_size" not in c.timm_kwargs:
+            c.timm_kwargs["img_size"] = c.image_size
+        c.variant = str(c.variant).lower()
+        if c.variant != "baseline":
+            c.variant = resolve_variant(c.variant)
+        if c.dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {list(DATASETS)}, got {c.dataset!r}")
+        for name in ("epochs", "batch_size", "num_charts", "kernel_size", "num_train", "num_val", "keep_last"):
+            _positive(name, getattr(c, name))
+        for name in ("num_test", "save_every_steps", "log_every", "num_workers", "seed"):
+            _positive(name, getattr(c, name), allow_zero=True)
+        if c.max_steps is not None:
+            _positive("max_steps", c.max_steps)
+        if c.warmup_steps is not None:
+            _positive("warmup_steps", c.warmup_steps, allow_zero=True)
+        if c.image_size is not None:
+            _positive("image_size", c.image_size)
+        for name in ("lr",):
+            if not (isinstance(getattr(c, name), (int, float)) and getattr(c, name) > 0):
+                raise ValueError(f"{name.replace('_', '-')} must be > 0, got {getattr(c, name)!r}")
+        for name in ("min_lr", "weight_decay", "grad_clip", "ua_weight"):
+            if not (isinstance(getattr(c, name), (int, float)) and getattr(c, name) >= 0):
+                raise ValueError(f"{name.replace('_', '-')} must be >= 0, got {getattr(c, name)!r}")
+        if not 0 <= c.label_smoothing < 1:
+            raise ValueError(f"label-smoothing must be in [0, 1), got {c.label_smoothing!r}")
+        if c.resume and c.overwrite:
+            raise ValueError("--resume and --overwrite exclude each other")
+        if c.pretrained and c.init_from:
+            raise ValueError("--pretrained and --init-from exclude each other")
+        return c
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _positive(name: str, value: Any, allow_zero: bool = False) -> None:
+    lo = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        raise ValueError(f"{name.replace('_', '-')} must be an integer >= {lo}, got {value!r}")
+
+
+# ----------------------------------------------------------------------------- model
+def _model_spec(cfg: TrainConfig, num_classes: int) -> dict[str, Any]:
+    return dict(model=cfg.model, timm_kwargs={**cfg.timm_kwargs, "num_classes": num_classes}, variant=cfg.variant,
+                num_charts=cfg.num_charts, context_broadcast=cfg.context_broadcast, kernel_size=cfg.kernel_size,
+                expand_from=cfg.expand_from, ua_weight=cfg.ua_weight)
+
+
+def build_model(spec: dict[str, Any], pretrained: bool = False, seed: int = 0) -> nn.Module:
+    """The model a spec describes (`model`, `timm_kwargs`, `variant`, `num_charts`, ...)."""
+    variant = None if spec["variant"] == "baseline" else spec["variant"]
+    try:
+        return create_model(spec["model"], variant=variant, num_charts=spec["num_charts"], pretrained=pretrained,
+                            context_broadcast=spec["context_broadcast"], kernel_size=spec["kernel_size"],
+                            expand_from=spec["expand_from"], ua_weight=spec["ua_weight"], seed=seed,
+                            **spec["timm_kwargs"])
+    except TypeError as err:  # a timm kwarg this model does not take
+        raise ValueError(f"model {spec['model']!r} does not accept these arguments {spec['timm_kwargs']}: {err}") \
+            from None
+
+
+def _describe_spec(spec: dict[str, Any]) -> str:
+    v = spec["variant"]
+    return v if v == "baseline" else f"{v} with {spec['num_charts']} charts"
+
+
+def load_checkpoint(path: str | os.PathLike, model: Optional[nn.Module] = None,
+                    map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """(model, config) from a checkpoint directory, a run directory or a model.safetensors file.
+
+    Rebuilds the model from the saved spec (timm name, timm kwargs, variant, num_charts, ...) unless
+    `model` is given, in which case the weights are loaded into it (CheckpointError on mismatch).
+    Uses safetensors and json only. The model is returned in eval mode.
+    """
+    directory = ckpt.find_checkpoint(path)
+    tensors, meta = ckpt.load_tensors(directory / ckpt.MODEL_FILE)
+    cfg_path = directory / ckpt.CONFIG_FILE
+    if cfg_path.is_file():
+        config = ckpt.read_json(cfg_path)
+    elif "mkviz_config" in meta:
+        config = json.loads(meta["mkviz_config"])
+    else:
+        raise CheckpointError(f"checkpoint {directory} has no {ckpt.CONFIG_FILE} and no mkviz metadata")
+    spec = config.get("model_spec")
+    if not isinstance(spec, dict):
+        raise CheckpointError(f"corrupt checkpoint {cfg_path}: no model_spec")
+    if model is None:
+        model = build_model(spec)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as err:
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        raise CheckpointError(f"checkpoint {directory} ({_describe_spec(spec)}, model {spec['model']}) does not "
+                              f"fit the given model: {lines[1] if len(lines) > 1 else lines[0]}"[:400]) from None
+    return model.to(map_location).eval(), config
+
+
+def _init_from(model_spec: dict[str, Any], path: str, seed: int) -> nn.Module:
+    """Build the asked model from a checkpoint's weights: same spec, or a baseline checkpoint converted
+    function-preservingly to the asked variant; anything else is a clear error."""
+    directory = ckpt.find_checkpoint(path)
+    saved = ckpt.read_json(directory / ckpt.CONFIG_FILE).get("model_spec")
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"corrupt checkpoint {directory / ckpt.CONFIG_FILE}: no model_spec")
+    arch = lambda s: ({k: v for k, v in s["timm_kwargs"].items() if k != "num_classes"}, s["model"])  # noqa: E731
+    if arch(saved) != arch(model_spec):
+        raise CheckpointError(f"--init-from {path}: checkpoint is model {saved['model']} {saved['timm_kwargs']}, "
+                              f"asked {model_spec['model']} {model_spec['timm_kwargs']}")
+    asked, have = _describe_spec(model_spec), _describe_spec(saved)
+    same = all(saved.get(k) == model_spec.get(k) for k in ("variant", "num_charts", "context_broadcast",
+                                                          "kernel_size", "expand_from"))
+    if saved["variant"] == "baseline" and model_spec["variant"] != "baseline":
+        model, _ = load_checkpoint(directory)
+        model = convert(model, model_spec["variant"], model_spec["num_charts"], model_spec["context_broadcast"],
+                        inplace=True, kernel_size=model_spec["kernel_size"], expand_from=model_spec["expand_from"],
+                        ua_weight=model_spec["ua_weight"], init="preserve", seed=seed)
+    elif saved["variant"] == "baseline" or same:
+        model, _ = load_checkpoint(directory)
+        if saved["variant"] != "baseline":
+            for _, m in manifold_modules(model):
+                m.key.ua_weight = model_spec["ua_weight"]
+    else:
+        raise CheckpointError(f"--init-from {path}: checkpoint variant mismatch: it holds {have} "
+                              f"(context_broadcast={saved['context_broadcast']}, kernel_size={saved['kernel_size']}),"
+                              f" asked {asked} (context_broadcast={model_spec['context_broadcast']}, "
+                              f"kernel_size={model_spec['kernel_size']})")
+    n = model_spec["timm_kwargs"]["num_classes"]
+    if saved["timm_kwargs"].get("num_classes") != n:
+        model.reset_classifier(n)
+    return model.train()
+
+
+# ----------------------------------------------------------------------------- data
+def _num_classes(cfg: TrainConfig) -> int:
+    if cfg.dataset in NUM_CLASSES:
+        return NUM_CLASSES[cfg.dataset]
+    from .data import build_dataset
+    return build_dataset(cfg.dataset, cfg.data_root, "train", 32, cfg.download, seed=cfg.seed).num_classes
+
+
+def build_datasets(cfg: TrainConfig, model: Optional[nn.Module] = None, splits: Sequence[str] = ("train", "val")
+                   ) -> dict[str, Dataset]:
+    """The datasets of a (resolved) config, transformed for `model` (mean/std, input size)."""
+    from .data import build_dataset
+    out: dict[str, Dataset] = {}
+    for split in splits:
+        kw: dict[str, Any] = {}
+        if cfg.dataset == "shapes":
+            n = {"train": cfg.num_train, "val": cfg.num_val, "test": cfg.num_test}[split]
+            kw = dict(num_samples=n, difficulty=cfg.difficulty)
+        out[split] = build_dataset(cfg.dataset, cfg.data_root, split, cfg.image_size, cfg.download, model=model,
+                                   seed=cfg.seed, **kw)
+        if len(out[split]) == 0:
+            raise ValueError(f"dataset {cfg.dataset!r} split {split!r} has no images")
+    return out
+
+
+class EpochBatchSampler(Sampler):
+    """This rank's batches of one epoch, a pure function of (seed, epoch): batch s is
+    `perm[s*G + rank*b : s*G + (rank+1)*b]` with G = b·world_size; batches before `start` are skipped."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1,
+                 start: int = 0) -> None:
+        self.n, self.b, self.seed, self.epoch, self.rank, self.world, self.start = \
+            n, batch_size, seed, epoch, rank, world_size, start
+        self.num_batches = n // (batch_size * world_size)
+
+    def __len__(self) -> int:
+        return self.num_batches - self.start
+
+    def __iter__(self) -> Iterator[list[int]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        perm = torch.randperm(self.n, generator=g).tolist()
+        G = self.b * self.world
+        for s in range(self.start, self.num_batches):
+            lo = s * G + self.rank * self.b
+            yield perm[lo:lo + self.b]
+
+
+def lr_at(step: int, total: int, base: float, min_lr: float, warmup: int) -> float:
+    """Linear warmup from base/warmup to base over `warmup` steps, then cosine to `min_lr` at `total`."""
+    if warmup > 0 and step < warmup:
+        return base * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return min_lr + 0.5 * (base - min_lr) * (1.0 + math.cos(math.pi * min(1.0, t)))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Any, device: str | torch.device | None = None, amp: bool = False,
+             distributed: bool = False) -> dict[str, float]:
+    """Mean cross-entropy and accuracy of `model` over `loader` (batches of (images, labels)).
+
+    With `distributed`, every rank evaluates its shard and the sums are all-reduced."""
+    was_training = model.training
+    model.eval()
+    if device is None:
+        device = next(model.parameters()).device
+    device = torch.device(device)
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    for batch in loader:
+        x, y = batch[0].to(device, non_blocking=True), torch.as_tensor(batch[1]).to(device, non_blocking=True)
+        with _autocast(device, amp):
+            logits = model(x)
+        sums[0] += F.cross_entropy(logits.float(), y, reduction="sum").double()
+        sums[1] += (logits.argmax(-1) == y).sum().double()
+        sums[2] += y.numel()
+    if distributed:
+        torch.distributed.all_reduce(sums)
+    model.train(was_training)
+    loss, correct, count = sums.tolist()
+    return {"loss": loss / max(count, 1), "acc": correct / max(count, 1), "count": int(count)}
+
+
+def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# ----------------------------------------------------------------------------- distributed
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            torch.distributed.barrier()
+
+
+def _init_dist(device_arg: Optional[str]) -> tuple[_Dist, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if device_arg is not None:
+        device = torch.device(device_arg)
+    elif torch.cuda.is_available():
+        device = torch.device("cuda", local % max(1, torch.cuda.device_count()))
+    else:
+        device = torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return _Dist(rank, world, local), device
+
+
+# ----------------------------------------------------------------------------- the run directory
+def _check_out_dir(cfg: TrainConfig, d: _Dist) -> Optional[Path]:
+    """Apply the never-overwrite rule; returns the checkpoint to resume from (or None)."""
+    out = Path(cfg.out)
+    has_ckpt = (out / ckpt.LATEST_FILE).exists() or bool(ckpt.list_checkpoints(out))
+    if cfg.resume:
+        if not has_ckpt:
+            raise FileNotFoundError(f"--resume: no checkpoint to resume in {out} (no {ckpt.LATEST_FILE} or "
+                                    f"{ckpt.CKPT_DIR}/)")
+        return ckpt.find_checkpoint(out)
+    if has_ckpt and not cfg.overwrite:
+        raise ValueError(f"output directory {out} already holds a run's checkpoint; pass --resume to continue it "
+                         "or --overwrite to start again (or choose another --out)")
+    if has_ckpt and cfg.overwrite and d.main:
+        for name in (ckpt.CKPT_DIR, "final"):
+            shutil.rmtree(out / name, ignore_errors=True)
+        for name in (ckpt.LATEST_FILE, "metrics.jsonl", "steps.jsonl", "run.json"):
+            with contextlib.suppress(FileNotFoundError):
+                (out / name).unlink()
+    return None
+
+
+def _check_resume_config(saved: dict[str, Any], cfg: TrainConfig, where: Path) -> None:
+    asked = cfg.to_dict()
+    diffs = [f"{k}={saved.get(k)!r} (checkpoint) vs {asked[k]!r} (asked)"
+             for k in asked if k not in _RUNTIME_FIELDS and saved.get(k) != asked[k]]
+    if diffs:
+        raise CheckpointError(f"--resume: checkpoint {where} was made with other arguments: " + "; ".join(diffs)
+                              + " (resume with the same arguments)")
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    ckpt.atomic_write_bytes(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(ValueError):
+            rows.append(json.loads(line))
+    return rows
+
+
+# ----------------------------------------------------------------------------- training
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Train (or resume) the run `config` describes; returns {"history", "val", "test", "out", ...}.
+
+    Works as one process or under torchrun (DDP: gloo on CPU, nccl on GPU; only rank 0 writes)."""
+    cfg = config.resolved()
+    d, device = _init_dist(cfg.device)
+    try:
+        return _train(cfg, d, device)
+    finally:
+        if d.enabled and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, d: _Dist, device: torch.device) -> dict[str, Any]:
+    out = Path(cfg.out)
+    resume_from = _check_out_dir(cfg, d)
+    d.barrier()
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+    amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
+
+    state: Optional[dict[str, Any]] = None
+    if resume_from is not None:
+        saved = ckpt.read_json(resume_from / ckpt.CONFIG_FILE)
+        _check_resume_config(saved.get("train", {}), cfg, resume_from)
+        state = ckpt.read_json(resume_from / ckpt.STATE_FILE) if (resume_from / ckpt.STATE_FILE).is_file() else None
+        if state is None or not (resume_from / ckpt.OPTIM_FILE).is_file():
+            raise CheckpointError(f"--resume: checkpoint {resume_from} has no optimizer/progress state "
+                                  "(exported or saved with --no-optimizer-state); use --init-from to fine-tune it")
+        if state.get("world_size", 1) != d.world:
+            raise CheckpointError(f"--resume: checkpoint {resume_from} was made with {state.get('world_size')} "
+                                  f"processes, this run has {d.world}")
+
+    torch.manual_seed(cfg.seed)
+    num_classes = _num_classes(cfg)
+    spec = _model_spec(cfg, num_classes)
+    if cfg.init_from and resume_from is None:
+        model = _init_from(spec, cfg.init_from, cfg.seed)
+    else:
+        model = build_model(spec, pretrained=cfg.pretrained, seed=cfg.seed)
+    model.to(device)
+    data = build_datasets(cfg, model, ("train", "val"))
+    class_names = list(getattr(data["train"], "class_names", []))
+    if len(class_names) != num_classes:
+        class_names = [str(i) for i in range(num_classes)]
+    meta = {"train": cfg.to_dict(), "model_spec": spec, "class_names": class_names,
+            "image_size": cfg.image_size or _input_size(model), "dataset": cfg.dataset, "format_version": 1}
+
+    # optimiser: no weight decay for biases, norms, scales and timm's no_weight_decay() names
+    skip = set(getattr(model, "no_weight_decay", lambda: set())())
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.999))
+
+    G = cfg.batch_size * d.world
+    n_train = len(data["train"])
+    steps_per_epoch = n_train // G
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch size {cfg.batch_size} x {d.world} process(es) = {G} exceeds the {n_train} "
+                         "training images")
+    total_steps = cfg.epochs * steps_per_epoch
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(0.05 * total_steps)
+
+    epoch, batch_in_epoch, step = 0, 0, 0
+    running = {"loss_sum": 0.0, "ua_sum": 0.0, "correct": 0.0, "count": 0.0, "time": 0.0}
+    history: list[dict[str, Any]] = []
+    if resume_from is not None:
+        assert state is not None
+        tensors, _ = ckpt.load_tensors(resume_from / ckpt.MODEL_FILE)
+        model.load_state_dict(tensors)
+        otensors, _ = ckpt.load_tensors(resume_from / ckpt.OPTIM_FILE)
+        ckpt.optimizer_from_tensors(optimizer, {k: v.to(device) for k, v in otensors.items()}, state["optimizer"])
+        epoch, batch_in_epoch, step = state["epoch"], state["batch"], state["step"]
+        running, history = dict(state["running"]), list(state["history"])
+        ckpt.set_rng_state(state["rng"][d.rank])
+
+    train_model: nn.Module = model
+    if d.enabled:
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                          else None)
+    if cfg.compile:
+        train_model = torch.compile(train_model)
+    is_kua = cfg.variant == "kua"
+    val_loader = DataLoader(data["val"], batch_size=2 * cfg.batch_size, num_workers=cfg.num_workers,
+                            sampler=list(range(d.rank, len(data["val"]), d.world)))
+
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+        ckpt.atomic_write_json(out / "run.json", meta)
+        steps_rows = [r for r in _read_jsonl(out / "steps.jsonl") if r.get("step", 0) <= step]
+        _write_jsonl(out / "steps.jsonl", steps_rows) if cfg.log_every else None
+        _write_jsonl(out / "metrics.jsonl", history)
+
+    def save(epoch_: int, batch_: int) -> None:
+        rngs = [ckpt.rng_state()]
+        if d.enabled:
+            rngs = [None] * d.world
+            torch.distributed.all_gather_object(rngs, ckpt.rng_state())
+        if not d.main:
+            return
+        otensors, ometa = ckpt.optimizer_to_tensors(optimizer) if cfg.optimizer_state else ({}, {})
+        st = {"epoch": epoch_, "batch": batch_, "step": step, "steps_per_epoch": steps_per_epoch,
+              "total_steps": total_steps, "warmup_steps": warmup, "world_size": d.world,
+              "global_batch_size": G, "optimizer": ometa, "rng": rngs, "running": running, "history": history,
+              "scheduler": {"type": "warmup_cosine", "base_lr": cfg.lr, "min_lr": cfg.min_lr}}
+        ckpt.write_checkpoint_dir(out, f"step-{step:08d}", model.state_dict(), meta, st,
+                                  otensors if cfg.optimizer_state else None, keep_last=cfg.keep_last)
+
+    use_bar = not cfg.quiet and d.main and sys.stderr.isatty()
+    stopped = False
+    model.train()
+    while epoch < cfg.epochs and not stopped:
+        sampler = EpochBatchSampler(n_train, cfg.batch_size, cfg.seed, epoch, d.rank, d.world, batch_in_epoch)
+        loader = DataLoader(data["train"], batch_sampler=sampler, num_workers=cfg.num_workers,
+                            generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch),
+                            pin_memory=device.type == "cuda")
+        bar = _progress(len(sampler), f"epoch {epoch + 1}/{cfg.epochs}", use_bar)
+        t0 = time.perf_counter()
+        b = batch_in_epoch
+        for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            lr = lr_at(step, total_steps, cfg.lr, cfg.min_lr, warmup)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            with _autocast(device, amp):
+                logits = train_model(x)
+                task = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            loss = task + unbalanced_atlas_loss(model) if is_kua else task
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            step += 1
+            b += 1
+            with torch.no_grad():
+                task_v = task.detach()
+                running["loss_sum"] += float(task_v) * y.numel()
+                running["ua_sum"] += float(loss.detach() - task_v) * y.numel()
+                running["correct"] += float((logits.argmax(-1) == y).sum())
+                running["count"] += y.numel()
+            if cfg.log_every and step % cfg.log_every == 0:
+                lv = task_v.double().reshape(1)
+                if d.enabled:
+                    torch.distributed.all_reduce(lv)
+                    lv /= d.world
+                if d.main:
+                    with open(out / "steps.jsonl", "a") as f:
+                        f.write(json.dumps({"step": step, "epoch": epoch, "loss": lv.item(), "lr": lr}) + "\n")
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(task_v):.4f}", lr=f"{lr:.2e}")
+            stop_now = cfg.max_steps is not None and step >= cfg.max_steps
+            if b < steps_per_epoch and (stop_now or (cfg.save_every_steps and step % cfg.save_every_steps == 0)):
+                running["time"] += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                save(epoch, b)
+            if stop_now:
+                stopped = b < steps_per_epoch
+                break
+        if bar is not None:
+            bar.close()
+        running["time"] += time.perf_counter() - t0
+        if stopped:
+            break
+        # end of epoch: global train metrics, validation, checkpoint, log
+        sums = torch.tensor([running["loss_sum"], running["ua_sum"], running["correct"], running["count"]],
+                            dtype=torch.float64, device=device)
+        if d.enabled:
+            torch.distributed.all_reduce(sums)
+        val = evaluate(model, val_loader, device, amp, d.enabled)
+        n = max(sums[3].item(), 1.0)
+        row = {"epoch": epoch + 1, "step": step, "train_loss": sums[0].item() / n, "train_acc": sums[2].item() / n,
+               "val_loss": val["loss"], "val_acc": val["acc"], "lr": lr_at(step - 1, total_steps, cfg.lr, cfg.min_lr,
+                                                                           warmup),
+               "time": running["time"]}
+        if is_kua:
+            row["ua_loss"] = sums[1].item() / n
+        history.append(row)
+        epoch, batch_in_epoch = epoch + 1, 0
+        running = {"loss_sum": 0.0, "ua_sum": 0.0, "correct": 0.0, "count": 0.0, "time": 0.0}
+        save(epoch, 0)
+        if d.main:
+            _write_jsonl(out / "metrics.jsonl", history)
+            if not cfg.quiet:
+                print(f"epoch {row['epoch']}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f}"
+                      f"  val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f}  lr {row['lr']:.2e}"
+                      f"  {row['time']:.1f}s", file=sys.stderr, flush=True)
+        if cfg.max_steps is not None and step >= cfg.max_steps:
+            stopped = epoch < cfg.epochs
+            break
+
+    result: dict[str, Any] = {"out": str(out), "history": history, "step": step, "epoch": epoch,
+                              "finished": epoch >= cfg.epochs, "world_size": d.world}
+    if history:
+        result["val"] = {"loss": history[-1]["val_loss"], "acc": history[-1]["val_acc"]}
+    if epoch >= cfg.epochs:
+        test = _evaluate_test(cfg, model, device, amp, d)
+        if test is not None:
+            result["test"] = test
+        if d.main:
+            extra = {"metrics": {"val": result.get("val"), "test": test, "epochs": cfg.epochs, "steps": step}}
+            ckpt.atomic_write_json(out / "results.json", {**extra, "history": history})
+            final = ckpt.export_checkpoint(out, out / "final", extra=extra)
+            result["final"] = str(final)
+            if cfg.export:
+                result["export"] = str(ckpt.export_checkpoint(out, cfg.export, half=cfg.export_half, extra=extra))
+    d.barrier()
+    result["model"] = model
+    return result
+
+
+def _evaluate_test(cfg: TrainConfig, model: nn.Module, device: torch.device, amp: bool,
+                   d: _Dist) -> Optional[dict[str, float]]:
+    if cfg.dataset == "shapes" and cfg.num_test == 0:
+        return None
+    try:
+        ds = build_datasets(cfg, model, ("test",))["test"]
+    except FileNotFoundError:  # e.g. an ImageFolder without a test/ folder
+        return None
+    loader = DataLoader(ds, batch_size=2 * cfg.batch_size, num_workers=cfg.num_workers,
+                        sampler=list(range(d.rank, len(ds), d.world)))
+    res = evaluate(model, loader, device, amp, d.enabled)
+    return {"loss": res["loss"], "acc": res["acc"]}
+
+
+def _input_size(model: nn.Module) -> Optional[int]:
+    size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    return int(size[0]) if isinstance(size, (tuple, list)) else None
+
+
+def _progress(total: int, desc: str, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+# ----------------------------------------------------------------------------- CLI
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one clear line (via mkviz.cli), not usage + error
+        raise ValueError(message)
+
+
+def _kv(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ValueError(f"--timm-kwarg expects KEY=VALUE, got {text!r}")
+    k, v = text.split("=", 1)
+    try:
+        return k.strip(), json.loads(v)
+    except ValueError:
+        return k.strip(), v
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="mkviz train", description="Train or fine-tune a baseline or manifold-key timm model "
+                "(one process, or several with torchrun).", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    m = p.add_argument_group("model")
+    m.add_argument("--model", help="timm model name (default: the preset's)")
+    m.add_argument("--preset", choices=sorted(PRESETS),
+                   help="a small ViT: " + "; ".join(f"{k}: {v}" for k, v in PRESETS.items()))
+    for flag, typ in (("--img-size", int), ("--patch-size", int), ("--embed-dim", int), ("--depth", int),
+                      ("--num-heads", int), ("--mlp-ratio", float), ("--drop-rate", float),
+                      ("--drop-path-rate", float)):
+        m.add_argument(flag, type=typ, help="timm kwarg " + flag[2:].replace("-", "_"))
+    m.add_argument("--timm-kwarg", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other timm.create_model kwarg (VALUE parsed as JSON if possible)")
+    m.add_argument("--variant", default="baseline", type=str.lower, choices=VARIANT_CHOICES)
+    m.add_argument("--num-charts", type=int, default=8)
+    m.add_argument("--context-broadcast", action="store_true")
+    m.add_argument("--kernel-size", type=int, default=1)
+    m.add_argument("--expand-from", default="key", choices=("key", "input"))
+    m.add_argument("--ua-weight", type=float, default=0.0, help="KUA unbalanced-atlas weight (added to the loss)")
+    m.add_argument("--pretrained", action="store_true", help="timm pretrained weights (downloads), converted "
+                   "function-preservingly")
+    m.add_argument("--init-from", metavar="CKPT", help="start from an mkviz checkpoint (a baseline one is "
+                   "converted function-preservingly to --variant)")
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="shapes", type=str.lower, choices=DATASETS)
+    g.add_argument("--data-root", help="CIFAR / ImageFolder root")
+    g.add_argument("--download", action="store_true", help="download CIFAR if missing")
+    g.add_argument("--image-size", type=int, help="input size (default: the model's)")
+    g.add_argument("--num-train", type=int, default=8000, help="shapes: training images")
+    g.add_argument("--num-val", type=int, default=1000, help="shapes: validation images")
+    g.add_argument("--num-test", type=int, default=1000, help="shapes: test images (0: no test evaluation)")
+    g.add_argument("--difficulty", default="easy", choices=("easy", "medium", "hard"))
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--epochs", type=int, default=10)
+    o.add_argument("--batch-size", type=int, default=64, help="per process")
+    o.add_argument("--lr", type=float, default=1e-3)
+    o.add_argument("--min-lr", type=float, default=1e-5)
+    o.add_argument("--weight-decay", type=float, default=0.05)
+    o.add_argument("--warmup-steps", type=int, help="default: 5%% of the steps")
+    o.add_argument("--label-smoothing", type=float, default=0.1)
+    o.add_argument("--grad-clip", type=float, default=1.0)
+    o.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast (default: on for CUDA)")
+    o.add_argument("--compile", action="store_true", help="torch.compile the model")
+    o.add_argument("--seed", type=int, default=0)
+    o.add_argument("--num-workers", type=int, default=0)
+    o.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    o.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms(True)")
+    r = p.add_argument_group("output")
+    r.add_argument("--out", default="outputs/train", help="run directory")
+    r.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    r.add_argument("--overwrite", action="store_true", help="start again in an --out that holds a run")
+    r.add_argument("--save-every-steps", type=int, default=0, help="also checkpoint every N steps mid-epoch")
+    r.add_argument("--keep-last", type=int, default=2, help="training checkpoints kept")
+    r.add_argument("--log-every", type=int, default=0, help="log the loss to steps.jsonl every N steps")
+    r.add_argument("--max-steps", type=int, help="stop (with a checkpoint) after N steps")
+    r.add_argument("--no-optimizer-state", dest="optimizer_state", action="store_false",
+                   help="checkpoints without optimiser state (smaller; cannot be resumed)")
+    r.add_argument("--export", metavar="DIR", help="write the final weights + config (no optimiser) to DIR")
+    r.add_argument("--export-half", action="store_true", help="export in float16")
+    r.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
+    return p
+
+
+def config_from_args(argv: Optional[Sequence[str]] = None) -> TrainConfig:
+    args = make_parser().parse_args(argv)
+    timm_kwargs = dict(_kv(t) for t in args.timm_kwarg)
+    for name in ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "drop_rate",
+                 "drop_path_rate"):
+        if getattr(args, name) is not None:
+            timm_kwargs[name] = getattr(args, name)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in vars(args).items() if k in fields}
+    return TrainConfig(**{**values, "timm_kwargs": timm_kwargs})
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    cfg = config_from_args(argv)
+    result = train(cfg)
+    if int(os.environ.get("RANK", "0")) == 0 and not cfg.quiet:
+        msg = f"done: {result['step']} steps"
+        if "val" in result:
+            msg += f", val acc {result['val']['acc']:.4f}"
+        if "test" in result:
+            msg += f", test acc {result['test']['acc']:.4f}"
+        print(msg + f"; run in {result['out']}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    from .cli import main as _cli_main
+    raise SystemExit(_cli_main(["train", *sys.argv[1:]]))
