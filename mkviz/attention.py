@@ -82,7 +82,7 @@ class _ManifoldQKV(nn.Module):
         """x: (B, N, C_in) -> q, k, v each (B, heads, N, head_dim), before q/k norms."""
         B, N, _ = x.shape
         A = self.attn_dim
-        if self.key.foldable and self.key.impl == "fast":
+        if self.key.impl == "fast" and self.key.plan(B * N) == "weight":
             # the whole key path is one (A, C_in) matrix: run q, k, v as ONE matmul like timm
             k_weight, k_bias = self.key.effective_linear()
             weight = torch.cat([self.qv.weight[:A], k_weight, self.qv.weight[A:]])  # (3A, C_in)

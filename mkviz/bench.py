@@ -1,28 +1,70 @@
 """Benchmarks against timm's baseline.
 
+    python -m mkviz.bench [run] [--quick] [--json PATH] [--model NAME] [--img-size 224] [--batch-size 8]
+                          [--device cpu|cuda] [--dtype float32|bfloat16] [--compile]
+                          [--variants ...] [--num-charts 1 2 4 8 16] [--repeats 5]
+        the suite: for each variant x number of charts, parameters, nominal FLOPs, training and
+        inference throughput, folded inference throughput and peak training memory, each as a
+        ratio to timm's unmodified model measured in the same run, interleaved (round robin,
+        rotating order) so that machine noise hits both sides alike; plus the latency of a full
+        re-forward at a new chart count. Prints a table; --json writes one record per
+        (variant, num_charts).
+    python -m mkviz.bench table PATH.json
+        a Markdown table from a JSON written by `run` (docs/benchmarks.md is made this way).
     python -m mkviz.bench params [--models ...] [--num-charts 8] [--markdown]
         parameters and nominal FLOPs (every chart computed as written, DESIGN.md §2) of each
         variant vs the unmodified timm model, as a table; random weights, nothing downloaded.
+    python -m mkviz.bench record ...
+        overhead of recording attention (mkviz.bench_record).
+
+Ratios are variant / baseline for throughput (> 1: faster than timm) and for parameters, FLOPs
+and memory (> 1: bigger). efficiency = train_throughput_ratio / (baseline FLOPs / variant FLOPs)
+with the nominal per-chart FLOPs (`count_flops(reference=True)`): an implementation that computes
+less than the nominal architecture scores above 1. See docs/benchmarks.md.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
+import datetime
+import gc
+import importlib
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import timm
 import torch
+from torch import nn
+from torch.nn import functional as F
 
-from .convert import convert
+from .convert import convert, fold
 from .cost import count_flops, count_params
-from .key import VARIANTS
+from .key import LINEAR_VARIANTS, VARIANTS, resolve_variant
 
-__all__ = ["CostRow", "cost_table", "format_cost_table", "main"]
+__all__ = ["CostRow", "cost_table", "format_cost_table", "RECORD_FIELDS", "run_suite", "format_suite",
+           "format_markdown", "main"]
 
 DEFAULT_MODELS = ("vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224",
                   "swin_tiny_patch4_window7_224")
+DEFAULT_CHARTS = (1, 2, 4, 8, 16)
+# --quick: every variant at 8 charts and VanillaK at every chart count, on smaller inputs
+QUICK = dict(img_size=96, batch_size=8, repeats=3, warmup=1)
+
+# the fields every record carries (issue 6); records hold more (absolute numbers, settings)
+RECORD_FIELDS = ("variant", "num_charts", "params", "flops", "params_ratio", "flops_ratio",
+                 "train_throughput_ratio", "infer_throughput_ratio", "folded_infer_throughput_ratio",
+                 "peak_memory_ratio", "efficiency", "model", "device")
 
 
+# ---------------------------------------------------------------------------------------- params
 @dataclass
 class CostRow:
     model: str
@@ -56,25 +98,484 @@ def format_cost_table(rows: Sequence[CostRow], markdown: bool = False) -> str:
     head = ["model", "variant", "charts", "params (M)", "× params", "GFLOPs", "× FLOPs"]
     body = [[r.model, r.variant, str(r.num_charts or "-"), f"{r.params / 1e6:.2f}", f"{r.params_ratio:.2f}",
              f"{r.flops / 1e9:.2f}", f"{r.flops_ratio:.2f}"] for r in rows]
+    return _render(head, body, markdown, left=2)
+
+
+def _render(head: Sequence[str], body: Sequence[Sequence[str]], markdown: bool, left: int) -> str:
     if markdown:
-        lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * 5) + "|"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * left + ["---:"] * (len(head) - left)) + "|"]
         lines += ["| " + " | ".join(r) + " |" for r in body]
         return "\n".join(lines)
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
-    fmt = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    fmt = lambda cells: "  ".join(c.ljust(w) if i < left else c.rjust(w)
+                                  for i, (c, w) in enumerate(zip(cells, widths)))
     return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in body])
 
 
+# ---------------------------------------------------------------------------------------- timing
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], Any], device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def _round_robin(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int,
+                 device: torch.device) -> dict[str, list[float]]:
+    """Time every fn once per round, `repeats` rounds after `warmup` untimed calls each; the order
+    rotates from round to round so that no model always runs first (or right after a slow one)."""
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    _sync(device)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            times[name].append(_timed(fns[name], device))
+    return times
+
+
+def _ratio(times: dict[str, list[float]], name: str, ref: str = "baseline") -> float:
+    """Throughput of `name` relative to `ref`: the median over rounds of t_ref / t_name (same round)."""
+    return statistics.median(a / b for a, b in zip(times[ref], times[name]))
+
+
+# ---------------------------------------------------------------------------------------- memory
+def _libc() -> Optional[ctypes.CDLL]:
+    try:
+        lib = ctypes.CDLL("libc.so.6")
+        lib.malloc_trim  # noqa: B018 (glibc only)
+        return lib
+    except (OSError, AttributeError):
+        return None
+
+
+def _proc_status(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise OSError(f"{key} not in /proc/self/status")
+
+
+def memory_method(device: torch.device) -> Optional[str]:
+    """How peak memory is measured on `device` (None: not measurable here)."""
+    if device.type == "cuda":
+        return "cuda: torch.cuda.max_memory_allocated() growth during one training step + parameters + optimiser state"
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        _proc_status("VmHWM")
+    except OSError:
+        return None
+    return ("cpu: peak resident-set growth during one training step (Linux VmHWM, reset through "
+            "/proc/self/clear_refs after malloc_trim) + parameters + optimiser state")
+
+
+def _persistent_bytes(model: nn.Module, opt: Optional[torch.optim.Optimizer]) -> int:
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    total += sum(b.numel() * b.element_size() for b in model.buffers())
+    if opt is not None:
+        for state in opt.state.values():
+            total += sum(t.numel() * t.element_size() for t in state.values() if torch.is_tensor(t))
+    return total
+
+
+def _peak_step_bytes(step: Callable[[], Any], model: nn.Module, opt: torch.optim.Optimizer,
+                     device: torch.device) -> Optional[int]:
+    """Peak memory of one training step: what the step allocates at its peak (activations, gradients,
+    temporaries) + what it keeps (parameters, buffers, optimiser state)."""
+    opt.zero_grad(set_to_none=True)
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        step()
+        torch.cuda.synchronize(device)
+        grown = torch.cuda.max_memory_allocated(device) - before
+    else:
+        lib = _libc()
+        if lib is not None:
+            lib.malloc_trim(0)  # give freed heap back, so that the step's allocations show as RSS growth
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # reset VmHWM (peak RSS) to the current RSS
+            before = _proc_status("VmRSS")
+            step()
+            grown = _proc_status("VmHWM") - before
+        except OSError:
+            return None
+    return max(grown, 0) + _persistent_bytes(model, opt)
+
+
+# ---------------------------------------------------------------------------------------- the suite
+def _pairs(variants: Sequence[str], num_charts: Sequence[int], quick: bool,
+           explicit: bool) -> list[tuple[str, int]]:
+    variants = [resolve_variant(v) for v in variants]
+    if quick and not explicit:
+        pairs = [("vanillak", h) for h in num_charts if "vanillak" in variants]
+        pairs += [(v, 8) for v in variants if v != "vanillak"]
+        return sorted(set(pairs), key=lambda p: (VARIANTS.index(p[0]), p[1]))
+    return [(v, h) for v in variants for h in num_charts]
+
+
+def _groups(pairs: Sequence[tuple[str, int]], size: int = 4) -> list[list[tuple[str, int]]]:
+    """Models measured together (round robin with the baseline): one group per variant; variants with a
+    single chart count share groups of up to `size`, so the baseline is not re-measured for each."""
+    by_variant: dict[str, list[tuple[str, int]]] = {}
+    for pair in pairs:
+        by_variant.setdefault(pair[0], []).append(pair)
+    groups = [g for g in by_variant.values() if len(g) > 1]
+    singles = [g[0] for g in by_variant.values() if len(g) == 1]
+    groups += [singles[i:i + size] for i in range(0, len(singles), size)]
+    return groups
+
+
+def _load() -> Optional[float]:
+    """1-minute load average (other processes competing for the cores), None where unknown."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
+def _machine() -> dict[str, Any]:
+    info = dict(python=platform.python_version(), torch=torch.__version__, timm=timm.__version__,
+                platform=platform.platform(), cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads())
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def run_suite(
+        model: str = "vit_small_patch16_224",
+        img_size: int = 224,
+        batch_size: int = 8,
+        device: str = "cpu",
+        dtype: str = "float32",
+        compile: bool = False,
+        variants: Sequence[str] = VARIANTS,
+        num_charts: Sequence[int] = DEFAULT_CHARTS,
+        repeats: int = 5,
+        warmup: int = 1,
+        quick: bool = False,
+        pairs: Optional[Sequence[tuple[str, int]]] = None,
+        latency_img_size: Optional[int] = 224,
+        model_kwargs: Optional[dict] = None,
+        seed: int = 0,
+        log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """Run the benchmark; return one record (a dict, `RECORD_FIELDS` and more) per (variant, num_charts).
+
+    Models are timm's `model` (random weights, `model_kwargs` passed to `timm.create_model`) and its
+    conversions. Each variant is measured in its own group together with the baseline: all models of
+    the group run round robin in every repeat. `pairs` overrides the (variant, num_charts) grid;
+    `latency_img_size` (None: skip) is the image size of the re-forward latency (VanillaK only).
+    """
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"dtype must be 'float32' or 'bfloat16'; got {dtype!r}")
+    if repeats < 1 or warmup < 0 or batch_size < 1 or img_size < 1:
+        raise ValueError("repeats and batch_size and img_size must be >= 1, warmup >= 0")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but torch.cuda.is_available() is False")
+    if pairs is None:
+        pairs = _pairs(variants, num_charts, quick, explicit=False)
+    pairs = list(dict.fromkeys((resolve_variant(v), int(h)) for v, h in pairs))
+    model_kwargs = dict(model_kwargs or {})
+    amp = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if dtype == "bfloat16" else contextlib.nullcontext
+    maybe_compile = (lambda m: torch.compile(m)) if compile else (lambda m: m)
+    if compile:
+        warmup = max(warmup, 2)
+    mem_method = memory_method(dev)
+
+    torch.manual_seed(seed)
+    base = timm.create_model(model, pretrained=False, img_size=img_size, **model_kwargs).to(dev)
+    num_classes = base.num_classes or 1000
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch_size, 3, img_size, img_size, generator=gen).to(dev)
+    y = torch.randint(0, num_classes, (batch_size,), generator=gen).to(dev)
+    size = (1, 3, img_size, img_size)
+    base_params, base_flops = count_params(base), count_flops(base, size)
+
+    def trainer(m: nn.Module) -> tuple[Callable[[], None], torch.optim.Optimizer]:
+        opt = torch.optim.AdamW(m.parameters(), lr=1e-6)
+        run = maybe_compile(m)
+
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            with amp():
+                loss = F.cross_entropy(run(x), y)
+            loss.backward()
+            opt.step()
+        return step, opt
+
+    def inferrer(m: nn.Module) -> Callable[[], None]:
+        run = maybe_compile(m)
+
+        def forward() -> None:
+            with torch.inference_mode(), amp():
+                run(x)
+        return forward
+
+    common = dict(model=model, device=dev.type, dtype=dtype, compile=compile, img_size=img_size,
+                  batch_size=batch_size, repeats=repeats, warmup=warmup, quick=quick,
+                  baseline_params=base_params, baseline_flops=base_flops, memory_method=mem_method,
+                  date=datetime.date.today().isoformat(), machine=_machine(), load_average_start=_load())
+    records: dict[tuple[str, int], dict[str, Any]] = {}
+    t0 = time.perf_counter()
+    stamp = lambda: f"{time.perf_counter() - t0:6.1f}s"
+    for group in _groups(pairs):
+        label = ", ".join(f"{v}/{h}" for v, h in group)
+        log(f"{stamp()} [{label}] building")
+        models = {"baseline": base.train()}
+        for v, h in group:
+            models[f"{v}/{h}"] = convert(base, v, h).train()
+        names = list(models)
+        costs = {n: (count_params(m), count_flops(m, size)) for n, m in models.items() if n != "baseline"}
+
+        steps, opts = {}, {}
+        for n, m in models.items():
+            steps[n], opts[n] = trainer(m)
+        log(f"{stamp()} [{label}] training throughput ({repeats} rounds)")
+        train_t = _round_robin(steps, repeats, warmup, dev)
+        peak = {n: _peak_step_bytes(steps[n], models[n], opts[n], dev) if mem_method else None for n in names}
+        for o in opts.values():
+            o.zero_grad(set_to_none=True)
+        del steps, opts
+
+        for m in models.values():
+            m.eval()
+        log(f"{stamp()} [{label}] inference throughput")
+        infer_t = _round_robin({n: inferrer(m) for n, m in models.items()}, repeats, warmup, dev)
+        folded_t = None
+        if any(v in LINEAR_VARIANTS for v, _ in group):
+            log(f"{stamp()} [{label}] folded inference throughput")
+            folded = {"baseline": base}
+            folded.update({f"{v}/{h}": fold(models[f"{v}/{h}"]) for v, h in group if v in LINEAR_VARIANTS})
+            folded_t = _round_robin({n: inferrer(m) for n, m in folded.items()}, repeats, warmup, dev)
+            del folded
+
+        for v, h in group:
+            n = f"{v}/{h}"
+            params, flops = costs[n]
+            train_ratio = _ratio(train_t, n)
+            foldable = v in LINEAR_VARIANTS
+            rec = dict(
+                variant=v, num_charts=h, params=params, flops=flops,
+                params_ratio=params / base_params, flops_ratio=flops / base_flops,
+                train_throughput_ratio=train_ratio,
+                infer_throughput_ratio=_ratio(infer_t, n),
+                folded_infer_throughput_ratio=_ratio(folded_t, n) if foldable else None,
+                peak_memory_ratio=(peak[n] / peak["baseline"]) if peak[n] and peak["baseline"] else None,
+                efficiency=train_ratio / (base_flops / flops),
+                train_images_per_s=batch_size / statistics.median(train_t[n]),
+                baseline_train_images_per_s=batch_size / statistics.median(train_t["baseline"]),
+                infer_images_per_s=batch_size / statistics.median(infer_t[n]),
+                baseline_infer_images_per_s=batch_size / statistics.median(infer_t["baseline"]),
+                folded_infer_images_per_s=batch_size / statistics.median(folded_t[n]) if foldable else None,
+                peak_memory_bytes=peak[n], baseline_peak_memory_bytes=peak["baseline"],
+                reforward_convert_ms=None, reforward_forward_ms=None, reforward_ms=None,
+                reforward_baseline_forward_ms=None, reforward_img_size=None, **common,
+            )
+            records[(v, h)] = rec
+            log(f"{stamp()} [{n}] train x{rec['train_throughput_ratio']:.3f} infer x{rec['infer_throughput_ratio']:.3f}"
+                + (f" folded x{rec['folded_infer_throughput_ratio']:.3f}" if foldable else ""))
+        del models, train_t, infer_t, folded_t
+        gc.collect()
+        lib = _libc()
+        if lib is not None and dev.type == "cpu":
+            lib.malloc_trim(0)
+
+    latency_charts = [h for v, h in pairs if v == "vanillak"]
+    if latency_img_size and latency_charts:
+        log(f"{stamp()} [latency] re-forward at a new chart count ({latency_img_size} px, batch 1)")
+        lat = reforward_latency(model, latency_charts, latency_img_size, dev, repeats=1 if quick else repeats,
+                                model_kwargs=model_kwargs, amp=amp)
+        for h, values in lat.items():
+            records[("vanillak", h)].update(values, reforward_img_size=latency_img_size)
+    load = _load()
+    for rec in records.values():
+        rec["load_average_end"] = load
+    log(f"{stamp()} done")
+    return [records[p] for p in pairs]
+
+
+def reforward_latency(model: str, num_charts: Sequence[int], img_size: int = 224, device: torch.device | str = "cpu",
+                      repeats: int = 3, model_kwargs: Optional[dict] = None,
+                      amp: Callable[[], Any] = contextlib.nullcontext) -> dict[int, dict[str, float]]:
+    """What an explorer pays to show a new chart count: convert the model to VanillaK at H charts and
+    forward one image (eval, no recording). Medians in ms, with the baseline forward for scale."""
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    base = timm.create_model(model, pretrained=False, img_size=img_size, **(model_kwargs or {})).to(dev).eval()
+    x = torch.randn(1, 3, img_size, img_size, generator=torch.Generator().manual_seed(0)).to(dev)
+
+    def forward(m: nn.Module) -> float:
+        with torch.inference_mode(), amp():
+            return _timed(lambda: m(x), dev)
+
+    forward(base)
+    out: dict[int, dict[str, float]] = {}
+    for h in num_charts:
+        conv, fwd, ref = [], [], []
+        for _ in range(repeats + 1):  # the first round warms up
+            ref.append(forward(base))
+            _sync(dev)
+            start = time.perf_counter()
+            mk = convert(base, "vanillak", h)
+            _sync(dev)
+            conv.append(time.perf_counter() - start)
+            fwd.append(forward(mk))
+            del mk
+        c, f, b = (statistics.median(t[1:]) * 1e3 for t in (conv, fwd, ref))
+        out[h] = dict(reforward_convert_ms=c, reforward_forward_ms=f, reforward_ms=c + f,
+                      reforward_baseline_forward_ms=b)
+    return out
+
+
+# ---------------------------------------------------------------------------------------- output
+def _fmt(value: Optional[float], digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def format_suite(records: Sequence[dict[str, Any]], markdown: bool = False) -> str:
+    """The suite's table (ratios to the baseline) and the re-forward latency section."""
+    head = ["variant", "charts", "params (M)", "× params", "× FLOPs", "× train", "× infer", "× folded",
+            "× memory", "efficiency"]
+    body = [[r["variant"], str(r["num_charts"]), f"{r['params'] / 1e6:.2f}", _fmt(r["params_ratio"]),
+             _fmt(r["flops_ratio"]), _fmt(r["train_throughput_ratio"]), _fmt(r["infer_throughput_ratio"]),
+             _fmt(r["folded_infer_throughput_ratio"]), _fmt(r["peak_memory_ratio"]), _fmt(r["efficiency"])]
+            for r in records]
+    parts = [_render(head, body, markdown, left=1)]
+    if records:
+        r0 = records[0]
+        parts.append(
+            f"\nbaseline {r0['model']} ({r0['baseline_params'] / 1e6:.2f} M params, "
+            f"{r0['baseline_flops'] / 1e9:.2f} GFLOPs/image at {r0['img_size']} px): "
+            f"train {r0['baseline_train_images_per_s']:.1f} images/s, "
+            f"inference {r0['baseline_infer_images_per_s']:.1f} images/s "
+            f"(batch {r0['batch_size']}, {r0['device']}, {r0['dtype']}{', compiled' if r0['compile'] else ''}, "
+            f"median of {r0['repeats']} rounds{', QUICK settings' if r0['quick'] else ''})")
+    lat = [r for r in records if r.get("reforward_ms") is not None]
+    if lat:
+        head = ["charts", "convert (ms)", "forward (ms)", "re-forward (ms)", "baseline forward (ms)"]
+        body = [[str(r["num_charts"]), _fmt(r["reforward_convert_ms"], 1), _fmt(r["reforward_forward_ms"], 1),
+                 _fmt(r["reforward_ms"], 1), _fmt(r["reforward_baseline_forward_ms"], 1)] for r in lat]
+        parts.append(f"\nRe-forward at a new chart count: convert {lat[0]['model']} to VanillaK at H charts, "
+                     f"forward one {lat[0]['reforward_img_size']} px image (recording off)\n")
+        parts.append(_render(head, body, markdown, left=1))
+    return "\n".join(parts)
+
+
+def format_markdown(records: Sequence[dict[str, Any]]) -> str:
+    """Markdown tables for docs/benchmarks.md, with the settings and machine they were measured on."""
+    if not records:
+        return "(no records)"
+    r0 = records[0]
+    m = r0.get("machine", {})
+    head = (f"Measured {r0.get('date', '?')} on {r0['device']} ({m.get('cpu_count', '?')} cores, "
+            f"{m.get('torch_threads', '?')} torch threads{', ' + m['gpu'] if m.get('gpu') else ''}), "
+            f"Python {m.get('python', '?')}, torch {m.get('torch', '?')}, timm {m.get('timm', '?')}: "
+            f"`{r0['model']}` at {r0['img_size']} px, batch {r0['batch_size']}, {r0['dtype']}"
+            f"{', torch.compile' if r0['compile'] else ''}, median of {r0['repeats']} interleaved rounds after "
+            f"{r0['warmup']} warm-up{' (--quick)' if r0['quick'] else ''}; 1-minute load average "
+            f"{r0.get('load_average_start', '?')} at the start, {r0.get('load_average_end', '?')} at the end "
+            f"(other processes on the same cores).\n\n")
+    return head + format_suite(records, markdown=True)
+
+
+# ---------------------------------------------------------------------------------------- CLI
+def _run_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    gpu = torch.cuda.is_available()
+    r = sub.add_parser("run", help="the suite (default): throughput, memory, FLOPs vs timm's baseline")
+    r.add_argument("--model", default=None,
+                   help="timm model name (default: vit_small_patch16_224 on cpu, vit_base_patch16_224 on cuda)")
+    r.add_argument("--img-size", type=int, default=None, help=f"default 224 ({QUICK['img_size']} with --quick)")
+    r.add_argument("--batch-size", type=int, default=None,
+                   help=f"default 8 on cpu, 64 on cuda ({QUICK['batch_size']} on cpu with --quick)")
+    r.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if gpu else "cpu")
+    r.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="bfloat16: torch.autocast for every model, baseline included")
+    r.add_argument("--compile", action="store_true", help="torch.compile every model (baseline included)")
+    r.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    r.add_argument("--num-charts", nargs="+", type=int, default=None, help="default 1 2 4 8 16")
+    r.add_argument("--repeats", type=int, default=None, help=f"timed rounds (default 5, {QUICK['repeats']} with --quick)")
+    r.add_argument("--warmup", type=int, default=None, help="untimed rounds first (default 1; 2 with --compile)")
+    r.add_argument("--quick", action="store_true",
+                   help=f"under 2 minutes on 2 CPU cores: {QUICK['img_size']} px, batch {QUICK['batch_size']}, "
+                        f"{QUICK['repeats']} rounds; every variant at 8 charts + VanillaK at every chart count")
+    r.add_argument("--latency-img-size", type=int, default=224, help="image size of the re-forward latency (0: skip)")
+    r.add_argument("--json", metavar="PATH", help="write the records as JSON")
+    r.add_argument("--markdown", action="store_true", help="print Markdown tables")
+    return r
+
+
+def _run(args: argparse.Namespace) -> int:
+    cuda = args.device == "cuda"
+    model = args.model or ("vit_base_patch16_224" if cuda else "vit_small_patch16_224")
+    quick = args.quick
+    img = args.img_size or (QUICK["img_size"] if quick else 224)
+    batch = args.batch_size or (64 if cuda else (QUICK["batch_size"] if quick else 8))
+    repeats = args.repeats or (QUICK["repeats"] if quick else 5)
+    warmup = QUICK["warmup"] if args.warmup is None else args.warmup
+    charts = args.num_charts or list(DEFAULT_CHARTS)
+    pairs = _pairs(args.variants, charts, quick, explicit=args.num_charts is not None)
+    if quick:
+        print(f"QUICK mode: {model} at {img} px (not 224), batch {batch}, {repeats} rounds after {warmup} warm-up; "
+              f"{len(pairs)} records: " + ", ".join(f"{v}/{h}" for v, h in pairs), flush=True)
+    start = time.perf_counter()
+    records = run_suite(model, img, batch, args.device, args.dtype, args.compile, pairs=pairs, repeats=repeats,
+                        warmup=warmup, quick=quick, latency_img_size=args.latency_img_size or None,
+                        log=lambda s: print(s, file=sys.stderr, flush=True))
+    print(format_markdown(records) if args.markdown else format_suite(records))
+    if records and records[0]["memory_method"]:
+        print(f"\nmemory: {records[0]['memory_method']}")
+    print(f"efficiency = train throughput ratio / (baseline FLOPs / variant FLOPs), nominal per-chart FLOPs; "
+          f"total {time.perf_counter() - start:.0f} s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(records, f, indent=1)
+            f.write("\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "record":  # the recording-overhead benchmark has its own options
+        return int(importlib.import_module("mkviz.bench_record").main(argv[1:]) or 0)
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        argv = ["run"] + argv  # the suite is the default subcommand
     parser = argparse.ArgumentParser(prog="mkviz bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    _run_parser(sub)
+    t = sub.add_parser("table", help="Markdown tables from a JSON written by `run --json`")
+    t.add_argument("path")
     p = sub.add_parser("params", help="parameters and FLOPs of each variant vs the timm baseline")
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="timm model names")
     p.add_argument("--num-charts", type=int, default=8)
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    sub.add_parser("record", help="overhead of recording attention (forwards to mkviz.bench_record)",
+                   add_help=False)
     args = parser.parse_args(argv)
+    if args.command == "run":
+        return _run(args)
+    if args.command == "table":
+        with open(args.path) as f:
+            print(format_markdown(json.load(f)))
+        return 0
     rows = cost_table(args.models, args.num_charts, args.img_size)
     print(format_cost_table(rows, markdown=args.markdown))
     print(f"\nFLOPs: one {args.img_size}x{args.img_size} image, a multiply-add = 2, every chart computed as "

@@ -26,6 +26,7 @@ Both give the same outputs and gradients (tests/test_key.py).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Literal, Optional
 
@@ -300,6 +301,11 @@ class ManifoldKey(nn.Module):
             self.ua_loss = -self.ua_weight * (probs - uniform).pow(2).sum(-1).mean()
 
     # ------------------------------------------------------------------ fast computation
+    def _parameter_space(self) -> contextlib.AbstractContextManager:
+        """Products of parameters run outside autocast, in the parameters' dtype: they are tiny (no batch or
+        token dimension) and their rounding would otherwise be multiplied into every token's key."""
+        return torch.autocast(self.scale.device.type, enabled=False)
+
     def chart_operators(self) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Each chart's linear operator on its input, folded with the scale s_c.
 
@@ -309,24 +315,35 @@ class ManifoldKey(nn.Module):
         H, C, k = self.num_charts, self.key_dim, self.kernel_size
         w = self.chart_maps.weight.view(H, C, -1, k)  # (H, C, cin, k)
         b = self.chart_maps.bias.view(H, C) if self.chart_maps.bias is not None else None
-        if self.variant == "spatialk":
-            s = self.scale.view(H, C, 1, 1)
-            return w * s, (b * self.scale if b is not None else None)
-        return w * self.scale.view(H, 1, -1, 1), b
+        with self._parameter_space():
+            if self.variant == "spatialk":
+                s = self.scale.view(H, C, 1, 1)
+                return w * s, (b * self.scale if b is not None else None)
+            return w * self.scale.view(H, 1, -1, 1), b
 
     def fused_operator(self) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """The linear variants' fused key map on the chart input: W (C, cin, k), b (C,) or None."""
         if not self.is_linear:
             raise ValueError(f"variant {self.variant!r} has no single linear key map (membership is per token)")
-        ops, bias = self.chart_operators()  # (H, C, cin, k), (H, C)
-        if self.variant == "simplek":
-            fw = self.fusion.weight.view(self.key_dim, self.num_charts, self.key_dim)  # (C, H, C)
-            weight = torch.einsum("ohj,hjit->oit", fw, ops)
-            fb = self.fusion.bias
-            if bias is not None:
-                fb = torch.einsum("ohj,hj->o", fw, bias) + (fb if fb is not None else 0)
-            return weight, fb
-        return ops.mean(dim=0), (bias.mean(dim=0) if bias is not None else None)
+        H, C, k = self.num_charts, self.key_dim, self.kernel_size
+        with self._parameter_space():
+            if self.variant == "simplek":
+                ops, bias = self.chart_operators()  # (H, C, cin, k), (H, C)
+                # one GEMM (C, H·C) @ (H·C, cin·k): the O(H·C²·cin) product, independent of batch and tokens
+                fw = self.fusion.weight.view(C, H * C)
+                weight = (fw @ ops.reshape(H * C, -1)).view(C, -1, k)
+                fb = self.fusion.bias
+                if bias is not None:
+                    fb = fw @ bias.reshape(H * C) + (fb if fb is not None else 0)
+                return weight, fb
+            w = self.chart_maps.weight.view(H, C, -1, k)  # (H, C, cin, k)
+            b = self.chart_maps.bias.view(H, C) if self.chart_maps.bias is not None else None
+            if self.variant == "spatialk":  # mean_c s_c ⊙ W_c: scale the output rows
+                weight = (w * self.scale.view(H, C, 1, 1)).mean(dim=0)
+                return weight, ((b * self.scale).mean(dim=0) if b is not None else None)
+            # vanillak: mean_c W_c diag(s_c) (elementwise + mean: faster than einsum's small batched matmuls)
+            weight = (w * self.scale.view(H, 1, -1, 1)).mean(dim=0)
+            return weight, (b.mean(dim=0) if b is not None else None)
 
     def effective_linear(self) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """For foldable keys: the single linear layer x -> K, weight (C, C_in) and bias (C,) or None."""
@@ -334,28 +351,63 @@ class ManifoldKey(nn.Module):
             why = "its membership is a per-token softmax" if not self.is_linear else \
                 f"kernel_size={self.kernel_size} mixes neighbouring tokens"
             raise ValueError(f"this {self.variant!r} key cannot be folded into one linear layer: {why}")
-        weight, bias = self.fused_operator()
-        weight = weight[..., 0]  # (C, cin)
-        if self.base is None:
-            return weight, bias
-        w_total = weight @ self.base.weight  # (C, C_in)
-        b_total = bias
-        if self.base.bias is not None:
-            b_total = weight @ self.base.bias + (bias if bias is not None else 0)
-        return w_total, b_total
+        with self._parameter_space():
+            weight, bias = self.fused_operator()
+            weight = weight[..., 0]  # (C, cin)
+            if self.base is None:
+                return weight, bias
+            w_total = weight @ self.base.weight  # (C, C_in)
+            b_total = bias
+            if self.base.bias is not None:
+                b_total = weight @ self.base.bias + (bias if bias is not None else 0)
+            return w_total, b_total
+
+    def plan(self, tokens: int) -> str:
+        """The fast path's evaluation order for `tokens` = batch · tokens rows (same outputs and gradients).
+
+            "weight": the whole key path folded into one (C, C_in) matrix in parameter space, then one
+                      matmul per token, run together with q and v (kernel_size 1);
+            "token":  the fused map formed in parameter space, applied to each token's base key as one
+                      dense convolution (kernel_size > 1);
+            "chart":  every chart per token as written (one grouped convolution), then the fusion;
+            "kua":    KUA: the base key, all charts in one matmul, the per-token membership.
+        VanillaK and SpatialK always fold: forming their matrix costs C²·cin multiply-adds, independent of
+        the tokens. SimpleK's dense fusion makes its parameter-space product H·C²·cin (+ C²·C_in to fold
+        the base key) against 2H·C·cin·T per-token work for the charts and the fusion: for few tokens
+        (T ≲ C/2, e.g. one small image) the charts are cheaper and are used.
+        """
+        if not self.is_linear:
+            return "kua"
+        order = "weight" if self.foldable else "token"
+        if self.variant != "simplek":
+            return order
+        H, C, cin, cx, k = self.num_charts, self.key_dim, self.chart_in_dim, self.in_dim, self.kernel_size
+        base = C * cx * tokens if self.base is not None else 0  # every token's base key
+        fuse = H * C * C * cin * k  # the fused map, (C, H·C) @ (H·C, cin·k)
+        if self.foldable:
+            fast = fuse + (C * cin * cx if self.base is not None else 0) + C * cx * tokens
+        else:
+            fast = fuse + base + C * cin * k * tokens
+        chart = base + H * C * cin * k * tokens + H * C * C * tokens
+        return "chart" if chart < fast else order
 
     def _fast(self, x: torch.Tensor) -> torch.Tensor:
-        if self.foldable:
+        B, N, _ = x.shape
+        order = self.plan(B * N)
+        if order == "weight":
             weight, bias = self.effective_linear()
             return F.linear(x, weight, bias)  # (B, N, C)
-        base = self.base(x) if self.base is not None else x  # (B, N, cin)
-        if self.is_linear:  # kernel_size > 1: one dense convolution over the tokens
-            weight, bias = self.fused_operator()  # (C, cin, k)
-            return F.conv1d(base.transpose(1, 2), weight, bias, padding=self.kernel_size // 2).transpose(1, 2)
-        if self.kernel_size > 1:  # KUA with token-mixing chart maps: grouped conv, then fuse
+        if order == "chart" or self.kernel_size > 1 and not self.is_linear:
+            # as written: every chart (one grouped conv), then the fusion
             return self.fuse(self.chart_keys(x), x)
-        ops, bias = self.chart_operators()  # (H, C, cin, 1), (H, C)
-        B, N, _ = base.shape
+        base = self.base(x) if self.base is not None else x  # (B, N, cin)
+        if order == "token":
+            weight, bias = self.fused_operator()  # (C, cin, k)
+            if self.kernel_size == 1:
+                return F.linear(base, weight[..., 0], bias)
+            # kernel_size > 1: one dense convolution over the tokens
+            return F.conv1d(base.transpose(1, 2), weight, bias, padding=self.kernel_size // 2).transpose(1, 2)
+        ops, bias = self.chart_operators()  # KUA: (H, C, cin, 1), (H, C)
         H, C = self.num_charts, self.key_dim
         charts = F.linear(base, ops.reshape(H * C, -1), bias.reshape(-1) if bias is not None else None)
         charts = charts.view(B, N, H, C)  # (B, N, H, C): all charts in one matmul

@@ -1,0 +1,129 @@
+"""The benchmark suite's core on a tiny model: JSON schema, positive finite ratios, the efficiency formula;
+and the fast key path under bf16 autocast and in every evaluation order."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+import mkviz
+from mkviz import bench
+from mkviz.key import ManifoldKey
+
+from conftest import small_vit
+
+TINY = dict(patch_size=8, embed_dim=64, depth=2, num_heads=4, num_classes=5)
+
+
+@pytest.fixture(scope="module")
+def records():
+    pairs = [("vanillak", 1), ("vanillak", 2), ("simplek", 2), ("spatialk", 2), ("kua", 2)]
+    return bench.run_suite("vit_tiny_patch16_224", img_size=32, batch_size=2, repeats=1, pairs=pairs,
+                           latency_img_size=32, model_kwargs=TINY, log=lambda s: None)
+
+
+def test_suite_records_schema(records, tmp_path):
+    assert [(r["variant"], r["num_charts"]) for r in records] == \
+        [("vanillak", 1), ("vanillak", 2), ("simplek", 2), ("spatialk", 2), ("kua", 2)]
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(records))
+    loaded = json.loads(path.read_text())
+    assert isinstance(loaded, list)
+    for r in loaded:
+        assert set(bench.RECORD_FIELDS) <= set(r), set(bench.RECORD_FIELDS) - set(r)
+        assert r["model"] == "vit_tiny_patch16_224" and r["device"] == "cpu"
+        assert isinstance(r["params"], int) and isinstance(r["flops"], int)
+        ratios = ["params_ratio", "flops_ratio", "train_throughput_ratio", "infer_throughput_ratio",
+                  "peak_memory_ratio", "efficiency"]
+        if r["variant"] == "kua":
+            assert r["folded_infer_throughput_ratio"] is None
+        else:
+            ratios.append("folded_infer_throughput_ratio")
+        for name in ratios:
+            assert isinstance(r[name], float) and math.isfinite(r[name]) and r[name] > 0, (name, r[name])
+        assert r["params_ratio"] > 1 and r["flops_ratio"] > 1
+        # efficiency = train throughput ratio / (baseline FLOPs / variant FLOPs)
+        assert r["efficiency"] == pytest.approx(r["train_throughput_ratio"] / (r["baseline_flops"] / r["flops"]))
+        assert r["flops_ratio"] == pytest.approx(r["flops"] / r["baseline_flops"])
+        assert r["params_ratio"] == pytest.approx(r["params"] / r["baseline_params"])
+        if r["variant"] == "vanillak":
+            assert r["reforward_ms"] > 0 and r["reforward_ms"] == pytest.approx(
+                r["reforward_convert_ms"] + r["reforward_forward_ms"])
+        else:
+            assert r["reforward_ms"] is None
+
+
+def test_suite_tables(records, tmp_path):
+    text = bench.format_suite(records)
+    assert "efficiency" in text and "Re-forward" in text and "kua" in text
+    md = bench.format_markdown(records)
+    assert md.count("\n|") >= len(records) + 4 and "Python" in md
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps(records))
+    assert bench.main(["table", str(path)]) == 0
+
+
+def test_quick_grid_covers_the_required_records():
+    pairs = bench._pairs(mkviz.VARIANTS, bench.DEFAULT_CHARTS, quick=True, explicit=False)
+    assert {(v, 8) for v in mkviz.VARIANTS} <= set(pairs)
+    assert {("vanillak", h) for h in (1, 2, 4, 8, 16)} <= set(pairs)
+    assert len(pairs) == 8
+    full = bench._pairs(["VanillaK", "kua"], [2, 8], quick=False, explicit=True)
+    assert full == [("vanillak", 2), ("vanillak", 8), ("kua", 2), ("kua", 8)]
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="dtype must be"):
+        bench.run_suite(dtype="float16")
+    with pytest.raises(ValueError, match="variant must be one of"):
+        bench.run_suite(pairs=[("nope", 2)], repeats=1)
+
+
+@pytest.mark.parametrize("variant", mkviz.VARIANTS)
+def test_bf16_autocast_forward_is_close_to_fp32(variant):
+    torch.manual_seed(0)
+    model = mkviz.convert(small_vit(), variant, 4).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)  # move off the function-preserving init
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, rtol=0.05, atol=0.05 * ref.abs().max().item())
+    # and training under autocast gives finite gradients for the key path
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(x).float().square().mean()
+    loss.backward()
+    grads = [m.key.scale.grad for _, m in mkviz.manifold_modules(model)]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("variant", mkviz.VARIANTS)
+@pytest.mark.parametrize("tokens", [3, 40])  # few tokens: token-space order; many: parameter-space order
+def test_fast_key_orders_match_reference(variant, tokens):
+    """The fast path picks its evaluation order by cost; every order gives the reference's outputs and grads."""
+    key = ManifoldKey(24, 24, variant=variant, num_charts=5).double()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in key.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.3)
+    x = torch.randn(2, tokens, 24, dtype=torch.float64, requires_grad=True)
+    results = []
+    for impl in ("reference", "fast"):
+        key.impl = impl
+        key.zero_grad()
+        x.grad = None
+        out = key(x)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+        results.append((out.detach(), x.grad.clone(), [p.grad.clone() for p in key.parameters()]))
+    (ref, ref_x, ref_p), (fast, fast_x, fast_p) = results
+    torch.testing.assert_close(fast, ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(fast_x, ref_x, rtol=1e-10, atol=1e-10)
+    for a, b in zip(fast_p, ref_p):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
