@@ -260,11 +260,14 @@ class ManifoldKey(nn.Module):
             )
 
     def chart_keys(self, x: torch.Tensor) -> torch.Tensor:
-        """Every chart's key, computed as written (the reference path).
+        """Every chart's key K_c: x (B, N, C_in) -> (B, H, N, C).
 
-        x: (B, N, C_in) -> (B, H, N, C).
+        impl "reference": computed as written (the grouped convolution); impl "fast" with kernel_size 1:
+        all charts in one matmul with the stacked chart operators (same values, faster on CPU).
         """
         self._check_input(x)
+        if self.impl == "fast" and self.kernel_size == 1:
+            return self._stacked_charts(x).permute(0, 2, 1, 3)  # (B, H, N, C)
         B, N, _ = x.shape
         H, C = self.num_charts, self.key_dim
         if self.variant == "spatialk":
@@ -407,13 +410,20 @@ class ManifoldKey(nn.Module):
                 return F.linear(base, weight[..., 0], bias)
             # kernel_size > 1: one dense convolution over the tokens
             return F.conv1d(base.transpose(1, 2), weight, bias, padding=self.kernel_size // 2).transpose(1, 2)
-        ops, bias = self.chart_operators()  # KUA: (H, C, cin, 1), (H, C)
-        H, C = self.num_charts, self.key_dim
-        charts = F.linear(base, ops.reshape(H * C, -1), bias.reshape(-1) if bias is not None else None)
-        charts = charts.view(B, N, H, C)  # (B, N, H, C): all charts in one matmul
+        charts = self._stacked_charts(x, base)  # KUA: (B, N, H, C)
         probs = self.membership_probs(x)  # (B, N, H)
         self._update_ua_loss(probs)
         return (probs.unsqueeze(-2) @ charts).squeeze(-2)  # (B, N, C)
+
+    def _stacked_charts(self, x: torch.Tensor, base: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """kernel_size 1: all charts in ONE matmul with the stacked chart operators. -> (B, N, H, C)."""
+        B, N, _ = x.shape
+        if base is None:
+            base = self.base(x) if self.base is not None else x  # (B, N, cin); spatialk: x
+        ops, bias = self.chart_operators()  # (H, C, cin, 1), (H, C) or None
+        H, C = self.num_charts, self.key_dim
+        charts = F.linear(base, ops.reshape(H * C, -1), bias.reshape(-1) if bias is not None else None)
+        return charts.view(B, N, H, C)  # (B, N, H, C)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, N, C_in) -> fused key (B, N, C)."""

@@ -40,7 +40,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 from timm.layers import Attention
 from timm.models.swin_transformer import WindowAttention
 
@@ -102,20 +101,8 @@ def select_layers(model: nn.Module, layers: LayerSpec = None) -> List[str]:
 
 # --------------------------------------------------------------------------- per-chart attention
 def chart_keys_of(module: _ManifoldQKV, x: torch.Tensor) -> torch.Tensor:
-    """Chart keys K_c of a manifold module for its input x (B, N, C_in): (B, H, N, C).
-
-    Same values as `module.key.chart_keys(x)`; for kernel_size 1 all charts come from ONE matmul with the
-    stacked chart operators (faster on CPU than the grouped convolution).
-    """
-    key = module.key
-    if key.kernel_size != 1:
-        return key.chart_keys(x)
-    B, N, _ = x.shape
-    H, C = key.num_charts, key.key_dim
-    ops, bias = key.chart_operators()  # (H, C, cin, 1), (H, C) or None
-    base = key.base(x) if key.base is not None else x  # (B, N, cin)
-    charts = F.linear(base, ops.reshape(H * C, -1), bias.reshape(-1) if bias is not None else None)
-    return charts.view(B, N, H, C).permute(0, 2, 1, 3)  # (B, H, N, C)
+    """Chart keys K_c of a manifold module for its input x (B, N, C_in): (B, H, N, C) (`key.chart_keys`)."""
+    return module.key.chart_keys(x)
 
 
 def chart_attention_of(module: _ManifoldQKV, q: torch.Tensor, chart_keys: torch.Tensor,

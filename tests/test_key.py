@@ -240,3 +240,14 @@ def test_torch_compile_matches_eager():
         expected = model(x)
         compiled = torch.compile(model)
         torch.testing.assert_close(compiled(x), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", mkviz.VARIANTS)
+def test_chart_keys_fast_equals_reference(variant):
+    """chart_keys: one matmul over the stacked operators (fast) == the grouped convolution (reference)."""
+    key = ManifoldKey(24, 16, variant=variant, num_charts=3).double()
+    _randomise(key)
+    x = torch.randn(2, 7, 24, dtype=torch.float64)
+    fast = key.chart_keys(x)
+    key.impl = "reference"
+    torch.testing.assert_close(fast, key.chart_keys(x), rtol=1e-12, atol=1e-12)
