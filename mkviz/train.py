@@ -639,8 +639,9 @@ def _train(cfg: TrainConfig, d: _Dist, device: torch.device) -> dict[str, Any]:
         if test is not None:
             result["test"] = test
         if d.main:
-            extra = {"metrics": {"val": result.get("val"), "test": test, "epochs": cfg.epochs, "steps": step}}
-            ckpt.atomic_write_json(out / "results.json", {**extra, "history": history})
+            extra = {"metrics": {"val": result.get("val"), "test": test, "epochs": cfg.epochs, "steps": step},
+                     "history": history}  # per-epoch curves travel with the exported weights
+            ckpt.atomic_write_json(out / "results.json", extra)
             final = ckpt.export_checkpoint(out, out / "final", extra=extra)
             result["final"] = str(final)
             if cfg.export:

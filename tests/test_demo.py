@@ -1,0 +1,85 @@
+"""`mkviz demo` from the shipped checkpoints: the summary, the report, and the report in a real browser."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mkviz.demo import CHART_SWEEP, MAIN_MODELS, SHIPPED_CHECKPOINTS
+
+ROOT = Path(__file__).resolve().parents[1]
+SCREENSHOTS = ROOT / "outputs" / "screenshots"
+
+
+def _mkviz(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mkviz.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    missing = [n for n in MAIN_MODELS + CHART_SWEEP if not (SHIPPED_CHECKPOINTS / n / "model.safetensors").is_file()]
+    assert not missing, f"shipped checkpoints missing: {missing}"
+    out = tmp_path_factory.mktemp("demo")
+    result = _mkviz("demo", "--out", str(out), "--no-train")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result.stdout
+
+
+@pytest.mark.slow
+def test_demo_prints_summary_and_writes_report(demo_run):
+    out, stdout = demo_run
+    report = out / "report.html"
+    assert f"report: {report}" in stdout
+    accuracies = {}
+    for name in MAIN_MODELS + CHART_SWEEP:
+        match = re.search(rf"^{re.escape(name)}\s+([0-9.]+)\s", stdout, flags=re.M)
+        assert match, f"no summary line for {name}:\n{stdout}"
+        accuracies[name] = float(match.group(1))
+    # the shipped small models learned the relation task (chance is 0.25)
+    assert min(accuracies.values()) > 0.6, accuracies
+    html = report.read_text()
+    assert not re.search(r"<script[^>]*\bsrc=", html), "the report must open offline (plotly.js inlined)"
+    assert "Plotly.newPlot" in html
+    assert html.count('class="plotly-graph-div"') >= 3 + 4 + 5 + 1
+
+
+@pytest.mark.slow
+def test_demo_report_renders_in_chromium(demo_run, browser):
+    out, _ = demo_run
+    page = browser.new_page(viewport={"width": 1300, "height": 900})
+    errors: list[str] = []
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto((out / "report.html").as_uri())
+    page.wait_for_function("document.querySelectorAll('.js-plotly-plot .main-svg').length > 0", timeout=60_000)
+    divs = page.locator(".plotly-graph-div")
+    n = divs.count()
+    rendered = page.evaluate("""() => Array.from(document.querySelectorAll('.plotly-graph-div')).filter(
+        d => d.querySelector('.main-svg') && d.getBoundingClientRect().height > 50).length""")
+    assert n >= 13 and rendered == n, f"{rendered} of {n} plots rendered"
+    # heat maps carry real data (non-empty traces)
+    traces = page.evaluate("""() => Array.from(document.querySelectorAll('.plotly-graph-div')).map(
+        d => (d.data || []).length)""")
+    assert min(traces) >= 1
+    assert not errors, errors
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "demo_report.png"), full_page=False)
+    page.close()
+
+
+def test_demo_errors_are_one_line(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = _mkviz("demo", "--out", str(tmp_path / "o"), "--checkpoints", str(empty), "--no-train")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "checkpoint" in result.stderr and "not found" in result.stderr
+    result = _mkviz("demo", "--pretrained", "vit_tiny_patch16_224", "--data-root", str(tmp_path / "nope"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--data-root" in result.stderr and "does not exist" in result.stderr
+    result = _mkviz("demo", "--images", "0")
+    assert result.returncode == 2 and "--images must be >= 1" in result.stderr
