@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install chromium demo test lab bench-params sync-notebooks clean
+.PHONY: install chromium demo test lab bench-params checkpoints sync-notebooks clean
 
 install: $(STAMP)
 
@@ -36,6 +36,10 @@ chromium:
 
 lab: install
 	$(BIN)/jupyter lab notebooks/
+
+# regenerate the small shipped checkpoints in data/checkpoints (CPU, about half an hour on 2 cores)
+checkpoints: install
+	bash scripts/make_checkpoints.sh
 
 bench-params: install
 	$(BIN)/python -m mkviz.bench params

@@ -8,6 +8,7 @@
     integrated_gradients, ...          captum attributions: pixels, patches, attention (mkviz.attribution)
     ChartExplorer, ChartCountExplorer  interactive explorers, ipywidgets + plotly (mkviz.viz)
     mkviz.figures                      plain plotly figures (overlays, chart maps, similarity, curves, tables)
+    TrainConfig, load_checkpoint       training and checkpoints (mkviz.train; `mkviz train` on the command line)
 """
 from .attention import ContextBroadcast, ManifoldAttention, ManifoldWindowAttention, attn_layer
 from .convert import convert, create_model, fold, manifold_modules, unbalanced_atlas_loss
@@ -19,6 +20,7 @@ from .attribution import (attention_attribution, attention_replaced, eager_atten
 
 from . import figures
 from .viz import ChartCountExplorer, ChartExplorer  # plotly and ipywidgets are imported on first use
+from .train import TrainConfig, load_checkpoint
 
 __version__ = "0.1.0"
 
@@ -29,5 +31,5 @@ __all__ = [
     "AttentionRecording", "record_attention", "attention_layers", "select_layers",
     "integrated_gradients", "layer_integrated_gradients", "attention_attribution", "attention_replaced",
     "eager_attention",
-    "figures", "ChartExplorer", "ChartCountExplorer",
+    "figures", "ChartExplorer", "ChartCountExplorer", "TrainConfig", "load_checkpoint",
 ]
