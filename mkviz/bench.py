@@ -444,6 +444,25 @@ def reforward_latency(model: str, num_charts: Sequence[int], img_size: int = 224
 
 
 # ---------------------------------------------------------------------------------------- output
+def explorer_latency(model: str = "vit_small_patch16_224", img_size: int = 224, num_charts: int = 8,
+                     moves: int = 20, seed: int = 0) -> dict[str, float]:
+    """Latency of the notebook explorer (`mkviz.ChartExplorer`) on a converted model (random weights).
+
+    first_forward_ms: building the explorer's cache for one image (the recorded forward);
+    slider_move_ms: median of `moves` query-slider moves (re-slice the cached maps, update the figure).
+    """
+    from .viz import ChartExplorer
+
+    torch.manual_seed(seed)
+    base = timm.create_model(model, pretrained=False, img_size=img_size).eval()
+    converted = convert(base, "vanillak", num_charts).eval()
+    images = torch.randn(1, 3, img_size, img_size)
+    start = time.perf_counter()
+    explorer = ChartExplorer(converted, images)
+    first = (time.perf_counter() - start) * 1000.0
+    return {"first_forward_ms": first, "slider_move_ms": explorer.update_latency_ms(moves)}
+
+
 def _fmt(value: Optional[float], digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -569,9 +588,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--markdown", action="store_true", help="print a Markdown table")
     sub.add_parser("record", help="overhead of recording attention (forwards to mkviz.bench_record)",
                    add_help=False)
+    e = sub.add_parser("explorer", help="notebook explorer latency: a slider move (cached forward), in ms")
+    e.add_argument("--model", default="vit_small_patch16_224")
+    e.add_argument("--img-size", type=int, default=224)
+    e.add_argument("--num-charts", type=int, default=8)
+    e.add_argument("--moves", type=int, default=20)
     args = parser.parse_args(argv)
     if args.command == "run":
         return _run(args)
+    if args.command == "explorer":
+        ms = explorer_latency(args.model, args.img_size, args.num_charts, args.moves)
+        print(f"explorer ({args.model}, {args.img_size} px, vanillak, {args.num_charts} charts): built with its "
+              f"first recorded forward in {ms['first_forward_ms']:.0f} ms; slider move {ms['slider_move_ms']:.1f} ms "
+              f"(median of {args.moves}; target <= 50 ms)")
+        return 0
     if args.command == "table":
         with open(args.path) as f:
             print(format_markdown(json.load(f)))

@@ -127,3 +127,11 @@ def test_fast_key_orders_match_reference(variant, tokens):
     torch.testing.assert_close(fast_x, ref_x, rtol=1e-10, atol=1e-10)
     for a, b in zip(fast_p, ref_p):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
+def test_explorer_latency_measures_a_slider_move():
+    from mkviz.bench import explorer_latency
+
+    ms = explorer_latency("vit_tiny_patch16_224", img_size=32, num_charts=2, moves=3)
+    assert set(ms) == {"first_forward_ms", "slider_move_ms"}
+    assert 0 < ms["slider_move_ms"] < ms["first_forward_ms"] + 1e4
