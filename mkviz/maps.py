@@ -26,6 +26,8 @@ from typing import NamedTuple, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
+from .metrics import _to_2tuple
+
 __all__ = [
     "PatchGrid",
     "patch_grid",
@@ -40,32 +42,6 @@ __all__ = [
 
 Size2 = Union[int, Tuple[int, int], Sequence[int]]
 _MODES = ("bilinear", "nearest", "bicubic")
-
-
-def _to_2tuple(v, name: str) -> Tuple[int, int]:
-    if isinstance(v, torch.Size):
-        v = tuple(v)
-    if isinstance(v, int) and not isinstance(v, bool):
-        out = (v, v)
-    elif isinstance(v, (tuple, list)) and len(v) == 2:
-        out = (int(v[0]), int(v[1]))
-    else:
-        raise ValueError(f"`{name}` must be an int or a pair (h, w), got {v!r}")
-    if out[0] <= 0 or out[1] <= 0:
-        raise ValueError(f"`{name}` must be positive, got {out}")
-    return out
-
-
-def _to_2tuple_nonneg(v, name: str) -> Tuple[int, int]:
-    if isinstance(v, int) and not isinstance(v, bool):
-        out = (v, v)
-    elif isinstance(v, (tuple, list)) and len(v) == 2:
-        out = (int(v[0]), int(v[1]))
-    else:
-        raise ValueError(f"`{name}` must be an int or a pair (h, w), got {v!r}")
-    if out[0] < 0 or out[1] < 0:
-        raise ValueError(f"`{name}` must be >= 0, got {out}")
-    return out
 
 
 # --------------------------------------------------------------------------- ViT helpers
@@ -250,7 +226,7 @@ def swin_block_geometry(block) -> dict:
     return dict(
         resolution=_to_2tuple(block.input_resolution, "block.input_resolution"),
         window_size=_to_2tuple(block.window_size, "block.window_size"),
-        shift_size=_to_2tuple_nonneg(block.shift_size, "block.shift_size"),
+        shift_size=_to_2tuple(block.shift_size, "block.shift_size", minimum=0),
     )
 
 
@@ -274,7 +250,7 @@ def swin_token_window(
     """
     H, W = _to_2tuple(resolution, "resolution")
     wh, ww = _to_2tuple(window_size, "window_size")
-    sh, sw = _to_2tuple_nonneg(shift_size, "shift_size")
+    sh, sw = _to_2tuple(shift_size, "shift_size", minimum=0)
     r, c = int(query[0]), int(query[1])
     if not (0 <= r < H and 0 <= c < W):
         raise ValueError(f"`query`=({r}, {c}) outside the stage token grid {(H, W)}")
@@ -343,7 +319,7 @@ def swin_window_attention_to_image(
         raise ValueError("`resolution` (H, W) of the stage token grid is required")
     H, W = _to_2tuple(resolution, "resolution")
     wh, ww = _to_2tuple(window_size, "window_size")
-    sh, sw = _to_2tuple_nonneg(shift_size, "shift_size")
+    sh, sw = _to_2tuple(shift_size, "shift_size", minimum=0)
     if attn.shape[-1] != wh * ww:
         raise ValueError(
             f"`attn` window dim Nw={attn.shape[-1]} does not match window_size {(wh, ww)} (Nw = {wh * ww})"

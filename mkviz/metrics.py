@@ -56,7 +56,8 @@ def _as_float(x: torch.Tensor) -> torch.Tensor:
     return x.float()
 
 
-def _to_2tuple(v, name: str) -> Tuple[int, int]:
+def _to_2tuple(v, name: str, minimum: int = 1) -> Tuple[int, int]:
+    """An int or a pair (h, w) as a pair of ints >= minimum, else a ValueError naming `name`."""
     if isinstance(v, torch.Size):
         v = tuple(v)
     if isinstance(v, int) and not isinstance(v, bool):
@@ -65,8 +66,8 @@ def _to_2tuple(v, name: str) -> Tuple[int, int]:
         out = (int(v[0]), int(v[1]))
     else:
         raise ValueError(f"`{name}` must be an int or a pair (h, w), got {v!r}")
-    if out[0] <= 0 or out[1] <= 0:
-        raise ValueError(f"`{name}` must be positive, got {out}")
+    if out[0] < minimum or out[1] < minimum:
+        raise ValueError(f"`{name}` must be {'positive' if minimum == 1 else f'>= {minimum}'}, got {out}")
     return out
 
 

@@ -356,6 +356,17 @@ class _ControlsMixin:
         return float(statistics.median(times))
 
 
+    def _update_images(self) -> None:
+        """Show the current image under every map panel (a PNG source, or raw pixels as z)."""
+        src = _fig.image_source(self._display[self.image_index])
+        with self.maps_figure.batch_update():
+            for t in self._images:
+                if src is not None:
+                    t.source = src
+                else:
+                    t.z = self._display[self.image_index]
+
+
 # --------------------------------------------------------------------------- ChartExplorer
 class ChartExplorer(_ControlsMixin):
     """What the fused key and each chart attend to, for one model, interactively.
@@ -530,15 +541,6 @@ class ChartExplorer(_ControlsMixin):
                                                   colorbar=ref.data[0].colorbar)
             self.similarity_figure.layout.title.text = f"{ref.layout.title.text} — {self.layer}, " \
                                                        f"head {self.head_dropdown.value}"
-
-    def _update_images(self) -> None:
-        src = _fig.image_source(self._display[self.image_index])
-        with self.maps_figure.batch_update():
-            for t in self._images:
-                if src is not None:
-                    t.source = src
-                else:
-                    t.z = self._display[self.image_index]
 
     def _refresh_all(self) -> None:
         self._update_maps()
@@ -741,15 +743,6 @@ class ChartCountExplorer(_ControlsMixin):
         h = self.num_charts
         with self.accuracy_figure.batch_update():
             cur.x, cur.y = ([h], [self.accuracies[h]]) if h in self.accuracies else ([], [])
-
-    def _update_images(self) -> None:
-        src = _fig.image_source(self._display[self.image_index])
-        with self.maps_figure.batch_update():
-            for t in self._images:
-                if src is not None:
-                    t.source = src
-                else:
-                    t.z = self._display[self.image_index]
 
     def _refresh_all(self) -> None:
         self._update_maps()
