@@ -101,6 +101,7 @@ elif DEVICE.type == "cuda":
     common.update(preset="tiny", num_train=8000, num_val=1000, num_test=1000, epochs=30, batch_size=64, lr=1e-3)
 else:
     SCALE = "CPU"
+    torch.set_num_threads(1)  # a 0.2 M-parameter model at batch 64 gains little from threads; on a shared CPU they hurt
     common.update(preset="tiny", num_train=4000, num_val=500, num_test=500, epochs=10, batch_size=64, lr=1e-3)
 torch.manual_seed(SEED)
 print(f"mkviz {mkviz.__version__}, torch {torch.__version__}, device {DEVICE}; scale: {SCALE}; dataset {DATASET}")
