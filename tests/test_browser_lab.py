@@ -158,7 +158,7 @@ def _wait_until_idle(page, timeout_ms: int = 120_000) -> None:
 
 
 @pytest.mark.slow
-def test_explorers_render_and_react_in_jupyterlab(lab, browser):
+def test_explorers_render_and_react_in_jupyterlab(browser, lab):
     base, token, root = lab
     before = {name: (root / name).read_bytes() for name in (NB04, NB06)}
     repo_before = {name: (NOTEBOOKS / name).read_bytes() for name in (NB04, NB06)}
