@@ -78,17 +78,35 @@ class _ManifoldQKV(nn.Module):
                 f"{self.key.in_dim}; got {tuple(x.shape)}"
             )
 
+    def qkv_linear(self) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """timm's fused `qkv` for a foldable key: weight (3A, C_in) with rows [q; k; v], bias (3A,) or None.
+
+        Formed in parameter space every forward while autograd records (training); without autograd
+        (eval under no_grad / inference_mode) the result is cached until a parameter changes (tracked by
+        the parameters' storage and in-place version counters), so inference costs what timm's does.
+        """
+        params = [p for p in (self.qv.weight, self.qv.bias) if p is not None] + list(self.key.parameters())
+        stamp = tuple((p.data_ptr(), p._version) for p in params)
+        cached = getattr(self, "_qkv_cache", None)
+        if not torch.is_grad_enabled() and cached is not None and cached[0] == stamp:
+            return cached[1], cached[2]
+        A = self.attn_dim
+        k_weight, k_bias = self.key.effective_linear()
+        weight = torch.cat([self.qv.weight[:A], k_weight, self.qv.weight[A:]])  # (3A, C_in)
+        bias = None
+        if self.qv.bias is not None:
+            bias = torch.cat([self.qv.bias[:A], k_bias, self.qv.bias[A:]])  # (3A,)
+        if not torch.is_grad_enabled():
+            self._qkv_cache = (stamp, weight, bias)
+        return weight, bias
+
     def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x: (B, N, C_in) -> q, k, v each (B, heads, N, head_dim), before q/k norms."""
         B, N, _ = x.shape
         A = self.attn_dim
         if self.key.impl == "fast" and self.key.plan(B * N) == "weight":
             # the whole key path is one (A, C_in) matrix: run q, k, v as ONE matmul like timm
-            k_weight, k_bias = self.key.effective_linear()
-            weight = torch.cat([self.qv.weight[:A], k_weight, self.qv.weight[A:]])  # (3A, C_in)
-            bias = None
-            if self.qv.bias is not None:
-                bias = torch.cat([self.qv.bias[:A], k_bias, self.qv.bias[A:]])  # (3A,)
+            weight, bias = self.qkv_linear()  # (3A, C_in), (3A,) or None
             qkv = F.linear(x, weight, bias)  # (B, N, 3A)
             qkv = qkv.reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
             return qkv.unbind(0)  # each (B, heads, N, d)

@@ -239,12 +239,11 @@ def _fold_module(path: str, module: _ManifoldQKV) -> nn.Module:
                                             copy.deepcopy(module.norm))
         if module.gate is not None:
             new.gate.load_state_dict(module.gate.state_dict())
-    A = module.attn_dim
     with torch.no_grad():
-        k_weight, k_bias = module.key.effective_linear()
-        new.qkv.weight.copy_(torch.cat([module.qv.weight[:A], k_weight, module.qv.weight[A:]]))
+        weight, bias = module.qkv_linear()  # (3A, C_in), rows [q; k; v]
+        new.qkv.weight.copy_(weight)
         if has_bias:
-            new.qkv.bias.copy_(torch.cat([module.qv.bias[:A], k_bias, module.qv.bias[A:]]))
+            new.qkv.bias.copy_(bias)
         new.proj.load_state_dict(module.proj.state_dict())
         if cb:
             new.context_broadcast.load_state_dict(module.context_broadcast.state_dict())

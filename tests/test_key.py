@@ -251,3 +251,32 @@ def test_chart_keys_fast_equals_reference(variant):
     fast = key.chart_keys(x)
     key.impl = "reference"
     torch.testing.assert_close(fast, key.chart_keys(x), rtol=1e-12, atol=1e-12)
+
+
+def test_inference_cache_follows_parameter_changes():
+    """Without autograd the fused qkv is cached; any in-place change of a parameter invalidates it."""
+    torch.manual_seed(0)
+    model = mkviz.convert(small_vit(qkv_bias=True), "simplek", 3).eval()
+    x = torch.randn(2, 3, 32, 32)
+
+    def reference():
+        with torch.no_grad(), mkviz.key_impl(model, "reference"):
+            return model(x)
+
+    with torch.inference_mode():
+        first = model(x)
+    torch.testing.assert_close(first, reference(), rtol=1e-5, atol=1e-5)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)  # a training step changes every parameter in place
+    model.train()
+    model(x).sum().backward()
+    opt.step()
+    model.eval()
+    with torch.inference_mode():
+        after_step = model(x)
+    assert (after_step - first).abs().max() > 1e-3
+    torch.testing.assert_close(after_step, reference(), rtol=1e-5, atol=1e-5)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state[next(k for k in state if k.endswith("key.fusion.weight"))] *= 0.5
+    model.load_state_dict(state)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(), rtol=1e-5, atol=1e-5)
