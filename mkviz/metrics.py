@@ -159,12 +159,17 @@ def chart_cosine_similarity(
 
 
 def _entropy_terms_js(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """JS divergence (nats) along the last dim, 0*log0 = 0."""
+    """JS divergence (nats) along the last dim, 0*log0 = 0.
+
+    In float64: a float32 softmax can hold denormal weights (~1e-45) whose half underflows to 0 in
+    float32, which would turn p·log(p/m) into inf."""
+    dtype = p.dtype
+    p, q = p.double(), q.double()
     m = 0.5 * (p + q)
     # xlogy(x, y) = x * log(y) with xlogy(0, y) = 0 (also for y = 0).
     kl_pm = (torch.xlogy(p, p) - torch.xlogy(p, m)).sum(dim=-1)
     kl_qm = (torch.xlogy(q, q) - torch.xlogy(q, m)).sum(dim=-1)
-    return (0.5 * (kl_pm + kl_qm)).clamp_min(0.0)
+    return (0.5 * (kl_pm + kl_qm)).clamp_min(0.0).to(dtype)
 
 
 def chart_js_divergence(

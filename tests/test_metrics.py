@@ -340,3 +340,15 @@ def test_evidence_fraction_weighting_and_batched_mask():
         attention_on_evidence(torch.zeros(17), mask[0], 4)  # N mismatch without prefix
     with pytest.raises(ValueError, match="mask"):
         attention_on_evidence(torch.zeros(16), torch.zeros(1, 1, 32, 32), 4)
+
+
+def test_js_divergence_is_finite_for_denormal_weights():
+    """A float32 softmax can give weights ~1e-45 whose half underflows; JS must stay finite and in [0, 1]."""
+    from mkviz.metrics import chart_js_divergence
+
+    tiny = torch.finfo(torch.float32).smallest_normal / 2 ** 23  # the smallest float32 denormal, 2^-149
+    a = torch.tensor([1.0 - tiny, tiny, 0.0])
+    b = torch.tensor([1.0, 0.0, 0.0])
+    chart_attn = torch.stack([a.expand(3, 3), b.expand(3, 3)]).view(1, 2, 1, 3, 3)  # (B, H, heads, N, N)
+    js = chart_js_divergence(chart_attn)
+    assert torch.isfinite(js).all() and js.min() >= 0 and js.max() < 1e-30
