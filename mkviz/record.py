@@ -110,16 +110,27 @@ def chart_attention_of(module: _ManifoldQKV, q: torch.Tensor, chart_keys: torch.
     """Per-chart attention A_c = softmax(q · k_norm(K_c)ᵀ · scale + attn_bias).
 
     q: (B, heads, N, d) after q_norm; chart_keys: (B, H, N, heads·d); attn_bias broadcastable to
-    (B, heads, N, N) or None. Returns (B, H, heads, N, N).
+    (B, heads, N, N) or None. Returns (B, H, heads, N, N), a permuted view of a (B, heads, N, H, N)
+    buffer: all charts come from ONE batched matmul per (image, head) without copying q per chart,
+    and the softmax runs in place (the maps are the recording's largest tensors).
     """
     B, H, N, _ = chart_keys.shape
-    k = chart_keys.reshape(B, H, N, module.num_heads, module.head_dim).transpose(2, 3)  # (B, H, heads, N, d)
-    k = module.k_norm(k) if hasattr(module, "k_norm") else k
-    logits = (q * module.scale).unsqueeze(1) @ k.transpose(-2, -1)  # (B, H, heads, N, N)
-    if attn_bias is not None:
-        bias = attn_bias.unsqueeze(1) if attn_bias.dim() == 4 else attn_bias
-        logits = logits + bias
-    return logits.softmax(dim=-1)
+    heads, d = module.num_heads, module.head_dim
+    k = chart_keys.unflatten(-1, (heads, d))  # (B, H, N, heads, d)
+    if hasattr(module, "k_norm"):
+        k = module.k_norm(k)
+    k = k.permute(0, 3, 4, 1, 2).reshape(B * heads, d, H * N)  # (B·heads, d, H·N): every chart's keys
+    logits = torch.bmm((q * module.scale).reshape(B * heads, N, d), k)  # (B·heads, N, H·N)
+    logits = logits.view(B, heads, N, H, N)
+    if attn_bias is not None:  # the same bias for every chart
+        logits = logits + attn_bias.unsqueeze(-2) if torch.is_grad_enabled() else logits.add_(attn_bias.unsqueeze(-2))
+    if torch.is_grad_enabled():
+        probs = logits.softmax(dim=-1)
+    else:  # in place: no second buffer of B·heads·N·H·N floats
+        logits -= logits.amax(dim=-1, keepdim=True)
+        probs = logits.exp_()
+        probs /= probs.sum(dim=-1, keepdim=True)
+    return probs.permute(0, 3, 1, 2, 4)  # (B, H, heads, N, N)
 
 
 # --------------------------------------------------------------------------- the recording
