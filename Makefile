@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install chromium demo test lab bench-params checkpoints sync-notebooks clean
+.PHONY: install chromium demo test lab bench-params checkpoints repro sync-notebooks clean
 
 install: $(STAMP)
 
@@ -40,6 +40,10 @@ lab: install
 # regenerate the small shipped checkpoints in data/checkpoints (CPU, about half an hour on 2 cores)
 checkpoints: install
 	bash scripts/make_checkpoints.sh
+
+# the CPU reproduction sweep behind docs/reproduction.md (about an hour on 2 cores; resumable)
+repro: install
+	$(BIN)/mkviz sweep configs/repro_small.yaml
 
 bench-params: install
 	$(BIN)/python -m mkviz.bench params

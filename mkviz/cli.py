@@ -9,6 +9,7 @@ COMMANDS = {
     "demo": ("mkviz.demo", "run the main job: models, attention pictures and a report"),
     "bench": ("mkviz.bench", "benchmarks against timm's baseline (parameters, FLOPs, speed)"),
     "train": ("mkviz.train", "train or fine-tune a baseline or manifold-key model"),
+    "sweep": ("mkviz.sweep", "train a sweep of runs from a YAML file (resumable) and write its report"),
 }
 
 
