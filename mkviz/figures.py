@@ -287,9 +287,9 @@ def similarity_heatmap(matrix: Any, kind: str = "cosine", labels: Optional[Seque
                                texttemplate="%{z:.2f}" if annotate else None,
                                hovertemplate="%{y} vs %{x}: %{z:.4f}<extra></extra>"))
     fig.update_layout(title=dict(text=title or what), height=height, margin=dict(l=10, r=10, t=50, b=10),
-                      xaxis=dict(title=dict(text="chart"), side="bottom", type="category"),
+                      xaxis=dict(title=dict(text="chart"), side="bottom", type="category", constrain="domain"),
                       yaxis=dict(title=dict(text="chart"), autorange="reversed", type="category",
-                                 scaleanchor="x", scaleratio=1))
+                                 scaleanchor="x", scaleratio=1, constrain="domain"))
     return fig
 
 
@@ -441,6 +441,7 @@ def accuracy_vs_charts(accuracies: Mapping, baseline: Optional[float] = None, cu
         fig.add_trace(go.Scatter(x=[int(current)] if y else [], y=y, mode="markers", name="current",
                                  marker=dict(size=14, symbol="circle-open", color="black", line=dict(width=2))))
     fig.update_layout(title=dict(text=title), height=height, margin=dict(l=10, r=10, t=50, b=10),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0),
                       xaxis=dict(title=dict(text="number of charts H"), type="log", tickvals=counts,
                                  ticktext=[str(c) for c in counts]),
                       yaxis=dict(title=dict(text="accuracy")))

@@ -120,17 +120,45 @@ def chart_attention_of(module: _ManifoldQKV, q: torch.Tensor, chart_keys: torch.
     if hasattr(module, "k_norm"):
         k = module.k_norm(k)
     k = k.permute(0, 3, 4, 1, 2).reshape(B * heads, d, H * N)  # (B·heads, d, H·N): every chart's keys
+    return _chart_softmax(module, q, k, attn_bias, H)
+
+
+def _chart_softmax(module: _ManifoldQKV, q: torch.Tensor, k: torch.Tensor, attn_bias: Optional[torch.Tensor],
+                   H: int) -> torch.Tensor:
+    """q (B, heads, N, d), k (B·heads, d, H·N) -> per-chart attention (B, H, heads, N, N), a permuted view."""
+    B, heads, N, d = q.shape
     logits = torch.bmm((q * module.scale).reshape(B * heads, N, d), k)  # (B·heads, N, H·N)
     logits = logits.view(B, heads, N, H, N)
     if attn_bias is not None:  # the same bias for every chart
         logits = logits + attn_bias.unsqueeze(-2) if torch.is_grad_enabled() else logits.add_(attn_bias.unsqueeze(-2))
     if torch.is_grad_enabled():
         probs = logits.softmax(dim=-1)
-    else:  # in place: no second buffer of B·heads·N·H·N floats
+    elif logits.device.type == "cpu":  # in place, the fused CPU kernel (row by row): no second buffer
+        probs = torch.ops.aten._softmax.out(logits, -1, False, out=logits)
+    else:  # in place, step by step
         logits -= logits.amax(dim=-1, keepdim=True)
         probs = logits.exp_()
         probs /= probs.sum(dim=-1, keepdim=True)
     return probs.permute(0, 3, 1, 2, 4)  # (B, H, heads, N, N)
+
+
+def chart_keys_and_attention(module: _ManifoldQKV, x: torch.Tensor, q: torch.Tensor,
+                             attn_bias: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chart keys (B, H, N, C), chart attention (B, H, heads, N, N)) of a manifold layer for its input x.
+
+    With the fast key path, kernel_size 1 and no k_norm, the chart keys are computed head-major
+    (`key.chart_keys_by_head`) so that the logits need no copy of the keys; otherwise as
+    `chart_keys_of` + `chart_attention_of`. Both give the same values.
+    """
+    key = module.key
+    k_norm = getattr(module, "k_norm", None)
+    if key.impl == "fast" and key.kernel_size == 1 and (k_norm is None or isinstance(k_norm, nn.Identity)):
+        by_head = key.chart_keys_by_head(x, module.num_heads)  # (B, heads, d, H, N)
+        B, heads, d, H, N = by_head.shape
+        keys = by_head.permute(0, 3, 4, 1, 2).flatten(-2)  # (B, H, N, C), a view
+        return keys, _chart_softmax(module, q, by_head.view(B * heads, d, H * N), attn_bias, H)
+    keys = chart_keys_of(module, x)  # (B, H, N, C)
+    return keys, chart_attention_of(module, q, keys, attn_bias)
 
 
 # --------------------------------------------------------------------------- the recording
@@ -199,9 +227,9 @@ class AttentionRecording:
             if not self.charts:
                 return
             with torch.set_grad_enabled(torch.is_grad_enabled() and not self.detach):
-                keys = chart_keys_of(module, x)  # (B, H, N, C)
+                keys, chart_attn = chart_keys_and_attention(module, x, q, attn_bias)
                 self.chart_keys[name] = self._keep(keys)
-                self.chart_attention[name] = self._keep(chart_attention_of(module, q, keys, attn_bias))
+                self.chart_attention[name] = self._keep(chart_attn)
                 if module.key.membership is not None:
                     self.membership[name] = self._keep(module.key.membership_probs(x))
         return recorder

@@ -284,3 +284,23 @@ def test_bench_record_runs(capsys):
                  "--num-charts", "2"]) == 0
     out = capsys.readouterr().out
     assert "overhead fused-only / plain" in out and "overhead charts     / plain" in out
+
+
+@pytest.mark.parametrize("variant", mkviz.VARIANTS)
+def test_head_major_recording_equals_per_chart_reference(variant):
+    """Recording computes chart keys head-major (no key copy, in-place fused softmax); with the reference
+    key path it takes the per-chart route. Both give the same keys and maps, Swin bias + shift mask included."""
+    from mkviz.cost import key_impl
+    torch.manual_seed(0)
+    m = mkviz.convert(small_swin().eval(), variant, num_charts=3, seed=1)
+    x = _images(seed=2)
+    with torch.no_grad(), record_attention(m) as fast:
+        m(x)
+    with torch.no_grad(), key_impl(m, "reference"), record_attention(m) as ref:
+        m(x)
+    assert fast.chart_attention.keys() == ref.chart_attention.keys() and len(fast.chart_attention) > 0
+    for name in fast.chart_attention:
+        torch.testing.assert_close(fast.chart_keys[name], ref.chart_keys[name], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(fast.chart_attention[name], ref.chart_attention[name], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(fast.chart_attention[name].sum(-1),
+                                   torch.ones_like(fast.chart_attention[name][..., 0]), atol=1e-5, rtol=0)
