@@ -148,6 +148,22 @@ def _verdicts(summary: dict[str, dict[str, dict[str, Any]]], base: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _controls(summary: dict[str, dict[str, dict[str, Any]]], sweep: dict[str, Any]) -> str:
+    """Each parameter-matched control against the configuration whose parameters it matches."""
+    lines = ["| dataset | configuration | its control | Δ (pp) [95 % CI] | Welch p | paired p |",
+             "|---|---|---|---:|---:|---:|"]
+    for dataset, rows in summary.items():
+        for control, kw in sweep["configs"].items():
+            target = kw.get("match_params")
+            if target and target in rows and control in rows:
+                a, b = rows[target], rows[control]
+                w = welch(list(a["accs"].values()), list(b["accs"].values()))
+                lines.append(f"| {dataset} | `{target}` ({_pct(a['mean'])} %, {a['params'] / 1e3:.0f}k) | `{control}` "
+                             f"({_pct(b['mean'])} %, {b['params'] / 1e3:.0f}k) | {_pp(w['diff'])} [{_pp(w['lo'])}, "
+                             f"{_pp(w['hi'])}] | {_p(w['p'])} | {_p(paired_p(a['accs'], b['accs']))} |")
+    return "\n".join(lines) + "\n" if len(lines) > 2 else "No parameter-matched control in this sweep.\n"
+
+
 def _setup(records: list[dict[str, Any]], sweep: dict[str, Any]) -> str:
     if not records:
         return "No finished runs yet.\n"
@@ -186,6 +202,7 @@ def render_blocks(sweep: dict[str, Any], records: Optional[list[dict[str, Any]]]
         rows = summary.get(dataset)
         blocks[f"results-{dataset}"] = _results_table(rows, base) if rows else "No finished runs yet.\n"
     blocks["verdicts"] = _verdicts(summary, base) if summary else "No finished runs yet.\n"
+    blocks["controls"] = _controls(summary, sweep)
     if sweep.get("plots_dir"):
         rel = Path(sweep["plots_dir"]).relative_to(Path(sweep["page"]).parent) if sweep.get("page") else None
         blocks["plots"] = (f"![test accuracy vs number of charts]({rel}/acc_vs_charts.svg)\n\n"
