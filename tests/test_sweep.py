@@ -35,7 +35,8 @@ def _write(tmp_path: Path, sweep: dict, name: str = "micro.yaml") -> Path:
     return path
 
 
-def test_param_matched_control_matches_vanillak8() -> None:
+def test_param_matched_control_matches_vanillak8(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)  # the sweep file's paths are relative to the repository root
     sweep = load_sweep(REPRO)
     runs = {r.run_id: r for r in expand_runs(sweep, "shapes__*__s0")}
     from mkviz.sweep import _params_of
@@ -138,7 +139,8 @@ def test_welch_and_paired_known_answers() -> None:
     assert p == pytest.approx(stats.ttest_rel([0.9, 0.8, 0.75], [0.8, 0.79, 0.7]).pvalue)
 
 
-def test_committed_reproduction_page_is_in_sync_with_its_json(tmp_path: Path) -> None:
+def test_committed_reproduction_page_is_in_sync_with_its_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)  # the sweep file's paths are relative to the repository root
     sweep = load_sweep(REPRO)
     runs = expand_runs(sweep)
     # every run of the sweep file is finished, and made with exactly these settings
