@@ -37,11 +37,30 @@ __all__ = [
     "read_json", "optimizer_to_tensors", "optimizer_from_tensors", "rng_state", "set_rng_state",
     "write_checkpoint_dir", "find_checkpoint", "list_checkpoints", "export_checkpoint",
     "MODEL_FILE", "CONFIG_FILE", "OPTIM_FILE", "STATE_FILE", "LATEST_FILE", "CKPT_DIR",
+    "SHIPPED_CHECKPOINTS", "shipped_checkpoints_dir",
 ]
 
 MODEL_FILE, CONFIG_FILE, OPTIM_FILE, STATE_FILE = "model.safetensors", "config.json", "optimizer.safetensors", "state.json"
 LATEST_FILE, CKPT_DIR = "latest.json", "checkpoints"
 TMP_PREFIX = ".tmp-"
+
+
+# the small checkpoints the repository ships, beside the package (an editable install from a clone)
+SHIPPED_CHECKPOINTS = Path(__file__).resolve().parents[1] / "data" / "checkpoints"
+
+
+def shipped_checkpoints_dir() -> Path:
+    """The repository's `data/checkpoints/` folder: under $MKVIZ_ROOT if set, else in the first folder
+    upwards from the working directory with a pyproject.toml and a data/ folder, else beside the package."""
+    if os.environ.get("MKVIZ_ROOT"):
+        return Path(os.environ["MKVIZ_ROOT"]).resolve() / "data" / "checkpoints"
+    for folder in (Path.cwd(), *Path.cwd().parents):
+        if (folder / "pyproject.toml").is_file() and (folder / "data").is_dir():
+            return folder / "data" / "checkpoints"
+    if SHIPPED_CHECKPOINTS.is_dir():
+        return SHIPPED_CHECKPOINTS
+    raise FileNotFoundError("cannot find the mkviz repository's data/checkpoints: set MKVIZ_ROOT to the "
+                            "repository root")
 
 
 _UMASK = os.umask(0)

@@ -26,11 +26,11 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
+from .checkpoint import SHIPPED_CHECKPOINTS
 from .convert import convert, fold
 from .cost import count_flops, count_params
 from .key import VARIANTS
 
-SHIPPED_CHECKPOINTS = Path(__file__).resolve().parents[1] / "data" / "checkpoints"
 MAIN_MODELS = ("baseline", "vanillak-8", "simplek-8", "spatialk-8", "kua-8")
 CHART_SWEEP = ("vanillak-1", "vanillak-2", "vanillak-4", "vanillak-8", "vanillak-16")
 

@@ -325,8 +325,50 @@ class _ControlsMixin:
             self._on_query()
         return r, c
 
-    def _on_query(self, change=None) -> None:  # overridden
-        raise NotImplementedError
+    def _update_similarity(self) -> None:
+        """Redraw the chart-similarity heat map (its size follows the current model's chart count)."""
+        kind = self.similarity_toggle.value
+        sim = self.cache.similarity(self.image_index, self.layer, self.head, kind)
+        ref = _fig.similarity_heatmap(sim, kind)
+        with self.similarity_figure.batch_update():
+            self.similarity_figure.data[0].update(z=sim.numpy(), x=ref.data[0].x, y=ref.data[0].y,
+                                                  colorscale=ref.data[0].colorscale, zmin=ref.data[0].zmin,
+                                                  zmax=ref.data[0].zmax, zmid=ref.data[0].zmid,
+                                                  colorbar=ref.data[0].colorbar)
+            self.similarity_figure.layout.title.text = f"{ref.layout.title.text} — {self._similarity_context()}" \
+                                                       f"{self.layer}, head {self.head_dropdown.value}"
+
+    def _similarity_context(self) -> str:  # ChartCountExplorer adds the chart count
+        return ""
+
+    # ---------------------------------------------------------------- observers shared by both explorers
+    def _refresh_all(self) -> None:
+        self._update_maps()
+        self._update_similarity()
+
+    def _on_refresh(self, change=None) -> None:  # head (and, for chart counts, the charts slider)
+        if not self._suspended:
+            self._refresh_all()
+
+    def _on_image(self, change=None) -> None:
+        if not self._suspended:
+            self._update_images()
+            self._refresh_all()
+
+    def _on_layer(self, change=None) -> None:
+        if self._suspended:
+            return
+        self._retarget_query(self._layer_seen, self.layer)
+        self._layer_seen = self.layer
+        self._refresh_all()
+
+    def _on_query(self, change=None) -> None:
+        if not self._suspended:
+            self._update_maps()
+
+    def _on_similarity(self, change=None) -> None:
+        if not self._suspended:
+            self._update_similarity()
 
     # ---------------------------------------------------------------- display and timing
     def display(self) -> None:
@@ -427,7 +469,7 @@ class ChartExplorer(_ControlsMixin):
         self._refresh_all()
 
         for w, fn in ((self.image_slider, self._on_image), (self.layer_dropdown, self._on_layer),
-                      (self.head_dropdown, self._on_head), (self.row_slider, self._on_query),
+                      (self.head_dropdown, self._on_refresh), (self.row_slider, self._on_query),
                       (self.col_slider, self._on_query), (self.similarity_toggle, self._on_similarity),
                       (self.shared_scale_checkbox, self._on_query)):
             w.observe(fn, names="value")
@@ -531,49 +573,6 @@ class ChartExplorer(_ControlsMixin):
                 d[3].y = [st["chance"]] * 2
         self.info.value = self._info_html()
 
-    def _update_similarity(self) -> None:
-        kind = self.similarity_toggle.value
-        sim = self.cache.similarity(self.image_index, self.layer, self.head, kind)
-        ref = _fig.similarity_heatmap(sim, kind)
-        with self.similarity_figure.batch_update():
-            self.similarity_figure.data[0].update(z=sim.numpy(), colorscale=ref.data[0].colorscale,
-                                                  zmin=ref.data[0].zmin, zmax=ref.data[0].zmax, zmid=ref.data[0].zmid,
-                                                  colorbar=ref.data[0].colorbar)
-            self.similarity_figure.layout.title.text = f"{ref.layout.title.text} — {self.layer}, " \
-                                                       f"head {self.head_dropdown.value}"
-
-    def _refresh_all(self) -> None:
-        self._update_maps()
-        self._update_similarity()
-
-    def _on_image(self, change=None) -> None:
-        if self._suspended:
-            return
-        self._update_images()
-        self._refresh_all()
-
-    def _on_layer(self, change=None) -> None:
-        if self._suspended:
-            return
-        self._retarget_query(self._layer_seen, self.layer)
-        self._layer_seen = self.layer
-        self._refresh_all()
-
-    def _on_head(self, change=None) -> None:
-        if self._suspended:
-            return
-        self._refresh_all()
-
-    def _on_query(self, change=None) -> None:
-        if self._suspended:
-            return
-        self._update_maps()
-
-    def _on_similarity(self, change=None) -> None:
-        if self._suspended:
-            return
-        self._update_similarity()
-
 
 # --------------------------------------------------------------------------- ChartCountExplorer
 class ChartCountExplorer(_ControlsMixin):
@@ -644,7 +643,7 @@ class ChartCountExplorer(_ControlsMixin):
                 self.accuracies, baseline=baseline, current=self.num_charts, height=360))
         self._refresh_all()
 
-        for w, fn in ((self.charts_slider, self._on_charts), (self.image_slider, self._on_image),
+        for w, fn in ((self.charts_slider, self._on_refresh), (self.image_slider, self._on_image),
                       (self.layer_dropdown, self._on_layer), (self.head_dropdown, self._on_refresh),
                       (self.row_slider, self._on_query), (self.col_slider, self._on_query),
                       (self.similarity_toggle, self._on_similarity), (self.shared_scale_checkbox, self._on_query)):
@@ -724,18 +723,6 @@ class ChartCountExplorer(_ControlsMixin):
                     ann.visible = p <= H
         self.info.value = self._info_html()
 
-    def _update_similarity(self) -> None:
-        kind = self.similarity_toggle.value
-        sim = self.cache.similarity(self.image_index, self.layer, self.head, kind)
-        ref = _fig.similarity_heatmap(sim, kind)
-        labels = [f"c{i + 1}" for i in range(sim.shape[0])]
-        with self.similarity_figure.batch_update():
-            self.similarity_figure.data[0].update(z=sim.numpy(), x=labels, y=labels, colorscale=ref.data[0].colorscale,
-                                                  zmin=ref.data[0].zmin, zmax=ref.data[0].zmax, zmid=ref.data[0].zmid,
-                                                  colorbar=ref.data[0].colorbar)
-            self.similarity_figure.layout.title.text = f"{ref.layout.title.text} — H = {self.num_charts}, " \
-                                                       f"{self.layer}, head {self.head_dropdown.value}"
-
     def _update_accuracy(self) -> None:
         if self.accuracy_figure is None:
             return
@@ -744,35 +731,10 @@ class ChartCountExplorer(_ControlsMixin):
         with self.accuracy_figure.batch_update():
             cur.x, cur.y = ([h], [self.accuracies[h]]) if h in self.accuracies else ([], [])
 
+    def _similarity_context(self) -> str:
+        return f"H = {self.num_charts}, "
+
     def _refresh_all(self) -> None:
-        self._update_maps()
-        self._update_similarity()
+        super()._refresh_all()
         self._update_accuracy()
 
-    def _on_charts(self, change=None) -> None:
-        if not self._suspended:
-            self._refresh_all()
-
-    def _on_image(self, change=None) -> None:
-        if not self._suspended:
-            self._update_images()
-            self._refresh_all()
-
-    def _on_layer(self, change=None) -> None:
-        if self._suspended:
-            return
-        self._retarget_query(self._layer_seen, self.layer)
-        self._layer_seen = self.layer
-        self._refresh_all()
-
-    def _on_refresh(self, change=None) -> None:
-        if not self._suspended:
-            self._refresh_all()
-
-    def _on_query(self, change=None) -> None:
-        if not self._suspended:
-            self._update_maps()
-
-    def _on_similarity(self, change=None) -> None:
-        if not self._suspended:
-            self._update_similarity()

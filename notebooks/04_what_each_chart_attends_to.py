@@ -59,7 +59,6 @@
 
 # %%
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -67,6 +66,7 @@ import torch
 import mkviz
 from mkviz import figures
 from mkviz import metrics
+from mkviz.checkpoint import shipped_checkpoints_dir
 from mkviz.data import build_dataset
 from mkviz.train import build_model, load_checkpoint
 
@@ -74,19 +74,7 @@ SMALL = os.environ.get("MKVIZ_SMALL", "0") == "1"
 DEVICE = torch.device(os.environ.get("MKVIZ_DEVICE", "cpu"))
 SEED = int(os.environ.get("MKVIZ_SEED", "0"))
 
-
-def repo_root() -> Path:
-    """MKVIZ_ROOT, else the first folder upwards from the working directory with a pyproject.toml."""
-    if os.environ.get("MKVIZ_ROOT"):
-        return Path(os.environ["MKVIZ_ROOT"]).resolve()
-    for folder in (Path.cwd(), *Path.cwd().parents):
-        if (folder / "pyproject.toml").is_file() and (folder / "data").is_dir():
-            return folder
-    raise FileNotFoundError("cannot find the mkviz repository root: set MKVIZ_ROOT")
-
-
-ROOT = repo_root()
-CHECKPOINTS = ROOT / "data" / "checkpoints"
+CHECKPOINTS = shipped_checkpoints_dir()  # data/checkpoints of this repository (MKVIZ_ROOT overrides)
 if SMALL:   # a handful of images in the explorer, 64 for the statistics
     N_EXPLORE, N_STATS = 4, 64
     torch.set_num_threads(1)  # tensors this small gain nothing from threads, and tests share the CPU

@@ -51,7 +51,6 @@
 
 # %%
 import os
-from pathlib import Path
 
 import plotly.graph_objects as go
 import torch
@@ -59,6 +58,7 @@ from plotly.subplots import make_subplots
 
 import mkviz
 from mkviz import metrics
+from mkviz.checkpoint import shipped_checkpoints_dir
 from mkviz.data import build_dataset
 from mkviz.train import load_checkpoint
 
@@ -66,19 +66,7 @@ SMALL = os.environ.get("MKVIZ_SMALL", "0") == "1"
 DEVICE = torch.device(os.environ.get("MKVIZ_DEVICE", "cpu"))
 SEED = int(os.environ.get("MKVIZ_SEED", "0"))
 
-
-def repo_root() -> Path:
-    """MKVIZ_ROOT, else the first folder upwards from the working directory with a pyproject.toml."""
-    if os.environ.get("MKVIZ_ROOT"):
-        return Path(os.environ["MKVIZ_ROOT"]).resolve()
-    for folder in (Path.cwd(), *Path.cwd().parents):
-        if (folder / "pyproject.toml").is_file() and (folder / "data").is_dir():
-            return folder
-    raise FileNotFoundError("cannot find the mkviz repository root: set MKVIZ_ROOT")
-
-
-ROOT = repo_root()
-CHECKPOINTS = ROOT / "data" / "checkpoints"
+CHECKPOINTS = shipped_checkpoints_dir()  # data/checkpoints of this repository (MKVIZ_ROOT overrides)
 if SMALL:   # a few images; the same number of integration steps (completeness needs them)
     N_IMAGES, N_SHOW = 4, 2
 else:

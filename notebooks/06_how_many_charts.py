@@ -50,7 +50,6 @@
 
 # %%
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -58,6 +57,7 @@ from torch.utils.data import DataLoader
 
 import mkviz
 from mkviz import figures
+from mkviz.checkpoint import shipped_checkpoints_dir
 from mkviz.data import build_dataset
 from mkviz.train import evaluate, load_checkpoint
 
@@ -65,19 +65,7 @@ SMALL = os.environ.get("MKVIZ_SMALL", "0") == "1"
 DEVICE = torch.device(os.environ.get("MKVIZ_DEVICE", "cpu"))
 SEED = int(os.environ.get("MKVIZ_SEED", "0"))
 
-
-def repo_root() -> Path:
-    """MKVIZ_ROOT, else the first folder upwards from the working directory with a pyproject.toml."""
-    if os.environ.get("MKVIZ_ROOT"):
-        return Path(os.environ["MKVIZ_ROOT"]).resolve()
-    for folder in (Path.cwd(), *Path.cwd().parents):
-        if (folder / "pyproject.toml").is_file() and (folder / "data").is_dir():
-            return folder
-    raise FileNotFoundError("cannot find the mkviz repository root: set MKVIZ_ROOT")
-
-
-ROOT = repo_root()
-CHECKPOINTS = ROOT / "data" / "checkpoints"
+CHECKPOINTS = shipped_checkpoints_dir()  # data/checkpoints of this repository (MKVIZ_ROOT overrides)
 COUNTS = (1, 2, 4, 8, 16)
 if SMALL:   # a fifth of the test split; the explorer on 4 images
     N_TEST, N_EXPLORE = 200, 4

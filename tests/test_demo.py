@@ -83,3 +83,16 @@ def test_demo_errors_are_one_line(tmp_path):
     assert "--data-root" in result.stderr and "does not exist" in result.stderr
     result = _mkviz("demo", "--images", "0")
     assert result.returncode == 2 and "--images must be >= 1" in result.stderr
+
+
+def test_shipped_checkpoints_dir_is_found_from_anywhere(tmp_path, monkeypatch):
+    """The notebooks' way to the shipped checkpoints: MKVIZ_ROOT, else upwards from the working directory,
+    else beside the package."""
+    from mkviz.checkpoint import shipped_checkpoints_dir
+    monkeypatch.delenv("MKVIZ_ROOT", raising=False)
+    monkeypatch.chdir(ROOT / "notebooks")
+    assert shipped_checkpoints_dir() == ROOT / "data" / "checkpoints" == SHIPPED_CHECKPOINTS
+    monkeypatch.chdir(tmp_path)  # no repository upwards: the package's own clone
+    assert shipped_checkpoints_dir() == SHIPPED_CHECKPOINTS
+    monkeypatch.setenv("MKVIZ_ROOT", str(tmp_path))
+    assert shipped_checkpoints_dir() == tmp_path.resolve() / "data" / "checkpoints"
