@@ -12,7 +12,7 @@ import mkviz
 from mkviz import bench
 from mkviz.key import ManifoldKey
 
-from conftest import small_vit
+from conftest import assert_fast_matches_reference, small_vit
 
 TINY = dict(patch_size=8, embed_dim=64, depth=2, num_heads=4, num_classes=5)
 
@@ -113,20 +113,7 @@ def test_fast_key_orders_match_reference(variant, tokens):
     with torch.no_grad():
         for p in key.parameters():
             p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.3)
-    x = torch.randn(2, tokens, 24, dtype=torch.float64, requires_grad=True)
-    results = []
-    for impl in ("reference", "fast"):
-        key.impl = impl
-        key.zero_grad()
-        x.grad = None
-        out = key(x)
-        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
-        results.append((out.detach(), x.grad.clone(), [p.grad.clone() for p in key.parameters()]))
-    (ref, ref_x, ref_p), (fast, fast_x, fast_p) = results
-    torch.testing.assert_close(fast, ref, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(fast_x, ref_x, rtol=1e-10, atol=1e-10)
-    for a, b in zip(fast_p, ref_p):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+    assert_fast_matches_reference(key, torch.randn(2, tokens, 24, dtype=torch.float64, requires_grad=True))
 
 
 def test_explorer_latency_measures_a_slider_move():

@@ -11,7 +11,7 @@ import mkviz
 from mkviz.attention import ManifoldAttention
 from mkviz.key import ManifoldKey
 
-from conftest import small_swin, small_vit
+from conftest import assert_fast_matches_reference, small_swin, small_vit
 
 CONFIGS = [
     dict(),
@@ -36,20 +36,7 @@ def test_fast_path_equals_reference(variant, config):
     """Same outputs and the same gradients for every parameter and the input."""
     key = ManifoldKey(24, 16, variant=variant, num_charts=3, **config).double()
     _randomise(key)
-    x = torch.randn(2, 7, 24, dtype=torch.float64, requires_grad=True)
-    grads = {}
-    for impl in ("reference", "fast"):
-        key.impl = impl
-        key.zero_grad()
-        x.grad = None
-        out = key(x)
-        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
-        grads[impl] = (out.detach(), x.grad.clone(), [p.grad.clone() for p in key.parameters()])
-    ref, fast = grads["reference"], grads["fast"]
-    torch.testing.assert_close(fast[0], ref[0], rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(fast[1], ref[1], rtol=1e-10, atol=1e-10)
-    for g_fast, g_ref in zip(fast[2], ref[2]):
-        torch.testing.assert_close(g_fast, g_ref, rtol=1e-9, atol=1e-10)
+    assert_fast_matches_reference(key, torch.randn(2, 7, 24, dtype=torch.float64, requires_grad=True))
 
 
 def test_chart_keys_follow_the_equations():
