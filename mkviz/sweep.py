@@ -241,17 +241,15 @@ def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _run_one(sweep: dict[str, Any], run: Run) -> dict[str, Any]:
-    """Train (or resume) one run and write its result JSON atomically; returns the record."""
+def _run_one(sweep: dict[str, Any], run: Run, state: str) -> dict[str, Any]:
+    """Train (state "todo") or resume (state "partial", from `run_state`) one run and write its result JSON
+    atomically; returns the record."""
     import torch
 
     from .cost import count_flops, count_params
     from .train import TrainConfig, train
 
     result_path, out = _paths(sweep, run)
-    state = run_state(sweep, run)
-    if state == "done":
-        return {**json.loads(result_path.read_text()), "_state": "skipped"}
     cfg = TrainConfig(**run.train, out=str(out), resume=state == "partial", quiet=True)
     t0 = time.perf_counter()
     res = train(cfg)
@@ -305,7 +303,7 @@ def run_sweep(sweep: dict[str, Any], jobs: Optional[int] = None, only: Optional[
         _worker_init(sweep["threads_per_job"])
         for run in todo:
             try:
-                report(run, _run_one(sweep, run), None)
+                report(run, _run_one(sweep, run, states[run.run_id]), None)
             except (KeyboardInterrupt, SystemExit):
                 raise
             except Exception as err:  # noqa: BLE001 - one failed run must not stop the sweep
@@ -313,7 +311,7 @@ def run_sweep(sweep: dict[str, Any], jobs: Optional[int] = None, only: Optional[
     elif todo:
         with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init,
                                     initargs=(sweep["threads_per_job"],)) as pool:
-            futures = {pool.submit(_run_one, sweep, run): run for run in todo}
+            futures = {pool.submit(_run_one, sweep, run, states[run.run_id]): run for run in todo}
             for fut in cf.as_completed(futures):
                 err = fut.exception()
                 report(futures[fut], None if err else fut.result(), err)
