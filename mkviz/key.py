@@ -443,10 +443,14 @@ class ManifoldKey(nn.Module):
         base = self.base(x) if self.base is not None else x  # (B, N, cin); spatialk: x
         ops, bias = self.chart_operators()  # (H, C, cin, 1), (H, C) or None
         ops = ops.reshape(H, num_heads, d, -1).permute(1, 2, 0, 3).reshape(num_heads * d * H, -1)  # (heads·d·H, cin)
-        keys = torch.matmul(ops, base.transpose(1, 2))  # (B, heads·d·H, N)
-        if bias is not None:
-            keys = keys + bias.reshape(H, num_heads, d).permute(1, 2, 0).reshape(-1, 1)
-        return keys.view(x.shape[0], num_heads, d, H, x.shape[1])  # (B, heads, d, H, N)
+        B, N, _ = base.shape
+        ops = ops.expand(B, -1, -1)  # (B, heads·d·H, cin), a view: bmm, not matmul's slower broadcast
+        if bias is None:
+            keys = torch.bmm(ops, base.transpose(1, 2))  # (B, heads·d·H, N)
+        else:  # the bias is written first and the product accumulated onto it: one pass over the keys
+            bias = bias.reshape(H, num_heads, d).permute(1, 2, 0).reshape(1, -1, 1)  # (1, heads·d·H, 1)
+            keys = torch.baddbmm(bias.expand(B, -1, N), ops, base.transpose(1, 2))  # (B, heads·d·H, N)
+        return keys.view(B, num_heads, d, H, N)  # (B, heads, d, H, N)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, N, C_in) -> fused key (B, N, C)."""
