@@ -34,6 +34,7 @@ def test_suite_records_schema(records, tmp_path):
     for r in loaded:
         assert set(bench.RECORD_FIELDS) <= set(r), set(bench.RECORD_FIELDS) - set(r)
         assert r["model"] == "vit_tiny_patch16_224" and r["device"] == "cpu"
+        assert r["optimizer"] == "AdamW (fused)"  # every model, baseline included, trains with fused AdamW
         assert isinstance(r["params"], int) and isinstance(r["flops"], int)
         ratios = ["params_ratio", "flops_ratio", "train_throughput_ratio", "infer_throughput_ratio",
                   "peak_memory_ratio", "efficiency"]
@@ -72,6 +73,23 @@ def test_quick_grid_covers_the_required_records():
     assert len(pairs) == 8
     full = bench._pairs(["VanillaK", "kua"], [2, 8], quick=False, explicit=True)
     assert full == [("vanillak", 2), ("vanillak", 8), ("kua", 2), ("kua", 8)]
+
+
+def test_training_step_optimiser_is_adamw_with_the_same_updates():
+    """The suite's optimiser is AdamW's fused kernel where the device has one; it makes AdamW's updates."""
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(8, 4), torch.nn.Linear(8, 4)
+    b.load_state_dict(a.state_dict())
+    opt_a, opt_b = bench._adamw(a), torch.optim.AdamW(b.parameters(), lr=1e-6)
+    assert opt_a.defaults["fused"] is True
+    x = torch.randn(16, 8)
+    for m, opt in ((a, opt_a), (b, opt_b)):
+        for _ in range(3):
+            opt.zero_grad()
+            m(x).square().mean().backward()
+            opt.step()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=1e-7)
 
 
 def test_bad_arguments():
