@@ -132,7 +132,7 @@ def _round_robin(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int,
     rotates from round to round so that no model always runs first (or right after a slow one).
 
     Each timed call follows one untimed call of the same fn (its turn is two calls): switching models
-    costs re-warming caches and the memory allocator (measured here: up to 20 % of a ViT-S training step
+    costs re-warming caches and the memory allocator (measured here: up to 17 % of a ViT-S training step
     after a larger model's step), which is not the fn's own cost and would otherwise leak into its
     neighbour's time."""
     names = list(fns)
