@@ -256,16 +256,17 @@ def _run_one(sweep: dict[str, Any], run: Run, state: str) -> dict[str, Any]:
     wall = time.perf_counter() - t0
     model = res.pop("model")
     size = int(getattr(model.patch_embed, "img_size", (32, 32))[0]) if hasattr(model, "patch_embed") else 32
+    resolved = cfg.resolved()
     record = {
         "sweep": sweep["name"], "run_id": run.run_id, "dataset": run.dataset, "config": run.config,
-        "seed": run.seed, "variant": cfg.resolved().variant, "num_charts": cfg.num_charts
-        if cfg.resolved().variant != "baseline" else None,
+        "seed": run.seed, "variant": resolved.variant,
+        "num_charts": cfg.num_charts if resolved.variant != "baseline" else None,
         "params": count_params(model), "flops": count_flops(model.cpu(), (1, 3, size, size)),
         "val_acc": res["val"]["acc"], "test_acc": res["test"]["acc"], "test_loss": res["test"]["loss"],
         "epochs": res["epoch"], "steps": res["step"], "history": res["history"],
         "train_time_s": round(sum(r["time"] for r in res["history"]), 2), "wall_time_s": round(wall, 2),
         "resumed": state == "partial", "threads": torch.get_num_threads(), "machine": _machine(),
-        "train": cfg.resolved().to_dict(), "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "train": resolved.to_dict(), "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     for key in ("out", "resume", "quiet"):
         record["train"].pop(key, None)

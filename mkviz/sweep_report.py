@@ -192,10 +192,12 @@ def _setup(records: list[dict[str, Any]], sweep: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_blocks(sweep: dict[str, Any], records: Optional[list[dict[str, Any]]] = None) -> dict[str, str]:
-    """The generated blocks of the page, by name: setup, results-<dataset>..., verdicts, plots."""
+def render_blocks(sweep: dict[str, Any], records: Optional[list[dict[str, Any]]] = None,
+                  summary: Optional[dict[str, dict[str, dict[str, Any]]]] = None) -> dict[str, str]:
+    """The generated blocks of the page, by name: setup, results-<dataset>..., verdicts, plots.
+    `summary` is `summarize(records, sweep)` when the caller already has it."""
     records = load_results(sweep["results_dir"]) if records is None else records
-    summary = summarize(records, sweep)
+    summary = summarize(records, sweep) if summary is None else summary
     base = sweep["baseline"]
     blocks = {"setup": _setup(records, sweep)}
     for dataset in sweep["datasets"]:
@@ -323,7 +325,8 @@ def write_report(sweep: dict[str, Any], plots: bool = True) -> list[Path]:
     import sys
     page = Path(sweep["page"])
     records = load_results(sweep["results_dir"])
-    blocks = render_blocks(sweep, records)
+    summary = summarize(records, sweep)
+    blocks = render_blocks(sweep, records, summary)
     text = _replace_blocks(page.read_text(), blocks) if page.is_file() else _template(sweep, blocks)
     page.parent.mkdir(parents=True, exist_ok=True)
     page.write_text(text)
@@ -332,7 +335,7 @@ def write_report(sweep: dict[str, Any], plots: bool = True) -> list[Path]:
         out = Path(sweep["plots_dir"])
         out.mkdir(parents=True, exist_ok=True)
         try:
-            for name, fig in make_plots(sweep, summarize(records, sweep)).items():
+            for name, fig in make_plots(sweep, summary).items():
                 fig.write_image(out / f"{name}.svg")
                 written.append(out / f"{name}.svg")
         except Exception as err:  # noqa: BLE001 - kaleido/Chromium missing: the tables still stand
