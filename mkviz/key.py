@@ -425,33 +425,6 @@ class ManifoldKey(nn.Module):
         charts = F.linear(base, ops.reshape(H * C, -1), bias.reshape(-1) if bias is not None else None)
         return charts.view(B, N, H, C)  # (B, N, H, C)
 
-    def chart_keys_by_head(self, x: torch.Tensor, num_heads: int) -> torch.Tensor:
-        """Every chart's key laid out for per-chart attention: x (B, N, C_in) -> (B, heads, d, H, N).
-
-        kernel_size 1 only. One matmul of the stacked chart operators, rows ordered (head, d, chart), with
-        the tokens: for each (image, head) the slice (d, H·N) is contiguous, so all charts' logits come
-        from one bmm with q and no copy. `.permute(0, 3, 4, 1, 2).flatten(-2)` gives `chart_keys(x)`'s
-        (B, H, N, C) as a view. Same values as `chart_keys`.
-        """
-        self._check_input(x)
-        if self.kernel_size != 1:
-            raise ValueError(f"chart_keys_by_head needs kernel_size 1, this key has {self.kernel_size}")
-        H, C = self.num_charts, self.key_dim
-        if C % num_heads:
-            raise ValueError(f"num_heads must divide the key width {C}, got {num_heads}")
-        d = C // num_heads
-        base = self.base(x) if self.base is not None else x  # (B, N, cin); spatialk: x
-        ops, bias = self.chart_operators()  # (H, C, cin, 1), (H, C) or None
-        ops = ops.reshape(H, num_heads, d, -1).permute(1, 2, 0, 3).reshape(num_heads * d * H, -1)  # (heads·d·H, cin)
-        B, N, _ = base.shape
-        ops = ops.expand(B, -1, -1)  # (B, heads·d·H, cin), a view: bmm, not matmul's slower broadcast
-        if bias is None:
-            keys = torch.bmm(ops, base.transpose(1, 2))  # (B, heads·d·H, N)
-        else:  # the bias is written first and the product accumulated onto it: one pass over the keys
-            bias = bias.reshape(H, num_heads, d).permute(1, 2, 0).reshape(1, -1, 1)  # (1, heads·d·H, 1)
-            keys = torch.baddbmm(bias.expand(B, -1, N), ops, base.transpose(1, 2))  # (B, heads·d·H, N)
-        return keys.view(B, num_heads, d, H, N)  # (B, heads, d, H, N)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, N, C_in) -> fused key (B, N, C)."""
         self._check_input(x)

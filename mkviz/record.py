@@ -30,8 +30,8 @@ Several forwards inside one context: each layer keeps the LAST forward's tensors
 counts them); call `rec.clear()` to drop everything recorded so far.
 
 Memory: per layer, fused attention is B·heads·N² floats and chart attention H times that
-(ViT-S/16 at 224, batch 8, 8 charts: 7.5 MB and 60 MB per layer in fp32). Bound it with `layers=`,
-`charts=False`, `dtype=torch.float16` and `to_cpu=True`.
+(ViT-S/16 at 224, batch 8, 8 charts: 7.5 MB and 60 MB per layer in fp32), chart keys 19 MB.
+Bound it with `layers=`, `charts=False`, `dtype=torch.float16` and `to_cpu=True`.
 """
 from __future__ import annotations
 
@@ -106,28 +106,36 @@ def chart_keys_of(module: _ManifoldQKV, x: torch.Tensor) -> torch.Tensor:
 
 
 def chart_attention_of(module: _ManifoldQKV, q: torch.Tensor, chart_keys: torch.Tensor,
-                       attn_bias: Optional[torch.Tensor]) -> torch.Tensor:
+                       attn_bias: Optional[torch.Tensor], keys_buffer: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Per-chart attention A_c = softmax(q · k_norm(K_c)ᵀ · scale + attn_bias).
 
     q: (B, heads, N, d) after q_norm; chart_keys: (B, H, N, heads·d); attn_bias broadcastable to
-    (B, heads, N, N) or None. Returns (B, H, heads, N, N), a permuted view of a (B, heads, N, H, N)
-    buffer: all charts come from ONE batched matmul per (image, head) without copying q per chart,
-    and the softmax runs in place (the maps are the recording's largest tensors).
+    (B, heads, N, N) or None; keys_buffer: optional (B·heads, H·N, d) tensor to lay the keys out in (a
+    recording reuses one for every layer) instead of a new copy. Returns (B, H, heads, N, N), a permuted
+    view of a (B, heads, N, H, N) buffer: all charts come from ONE batched matmul per (image, head)
+    without copying q per chart.
     """
     B, H, N, _ = chart_keys.shape
     heads, d = module.num_heads, module.head_dim
     k = chart_keys.unflatten(-1, (heads, d))  # (B, H, N, heads, d)
     if hasattr(module, "k_norm"):
         k = module.k_norm(k)
-    k = k.permute(0, 3, 4, 1, 2).reshape(B * heads, d, H * N)  # (B·heads, d, H·N): every chart's keys
+    k = k.permute(0, 3, 1, 2, 4)  # (B, heads, H, N, d)
+    if keys_buffer is None:
+        k = k.reshape(B * heads, H * N, d)  # (B·heads, H·N, d): every chart's keys, rows (chart, token), a copy
+    else:
+        keys_buffer.view(B, heads, H, N, d).copy_(k)
+        k = keys_buffer  # (B·heads, H·N, d)
     return _chart_softmax(module, q, k, attn_bias, H)
 
 
 def _chart_softmax(module: _ManifoldQKV, q: torch.Tensor, k: torch.Tensor, attn_bias: Optional[torch.Tensor],
                    H: int) -> torch.Tensor:
-    """q (B, heads, N, d), k (B·heads, d, H·N) -> per-chart attention (B, H, heads, N, N), a permuted view."""
+    """q (B, heads, N, d), k (B·heads, H·N, d) (rows: chart, token) -> per-chart attention (B, H, heads, N, N),
+    a permuted view. Without autograd the softmax runs in place: the maps are the recording's largest tensors."""
     B, heads, N, d = q.shape
-    logits = torch.bmm((q * module.scale).reshape(B * heads, N, d), k)  # (B·heads, N, H·N)
+    # q · kᵀ with k's rows contiguous: on CPU about twice as fast as the same product with k as (d, H·N)
+    logits = torch.bmm((q * module.scale).reshape(B * heads, N, d), k.transpose(1, 2))  # (B·heads, N, H·N)
     logits = logits.view(B, heads, N, H, N)
     if attn_bias is not None:  # the same bias for every chart
         logits = logits + attn_bias.unsqueeze(-2) if torch.is_grad_enabled() else logits.add_(attn_bias.unsqueeze(-2))
@@ -140,25 +148,6 @@ def _chart_softmax(module: _ManifoldQKV, q: torch.Tensor, k: torch.Tensor, attn_
         probs = logits.exp_()
         probs /= probs.sum(dim=-1, keepdim=True)
     return probs.permute(0, 3, 1, 2, 4)  # (B, H, heads, N, N)
-
-
-def chart_keys_and_attention(module: _ManifoldQKV, x: torch.Tensor, q: torch.Tensor,
-                             attn_bias: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(chart keys (B, H, N, C), chart attention (B, H, heads, N, N)) of a manifold layer for its input x.
-
-    With the fast key path, kernel_size 1 and no k_norm, the chart keys are computed head-major
-    (`key.chart_keys_by_head`) so that the logits need no copy of the keys; otherwise as
-    `chart_keys_of` + `chart_attention_of`. Both give the same values.
-    """
-    key = module.key
-    k_norm = getattr(module, "k_norm", None)
-    if key.impl == "fast" and key.kernel_size == 1 and (k_norm is None or isinstance(k_norm, nn.Identity)):
-        by_head = key.chart_keys_by_head(x, module.num_heads)  # (B, heads, d, H, N)
-        B, heads, d, H, N = by_head.shape
-        keys = by_head.permute(0, 3, 4, 1, 2).flatten(-2)  # (B, H, N, C), a view
-        return keys, _chart_softmax(module, q, by_head.view(B * heads, d, H * N), attn_bias, H)
-    keys = chart_keys_of(module, x)  # (B, H, N, C)
-    return keys, chart_attention_of(module, q, keys, attn_bias)
 
 
 # --------------------------------------------------------------------------- the recording
@@ -189,6 +178,7 @@ class AttentionRecording:
         self.image_size: Optional[Tuple[int, int]] = None
         self.num_forwards = 0
         self._undo: List[Callable[[], None]] = []
+        self._buffers: Dict[str, torch.Tensor] = {}
         self._active = False
         for name in self.layers:
             if isinstance(model.get_submodule(name), WindowAttention):
@@ -202,9 +192,13 @@ class AttentionRecording:
     def _keep(self, t: torch.Tensor) -> torch.Tensor:
         if self.detach:
             t = t.detach()
-        if self.dtype is not None and t.dtype != self.dtype:
+        cast = self.dtype is not None and t.dtype != self.dtype
+        move = self.to_cpu and t.device.type != "cpu"
+        if not (cast or move) and t.untyped_storage().nbytes() > t.numel() * t.element_size():
+            t = t.clone()  # a view into a larger buffer of the model (q inside qkv): keep only the view
+        if cast:
             t = t.to(self.dtype)
-        if self.to_cpu and t.device.type != "cpu":
+        if move:
             t = t.to("cpu")
         return t
 
@@ -213,6 +207,7 @@ class AttentionRecording:
         for d in (self.attention, self.chart_attention, self.chart_keys, self.membership, self.queries,
                   self.attn_bias):
             d.clear()
+        self._buffers.clear()
         self.num_forwards = 0
 
     # ------------------------------------------------------------------ hooks
@@ -227,12 +222,28 @@ class AttentionRecording:
             if not self.charts:
                 return
             with torch.set_grad_enabled(torch.is_grad_enabled() and not self.detach):
-                keys, chart_attn = chart_keys_and_attention(module, x, q, attn_bias)
-                self.chart_keys[name] = self._keep(keys)
-                self.chart_attention[name] = self._keep(chart_attn)
+                self._record_charts(name, module, x, q, attn_bias)
                 if module.key.membership is not None:
                     self.membership[name] = self._keep(module.key.membership_probs(x))
         return recorder
+
+    def _record_charts(self, name: str, module: _ManifoldQKV, x: torch.Tensor, q: torch.Tensor,
+                       attn_bias: Optional[torch.Tensor]) -> None:
+        """Chart keys (B, H, N, C) and per-chart attention (B, H, heads, N, N) of one layer; x (B, N, C_in).
+
+        Without autograd the keys are laid out for the logits in a buffer this recording reuses for every
+        layer (`chart_attention_of`), and the softmax runs in place.
+        """
+        keys = chart_keys_of(module, x)  # (B, H, N, C)
+        buffer = None
+        if not torch.is_grad_enabled():
+            B, H, N, _ = keys.shape
+            shape = (B * module.num_heads, H * N, module.head_dim)
+            buffer = self._buffers.get("chart_keys")
+            if buffer is None or buffer.shape != shape or buffer.dtype != keys.dtype or buffer.device != keys.device:
+                buffer = self._buffers["chart_keys"] = keys.new_empty(shape)  # (B·heads, H·N, d)
+        self.chart_keys[name] = self._keep(keys)
+        self.chart_attention[name] = self._keep(chart_attention_of(module, q, keys, attn_bias, buffer))
 
     def _attach(self) -> None:
         model = self.model
@@ -292,6 +303,7 @@ class AttentionRecording:
 
     def __exit__(self, *exc: Any) -> None:
         self._detach_hooks()
+        self._buffers.clear()
         self._active = False
 
     # ------------------------------------------------------------------ conveniences

@@ -238,12 +238,6 @@ def test_chart_keys_fast_equals_reference(variant):
     fast = key.chart_keys(x)
     key.impl = "reference"
     torch.testing.assert_close(fast, key.chart_keys(x), rtol=1e-12, atol=1e-12)
-    # the head-major layout used by recording: (B, heads, d, H, N), a permuted view of the same keys
-    by_head = key.chart_keys_by_head(x, num_heads=4)
-    assert by_head.shape == (2, 4, 4, 3, 7) and by_head.is_contiguous()
-    torch.testing.assert_close(by_head.permute(0, 3, 4, 1, 2).flatten(-2), fast, rtol=1e-12, atol=1e-12)
-    with pytest.raises(ValueError, match="num_heads must divide the key width 16, got 3"):
-        key.chart_keys_by_head(x, num_heads=3)
 
 
 def test_inference_cache_follows_parameter_changes():

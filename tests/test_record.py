@@ -304,3 +304,63 @@ def test_head_major_recording_equals_per_chart_reference(variant):
         torch.testing.assert_close(fast.chart_attention[name], ref.chart_attention[name], atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(fast.chart_attention[name].sum(-1),
                                    torch.ones_like(fast.chart_attention[name][..., 0]), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("variant", mkviz.VARIANTS)
+def test_reused_key_buffer_gives_the_maps_of_a_fresh_copy(variant):
+    """Without autograd, recording lays every layer's chart keys out in ONE buffer it reuses; with autograd
+    (detach=False) each layer gets its own copy. Same keys and maps in every layer, and the recorded
+    queries are their own tensors, not views pinning the layer's whole qkv output."""
+    torch.manual_seed(0)
+    m = mkviz.convert(small_vit().eval(), variant, num_charts=4, seed=1)
+    x = _images(b=3, seed=4)
+    with torch.no_grad(), record_attention(m) as rec:
+        m(x)
+    with record_attention(m, detach=False) as graph:
+        m(x)
+    assert rec._buffers == {}  # dropped on exit
+    for name in rec.layers:
+        assert graph.chart_attention[name].requires_grad
+        torch.testing.assert_close(rec.chart_keys[name], graph.chart_keys[name].detach(), atol=0, rtol=0)
+        torch.testing.assert_close(rec.chart_attention[name], graph.chart_attention[name].detach(),
+                                   atol=1e-7, rtol=1e-6)
+        q = rec.queries[name]
+        assert q.shape == (3, 4, 17, 16) and q.untyped_storage().nbytes() == q.numel() * q.element_size()
+
+
+def test_recording_is_freed_without_the_garbage_collector(vit_vanilla):
+    """A recording holds no reference cycle: dropping the last reference frees its maps at once (with
+    only the cyclic collector to free them, repeated recordings would pile up gigabytes)."""
+    import gc
+    import weakref
+    m, x = vit_vanilla, _images(b=8)
+    gc.disable()
+    try:
+        with torch.no_grad(), record_attention(m) as rec:
+            m(x)
+        maps = weakref.ref(rec.chart_attention["blocks.0.attn"])
+        assert rec.chart_keys["blocks.0.attn"].shape == (8, 4, 17, 64)
+        gone = weakref.ref(rec)
+        del rec
+        assert gone() is None and maps() is None
+    finally:
+        gc.enable()
+
+
+def test_recording_under_bf16_autocast_and_with_a_dtype(vit_vanilla):
+    """Under CPU bf16 autocast the chart path runs in bf16 (keys kept as computed, not as operands); with
+    dtype=float16 the keys computed on read are cast like every other recorded tensor."""
+    m, x = vit_vanilla, _images(b=8, seed=5)
+    name = "blocks.1.attn"
+    with torch.no_grad(), record_attention(m) as ref:
+        m(x)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), record_attention(m) as rec:
+        m(x)
+    ca = rec.chart_attention[name]
+    assert ca.dtype == torch.bfloat16 and rec.chart_keys[name].dtype == torch.bfloat16
+    torch.testing.assert_close(ca.float().sum(-1), torch.ones(ca.shape[:-1]), atol=2e-2, rtol=0)
+    assert (ca.float() - ref.chart_attention[name]).abs().max().item() < 5e-2
+    with torch.no_grad(), record_attention(m, dtype=torch.float16) as half:
+        m(x)
+    assert half.chart_attention[name].dtype == torch.float16 and half.chart_keys[name].dtype == torch.float16
+    torch.testing.assert_close(half.chart_keys[name].float(), ref.chart_keys[name], atol=2e-3, rtol=2e-3)
