@@ -178,7 +178,7 @@ class AttentionRecording:
         self.image_size: Optional[Tuple[int, int]] = None
         self.num_forwards = 0
         self._undo: List[Callable[[], None]] = []
-        self._buffers: Dict[str, torch.Tensor] = {}
+        self._keys_buffer: Optional[torch.Tensor] = None  # (B·heads, H·N, d), reused by every layer
         self._active = False
         for name in self.layers:
             if isinstance(model.get_submodule(name), WindowAttention):
@@ -207,7 +207,7 @@ class AttentionRecording:
         for d in (self.attention, self.chart_attention, self.chart_keys, self.membership, self.queries,
                   self.attn_bias):
             d.clear()
-        self._buffers.clear()
+        self._keys_buffer = None
         self.num_forwards = 0
 
     # ------------------------------------------------------------------ hooks
@@ -239,9 +239,9 @@ class AttentionRecording:
         if not torch.is_grad_enabled():
             B, H, N, _ = keys.shape
             shape = (B * module.num_heads, H * N, module.head_dim)
-            buffer = self._buffers.get("chart_keys")
+            buffer = self._keys_buffer
             if buffer is None or buffer.shape != shape or buffer.dtype != keys.dtype or buffer.device != keys.device:
-                buffer = self._buffers["chart_keys"] = keys.new_empty(shape)  # (B·heads, H·N, d)
+                buffer = self._keys_buffer = keys.new_empty(shape)  # (B·heads, H·N, d)
         self.chart_keys[name] = self._keep(keys)
         self.chart_attention[name] = self._keep(chart_attention_of(module, q, keys, attn_bias, buffer))
 
@@ -303,7 +303,7 @@ class AttentionRecording:
 
     def __exit__(self, *exc: Any) -> None:
         self._detach_hooks()
-        self._buffers.clear()
+        self._keys_buffer = None
         self._active = False
 
     # ------------------------------------------------------------------ conveniences
