@@ -348,8 +348,8 @@ def test_recording_is_freed_without_the_garbage_collector(vit_vanilla):
 
 
 def test_recording_under_bf16_autocast_and_with_a_dtype(vit_vanilla):
-    """Under CPU bf16 autocast the chart path runs in bf16 (keys kept as computed, not as operands); with
-    dtype=float16 the keys computed on read are cast like every other recorded tensor."""
+    """Under CPU bf16 autocast the chart path (keys, their reused buffer, logits, in-place softmax) runs in
+    bf16; with dtype=float16 the chart keys and maps are cast like every other recorded tensor."""
     m, x = vit_vanilla, _images(b=8, seed=5)
     name = "blocks.1.attn"
     with torch.no_grad(), record_attention(m) as ref:
