@@ -2,6 +2,7 @@
 
     attention_overlay(image, heat, title=..., query_box=(row, col, patch))   image + semi-transparent map
     chart_maps_figure(image, fused_map, chart_maps, query=(row, col))       fused map beside the H chart maps
+    show_chart_panels(fig, num_shown)                                       re-grid a chart_maps_figure in place
     similarity_heatmap(matrix, kind="cosine" | "js" | "cka")                chart-by-chart matrix
     evidence_bars(values, fused=None, chance=None)                          share of attention on evidence
     entropy_bars(values, fused=None)                                        per-chart attention entropy
@@ -11,8 +12,8 @@
 
 Every builder returns a fresh `plotly.graph_objects.Figure`, deterministic given its inputs (no random
 colours, no timestamps), with titles, axis labels and explicit colour scales. Images are drawn with
-`go.Image` (pixel (0, 0) at the top left: the y axis runs downwards, like an image) and maps with
-`go.Heatmap` stretched over the image: a (h, w) map over an (H_img, W_img) image gets cells of
+`go.Image` or as layout images (pixel (0, 0) at the top left: the y axis runs downwards, like an image)
+and maps with `go.Heatmap` stretched over the image: a (h, w) map over an (H_img, W_img) image gets cells of
 H_img/h × W_img/w pixels whose centres sit on the pixel-centre coordinates of the cell, so a patch-grid
 map (ViT (gh, gw), Swin stage grid) lines up with its patches without being resampled, and the heat-map
 `z` is exactly the map that was passed in.
@@ -32,11 +33,13 @@ import numpy as np
 
 __all__ = [
     "HEAT_COLORSCALE", "to_numpy", "to_uint8_image", "image_source", "attention_overlay", "chart_maps_figure",
-    "chart_grid_shape", "query_box_path", "similarity_heatmap", "evidence_bars", "entropy_bars",
-    "training_curves", "accuracy_vs_charts", "cost_table_figure",
+    "chart_grid_shape", "show_chart_panels", "query_box_path", "similarity_heatmap", "evidence_bars",
+    "entropy_bars", "training_curves", "accuracy_vs_charts", "cost_table_figure",
 ]
 
 HEAT_COLORSCALE = "Inferno"
+_PANEL_SPACING, _PANEL_ROW_SPACING = 0.02, 0.08  # chart_maps_figure: between columns, rows (paper fractions)
+_HIDDEN_DOMAIN = 1e-3  # a hidden panel's axes: a sliver [0, 1e-3] in the figure's bottom-left corner
 _SIM_STYLE = {  # kind -> (colour scale, zmin, zmax, zmid, what the value is)
     "cosine": ("RdBu_r", -1.0, 1.0, 0.0, "cosine similarity of chart keys"),
     "cka": ("Viridis", 0.0, 1.0, None, "linear CKA of chart keys"),
@@ -108,6 +111,16 @@ def _image_trace(image: np.ndarray, xaxis: str = "x", yaxis: str = "y", use_sour
     if src is not None:
         return go.Image(source=src, name="image", xaxis=xaxis, yaxis=yaxis, hoverinfo="x+y")
     return go.Image(z=image, name="image", xaxis=xaxis, yaxis=yaxis, hoverinfo="x+y")
+
+
+def _panel_image(source: str, image_hw: Tuple[int, int], axis: str = "") -> dict:
+    """A layout image (not a trace) filling axes x{axis}/y{axis} as `_image_axes` sets them up: pixel
+    (0, 0) at the top left. A go.Image trace with a `source` would do the same, but in a FigureWidget
+    that is updated before its first render has loaded that source, plotly never wires the widget's
+    click/hover callbacks (plotly 6–7); layout images do not hold the first render up."""
+    H, W = image_hw
+    return dict(source=source, xref="x" + axis, yref="y" + axis, x=-0.5, y=-0.5, sizex=W, sizey=H,
+                xanchor="left", yanchor="top", sizing="stretch", layer="below")
 
 
 def _cell(image_hw: Tuple[int, int], map_hw: Tuple[int, int]) -> Tuple[float, float]:
@@ -188,6 +201,57 @@ def chart_grid_shape(num_panels: int, cols: Optional[int] = None) -> Tuple[int, 
     return math.ceil(num_panels / cols), cols
 
 
+def _panel_domains(num_panels: int, cols: Optional[int] = None) -> List[Tuple[List[float], List[float]]]:
+    """(x domain, y domain) of each panel, row by row from the top left: `make_subplots`' grid for
+    `chart_grid_shape(num_panels, cols)` with the spacings `chart_maps_figure` uses."""
+    rows, ncols = chart_grid_shape(num_panels, cols)
+    hs, vs = _PANEL_SPACING, (_PANEL_ROW_SPACING if rows > 1 else 0.0)
+    width, height = (1 - hs * (ncols - 1)) / ncols, (1 - vs * (rows - 1)) / rows
+    out = []
+    for p in range(num_panels):
+        r, c = divmod(p, ncols)
+        x0, y0 = c * (width + hs), (rows - 1 - r) * (height + vs)  # row 0 at the top
+        out.append(([x0, min(1.0, x0 + width)], [y0, min(1.0, y0 + height)]))
+    return out
+
+
+def show_chart_panels(fig: "go.Figure", num_shown: int) -> None:
+    """Show the first `num_shown` panels (the fused map and num_shown - 1 charts) of a `chart_maps_figure`
+    on a grid sized for them, and hide the others; in place (a `go.FigureWidget` too).
+
+    The figure keeps every reserved panel (`num_panels`), so a chart-count switch only moves axes and
+    toggles visibility. Hidden panels' axes shrink to a sliver in the bottom-left corner: they take no
+    room, and (unlike plotly's `visible=False` axes, which keep their drag box) catch no clicks over the
+    panels shown. Sets the height for the shown rows and `layout.meta["charts"]` to num_shown - 1.
+    """
+    meta = dict(fig.layout.meta or {})
+    total = int(meta.get("panels", 0))
+    if not 1 <= num_shown <= total:
+        raise ValueError(f"num_shown: expected 1..{total} (the figure's panels); got {num_shown!r}")
+    domains = _panel_domains(num_shown, meta.get("cols"))
+    hidden = ([0.0, _HIDDEN_DOMAIN], [0.0, _HIDDEN_DOMAIN])
+    rows = chart_grid_shape(num_shown, meta.get("cols"))[0]
+    for p in range(total):
+        axis = "" if p == 0 else str(p + 1)
+        xd, yd = domains[p] if p < num_shown else hidden
+        fig.layout["xaxis" + axis].domain, fig.layout["yaxis" + axis].domain = xd, yd
+        ann = fig.layout.annotations[p]  # the panel's title, centred above it
+        ann.update(x=(xd[0] + xd[1]) / 2, y=yd[1], visible=p < num_shown)
+    shown_axes = {"x" if p == 0 else f"x{p + 1}" for p in range(num_shown)}
+    for t in fig.data:
+        if bool(t.visible) != (t.xaxis in shown_axes):
+            t.visible = t.xaxis in shown_axes
+    for im in fig.layout.images:  # named "image p"
+        if bool(im.visible) != (int(im.name.split()[-1]) < num_shown):
+            im.visible = int(im.name.split()[-1]) < num_shown
+    meta["charts"] = num_shown - 1
+    fig.update_layout(height=_panels_height(rows, int(meta.get("panel_size", 190))), meta=meta)
+
+
+def _panels_height(rows: int, panel_size: int) -> int:
+    return max(260, int(panel_size * rows) + 80)
+
+
 def chart_maps_figure(image: Any, fused_map: Any, chart_maps: Any, query: Optional[Tuple[int, int]] = None,
                       titles: Optional[Sequence[str]] = None, *, shared_scale: bool = True,
                       colorscale: str = HEAT_COLORSCALE, opacity: float = 0.6, cols: Optional[int] = None,
@@ -202,11 +266,13 @@ def chart_maps_figure(image: Any, fused_map: Any, chart_maps: Any, query: Option
     shared_scale: one colour range (min..max over all maps) for every panel, so panels compare by colour;
         False gives each panel its own range.
     image_in_charts: draw the image under every chart map (else only under the fused map).
-    num_panels: reserve this many panels (>= 1 + H_c); unused panels (traces and title annotations) are
-        hidden. `mkviz.viz` uses it to switch chart counts without rebuilding the figure.
-    Traces per panel p (0 = fused): "image p" (panel 0 always, charts with image_in_charts), a heat map
-    named "fused" / "chart c" (c from 1), and "query p" (when query is given); layout.meta holds
-    {"panels", "charts", "grid": (h, w), "image_size": (H, W)}.
+    num_panels: reserve this many panels (>= 1 + H_c); unused panels (traces, images and titles) are
+        hidden and the shown ones fill a grid sized for them (`show_chart_panels`). `mkviz.viz` uses it to
+        switch chart counts without rebuilding the figure.
+    Traces per panel p (0 = fused): a heat map named "fused" / "chart c" (c from 1), and "query p" (when
+    query is given); the image is a layout image named "image p" (panel 0 always, charts with
+    image_in_charts; see `_panel_image`). layout.meta holds {"panels", "charts", "grid": (h, w),
+    "image_size": (H, W), "cols", "panel_size"}.
     """
     go = _go()
     from plotly.subplots import make_subplots
@@ -225,23 +291,22 @@ def chart_maps_figure(image: Any, fused_map: Any, chart_maps: Any, query: Option
         if len(titles) != 1 + n_charts:
             raise ValueError(f"titles: expected {1 + n_charts} titles (fused + charts); got {len(titles)}")
         names[:1 + n_charts] = list(titles)
-    fig = make_subplots(rows=rows, cols=ncols, subplot_titles=names,
-                        horizontal_spacing=0.02, vertical_spacing=0.08 if rows > 1 else 0.0)
+    fig = make_subplots(rows=rows, cols=ncols, subplot_titles=[t or " " for t in names],  # one title each
+                        horizontal_spacing=_PANEL_SPACING,
+                        vertical_spacing=_PANEL_ROW_SPACING if rows > 1 else 0.0)
     hw = img.shape[:2]
     geo = _heat_geometry(hw, fused.shape)
     if shared_scale:
         allv = np.concatenate([fused.reshape(-1), charts.reshape(-1)]).astype(np.float64)
         zmin, zmax = float(allv.min()), float(allv.max())
     src = image_source(img)
+    if src is None:  # pragma: no cover - pillow comes with torchvision
+        raise ImportError("chart_maps_figure draws the image as PNG: it needs pillow (pip install pillow)")
     for p in range(n):
-        r, c = divmod(p, ncols)
         axis = "" if p == 0 else str(p + 1)
         visible = p <= n_charts
         if p == 0 or image_in_charts:
-            tr = _image_trace(img, "x" + axis, "y" + axis) if src is None else \
-                go.Image(source=src, name="image", xaxis="x" + axis, yaxis="y" + axis, hoverinfo="skip")
-            tr.update(name=f"image {p}", visible=visible)
-            fig.add_trace(tr)
+            fig.add_layout_image(**_panel_image(src, hw, axis), name=f"image {p}", visible=visible)
         z = fused if p == 0 else (charts[p - 1] if visible else np.zeros_like(fused))
         kw = dict(zmin=zmin, zmax=zmax) if shared_scale else dict(zmin=float(z.min()), zmax=float(z.max()))
         fig.add_trace(go.Heatmap(z=z, name=names[p], xaxis="x" + axis,
@@ -255,11 +320,12 @@ def chart_maps_figure(image: Any, fused_map: Any, chart_maps: Any, query: Option
                                      yaxis="y" + axis, line=dict(color="cyan", width=2), hoverinfo="skip",
                                      showlegend=False, visible=visible))
         _image_axes(fig, hw, "xaxis" + axis, "yaxis" + axis, "x" + axis)
-    fig.update_layout(title=dict(text=title), height=max(260, int(panel_size * rows) + 80),
-                      margin=dict(l=10, r=10, t=70, b=10), plot_bgcolor="white",
-                      meta=dict(panels=n, charts=n_charts, grid=list(fused.shape), image_size=list(hw)))
-    for p, ann in enumerate(fig.layout.annotations):  # one title per panel, in panel order
-        ann.update(font=dict(size=12), visible=p <= n_charts)
+    fig.update_layout(title=dict(text=title), margin=dict(l=10, r=10, t=70, b=10), plot_bgcolor="white",
+                      meta=dict(panels=n, charts=n_charts, grid=list(fused.shape), image_size=list(hw),
+                                cols=cols, panel_size=int(panel_size)))
+    for ann in fig.layout.annotations:  # one title per panel, in panel order
+        ann.update(font=dict(size=12))
+    show_chart_panels(fig, 1 + n_charts)  # the grid for the panels shown, the reserved ones hidden
     return fig
 
 

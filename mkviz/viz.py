@@ -399,14 +399,11 @@ class _ControlsMixin:
 
 
     def _update_images(self) -> None:
-        """Show the current image under every map panel (a PNG source, or raw pixels as z)."""
+        """Show the current image under every map panel (the maps figure's layout images, PNG sources)."""
         src = _fig.image_source(self._display[self.image_index])
         with self.maps_figure.batch_update():
-            for t in self._images:
-                if src is not None:
-                    t.source = src
-                else:
-                    t.z = self._display[self.image_index]
+            for im in self.maps_figure.layout.images:
+                im.source = src
 
 
 # --------------------------------------------------------------------------- ChartExplorer
@@ -458,9 +455,8 @@ class ChartExplorer(_ControlsMixin):
         self.maps_figure = go.FigureWidget(fig)
         self._heat = [self._trace(self.maps_figure, "fused")] + \
             [self._trace(self.maps_figure, f"chart {c + 1}") for c in range(H)]
-        self._images = [t for t in self.maps_figure.data if t.type == "image"]
         self._boxes = [self._trace(self.maps_figure, f"query {p}") for p in range(H + 1)]
-        for t in self._heat + self._images:
+        for t in self._heat:  # each heat map covers its panel's image: a click on a panel lands on it
             t.on_click(self.on_image_click)
 
         self.similarity_figure = go.FigureWidget(_fig.similarity_heatmap(
@@ -476,7 +472,8 @@ class ChartExplorer(_ControlsMixin):
         controls = W.VBox([W.HBox([self.image_slider, self.layer_dropdown, self.head_dropdown]),
                            W.HBox([self.row_slider, self.col_slider, self.shared_scale_checkbox]),
                            W.HBox([self.similarity_toggle]), self.info])
-        self.widget = W.VBox([controls, self.maps_figure, W.HBox([self.similarity_figure, self.stats_figure])])
+        bottom = W.HBox([self.similarity_figure, self.stats_figure], layout=W.Layout(flex_flow="row wrap"))
+        self.widget = W.VBox([controls, self.maps_figure, bottom])  # the bottom row wraps on narrow screens
 
     @classmethod
     def from_dataset(cls, model: nn.Module, dataset: Any, indices: Sequence[int] = range(8), **kwargs) -> "ChartExplorer":
@@ -632,8 +629,7 @@ class ChartCountExplorer(_ControlsMixin):
         self._heat = [ChartExplorer._trace(self.maps_figure, "fused")] + \
             [ChartExplorer._trace(self.maps_figure, f"chart {c + 1}") for c in range(self.max_charts)]
         self._boxes = [ChartExplorer._trace(self.maps_figure, f"query {p}") for p in range(self.max_charts + 1)]
-        self._images = [t for t in self.maps_figure.data if t.type == "image"]
-        for t in self._heat + self._images:
+        for t in self._heat:  # each heat map covers its panel's image: a click on a panel lands on it
             t.on_click(self.on_image_click)
         self.similarity_figure = go.FigureWidget(_fig.similarity_heatmap(
             self.cache.similarity(self.image_index, self.layer, self.head, "cosine"), "cosine", height=360))
@@ -652,7 +648,7 @@ class ChartCountExplorer(_ControlsMixin):
                            W.HBox([self.layer_dropdown, self.head_dropdown, self.shared_scale_checkbox]),
                            W.HBox([self.row_slider, self.col_slider]), W.HBox([self.similarity_toggle]), self.info])
         bottom = [self.similarity_figure] + ([self.accuracy_figure] if self.accuracy_figure is not None else [])
-        self.widget = W.VBox([controls, self.maps_figure, W.HBox(bottom)])
+        self.widget = W.VBox([controls, self.maps_figure, W.HBox(bottom, layout=W.Layout(flex_flow="row wrap"))])
 
     @classmethod
     def from_dataset(cls, models_by_charts: Mapping[int, nn.Module], dataset: Any, indices: Sequence[int] = range(8),
@@ -700,27 +696,14 @@ class ChartCountExplorer(_ControlsMixin):
         geo = _fig._heat_geometry(self.cache.image_size, fused.shape)
         xs, ys = _fig.query_box_path(*self.query, self._cell())
         with self.maps_figure.batch_update():
-            for p, t in enumerate(self._heat):
-                if p <= H:
-                    z = zs[p]
-                    t.update(z=z, zmin=lo if shared else float(z.min()), zmax=hi if shared else float(z.max()))
-                    if not t.visible:
-                        t.visible = True
-                    if t.dx != geo["dx"] or t.dy != geo["dy"]:
-                        t.update(**geo)
-                elif t.visible:
-                    t.visible = False
-            for p, b in enumerate(self._boxes):
+            if self.maps_figure.layout.meta["charts"] != H:  # the grid for 1 + H panels, the rest hidden
+                _fig.show_chart_panels(self.maps_figure, 1 + H)
+            for z, t in zip(zs, self._heat):
+                t.update(z=z, zmin=lo if shared else float(z.min()), zmax=hi if shared else float(z.max()))
+                if t.dx != geo["dx"] or t.dy != geo["dy"]:
+                    t.update(**geo)
+            for b in self._boxes[:1 + H]:
                 b.update(x=xs, y=ys)
-                if bool(b.visible) != (p <= H):
-                    b.visible = p <= H
-            for t in self._images:
-                p = int(t.name.split()[-1])
-                if bool(t.visible) != (p <= H):
-                    t.visible = p <= H
-            for p, ann in enumerate(self.maps_figure.layout.annotations):
-                if bool(ann.visible) != (p <= H):
-                    ann.visible = p <= H
         self.info.value = self._info_html()
 
     def _update_accuracy(self) -> None:

@@ -149,9 +149,9 @@ figures.accuracy_vs_charts(accuracies, baseline=base_acc,
 # `ChartCountExplorer.from_dataset({H: model_H}, dataset, indices, accuracies=..., baseline=...)`
 # records each model once per image. The **charts H** slider switches between the models; the
 # other controls are those of notebook 04 (image, layer, head, query patch, similarity measure,
-# shared colour scale). The maps panel always has room for 16 charts and hides the panels a
-# model does not have; the similarity matrix is $H\times H$; the accuracy plot marks the current
-# $H$. It starts at $H = 8$ on the last layer.
+# shared colour scale; or click a patch in any panel). The maps panel shows the fused map and the
+# model's $H$ charts on a grid sized for them; the similarity matrix is $H\times H$; the accuracy
+# plot marks the current $H$. It starts at $H = 8$ on the last layer.
 
 # %%
 ex = mkviz.ChartCountExplorer.from_dataset(models, test, indices=range(N_EXPLORE), accuracies=accuracies,

@@ -5,6 +5,8 @@ notebooks (so nothing on disk in `notebooks/` can change, autosave or not), open
 cells from the Run menu, waits for the explorer's plotly FigureWidget, moves the query-row slider with the
 keyboard and checks that the rendered heat maps changed; then does the same run for notebook 06. Both
 widgets are saved as screenshots under `outputs/screenshots/` (nb04_explorer.png, nb06_chart_count.png).
+In 06 it then lowers the chart count (the panels re-grid: fewer rows, a lower figure; nb06_chart_count_h4.png)
+and clicks a chart panel, which must set the query sliders to the cell clicked.
 The kernels run in small mode (MKVIZ_SMALL=1) and find the shipped checkpoints through MKVIZ_ROOT.
 """
 from __future__ import annotations
@@ -46,6 +48,14 @@ HEAT_STATE_JS = """() => {
   const z = gd.data.filter(t => t.type === 'heatmap' && t.visible !== false).map(t => t.z);
   const imgs = Array.from(gd.querySelectorAll('g.hm image')).map(i => i.getAttribute('href') || '');
   return JSON.stringify({z: z, images: imgs});
+}"""
+
+# The maps figure's visible heat maps and its height (the chart-count explorer re-grids on a new H).
+PANELS_JS = """() => {
+  const gd = document.querySelector('.jp-OutputArea-output .widget-vbox .js-plotly-plot');
+  if (!gd || !gd.data) return null;
+  return JSON.stringify({heatmaps: gd.data.filter(t => t.type === 'heatmap' && t.visible !== false).length,
+                         height: gd.layout.height});
 }"""
 
 
@@ -196,10 +206,33 @@ def test_explorers_render_and_react_in_jupyterlab(browser, lab):
         widget = _wait_for_widget(page)
         _wait_until_idle(page)
         assert not _errors(page), _errors(page)
-        assert widget.locator(".widget-slider:has(.widget-label:text-is('charts H'))").count() == 1
+        charts = widget.locator(".widget-slider:has(.widget-label:text-is('charts H'))")
+        assert charts.count() == 1
+        assert json.loads(page.evaluate(PANELS_JS)) == {"heatmaps": 9, "height": 420}  # H = 8: 2 rows of 5
         widget.scroll_into_view_if_needed()
         page.wait_for_timeout(500)
         widget.screenshot(path=str(SCREENSHOTS / "nb06_chart_count.png"))
+        # fewer charts: the panels shown re-grid into one row (no blank rows for the 17 reserved panels)
+        charts.locator(".noUi-handle").first.focus()
+        page.keyboard.press("ArrowLeft")  # H = 8 -> 4
+        want = json.dumps({"heatmaps": 5, "height": 260}, separators=(",", ":"))  # as JSON.stringify writes it
+        page.wait_for_function(f"() => ({PANELS_JS})() === {json.dumps(want)}", timeout=30_000)
+        assert charts.locator(".widget-readout").first.inner_text().strip() == "4"
+        page.wait_for_timeout(500)
+        widget.screenshot(path=str(SCREENSHOTS / "nb06_chart_count_h4.png"))
+        # a click on chart 1's panel (now where a hidden panel's axes used to be) still picks the query
+        box = page.evaluate("""() => {
+          const gd = document.querySelector('.jp-OutputArea-output .widget-vbox .js-plotly-plot');
+          const r = gd.querySelector('.nsewdrag[data-subplot="x2y2"]').getBoundingClientRect();
+          return {x: r.x, y: r.y, w: r.width, h: r.height};
+        }""")
+        page.mouse.click(box["x"] + 0.1 * box["w"], box["y"] + 0.1 * box["h"])  # the top-left cell
+        readout = lambda name: widget.locator(f".widget-slider:has(.widget-label:text-is('{name}')) "
+                                              ".widget-readout").first.inner_text().strip()
+        deadline = time.monotonic() + 30
+        while (readout("query row"), readout("query col")) != ("0", "0") and time.monotonic() < deadline:
+            page.wait_for_timeout(200)
+        assert (readout("query row"), readout("query col")) == ("0", "0")
     finally:
         context.close()
     for name in (NB04, NB06):

@@ -144,8 +144,13 @@ def test_chart_maps_figure_panels_scale_and_data():
     fused, charts = torch.rand(4, 4), torch.rand(8, 4, 4) * 2
     fig = F.chart_maps_figure(img, fused, charts, query=(1, 3))
     heats = [t for t in fig.data if t.type == "heatmap"]
-    assert len(heats) == 9 and len([t for t in fig.data if t.type == "image"]) == 9
-    assert len([t for t in fig.data if t.type == "scatter"]) == 9 and len(fig.data) == 27
+    assert len(heats) == 9 and len(fig.layout.images) == 9  # images: layout images, not traces
+    assert len([t for t in fig.data if t.type == "scatter"]) == 9 and len(fig.data) == 18
+    for p, im in enumerate(fig.layout.images):  # pixel (0, 0) at the top left of its own panel
+        axis = "" if p == 0 else str(p + 1)
+        assert (im.name, im.xref, im.yref) == (f"image {p}", "x" + axis, "y" + axis)
+        assert (im.x, im.y, im.sizex, im.sizey, im.xanchor, im.yanchor) == (-0.5, -0.5, 32, 32, "left", "top")
+        assert np.array_equal(_decode_png(im.source), img.permute(1, 2, 0).numpy())
     assert F.chart_grid_shape(9) == (2, 5)
     assert len([k for k in fig.layout.to_plotly_json() if k.startswith("xaxis")]) == 10  # 2x5 subplots
     assert [a.text for a in fig.layout.annotations][:3] == ["fused", "chart 1", "chart 2"]
@@ -160,7 +165,7 @@ def test_chart_maps_figure_panels_scale_and_data():
     own = F.chart_maps_figure(img, fused, charts, shared_scale=False, image_in_charts=False)
     oh = [t for t in own.data if t.type == "heatmap"]
     assert oh[3].zmin == float(charts[2].min()) and oh[3].zmax == float(charts[2].max())
-    assert len([t for t in own.data if t.type == "image"]) == 1 and len(own.data) == 10
+    assert len(own.layout.images) == 1 and len(own.data) == 9
     spare = F.chart_maps_figure(img, fused, charts[:2], num_panels=6, titles=["F", "A", "B"])
     sh = [t for t in spare.data if t.type == "heatmap"]
     assert [bool(t.visible) for t in sh] == [True, True, True, False, False, False]
@@ -171,6 +176,49 @@ def test_chart_maps_figure_panels_scale_and_data():
         F.chart_maps_figure(img, fused, charts, titles=["x"])
     with pytest.raises(ValueError, match="chart_maps"):
         F.chart_maps_figure(img, fused, torch.rand(3, 5, 5))
+
+
+def _shown_domains(fig, num_shown):
+    return [(list(fig.layout["xaxis" + ("" if p == 0 else str(p + 1))].domain),
+             list(fig.layout["yaxis" + ("" if p == 0 else str(p + 1))].domain)) for p in range(num_shown)]
+
+
+def _subplot_domains(rows, cols, num_panels):
+    from plotly.subplots import make_subplots
+    ref = make_subplots(rows=rows, cols=cols, horizontal_spacing=0.02, vertical_spacing=0.08 if rows > 1 else 0.0)
+    return _shown_domains(ref, num_panels)
+
+
+def test_show_chart_panels_regrids_the_shown_panels_like_make_subplots():
+    """Panels shown take make_subplots' grid for their own count (no blank rows for reserved panels);
+    hidden panels' axes shrink to a corner sliver; titles sit centred on top of their panel."""
+    img = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
+    fused, charts = torch.rand(4, 4), torch.rand(2, 4, 4)
+    fig = F.chart_maps_figure(img, fused, charts, query=(0, 0), num_panels=9, panel_size=150)
+    for shown, (rows, cols) in ((3, (1, 3)), (9, (2, 5)), (6, (2, 5)), (1, (1, 1)), (3, (1, 3))):
+        F.show_chart_panels(fig, shown)
+        got, want = _shown_domains(fig, shown), _subplot_domains(rows, cols, shown)
+        for (gx, gy), (wx, wy) in zip(got, want):
+            _exact(gx, wx, atol=1e-12)
+            _exact(gy, wy, atol=1e-12)
+        for p in range(shown, 9):
+            assert _shown_domains(fig, 9)[p] == ([0.0, 1e-3], [0.0, 1e-3])
+        assert fig.layout.height == max(260, 150 * rows + 80)
+        for p, ann in enumerate(fig.layout.annotations):
+            assert bool(ann.visible) == (p < shown)
+            if p < shown:
+                (x0, x1), (_, y1) = got[p]
+                assert ann.x == pytest.approx((x0 + x1) / 2) and ann.y == pytest.approx(y1)
+        shown_axes = {"x"} | {f"x{p + 1}" for p in range(1, shown)}
+        assert all(bool(t.visible) == (t.xaxis in shown_axes) for t in fig.data)
+        assert [bool(im.visible) for im in fig.layout.images] == [p < shown for p in range(9)]
+        assert sum(bool(t.visible) for t in fig.data if t.type == "heatmap") == shown
+        assert fig.layout.meta["charts"] == shown - 1
+    wide = F.chart_maps_figure(img, fused, charts, cols=2)  # explicit columns are kept: 3 panels on 2 x 2
+    _exact(_shown_domains(wide, 3)[2][1], _subplot_domains(2, 2, 3)[2][1], atol=1e-12)
+    for bad in (0, 10):
+        with pytest.raises(ValueError, match="num_shown"):
+            F.show_chart_panels(fig, bad)
 
 
 def test_similarity_heatmap_kinds():
@@ -278,8 +326,8 @@ def test_explorer_controls_update_to_independent_slices(explorer, vit4, images, 
     explorer.image_slider.value = 2
     _check_explorer_maps(explorer, ref)
     assert explorer.cache.forwards == forwards + 1  # image 2 is recorded once, on first view
-    img_trace = next(t for t in explorer.maps_figure.data if t.type == "image")
-    assert np.array_equal(_decode_png(img_trace.source), F.to_uint8_image(images[2]))
+    for im in explorer.maps_figure.layout.images:  # every panel's layout image shows image 2
+        assert np.array_equal(_decode_png(im.source), F.to_uint8_image(images[2]))
     # shared colour scale off: each panel its own range
     explorer.shared_scale_checkbox.value = False
     z = _heat_z(explorer.maps_figure)
@@ -335,8 +383,8 @@ def test_explorer_click_moves_sliders(explorer, vit4, images):
     _check_explorer_maps(explorer, ref)
     assert explorer.on_image_click(heat, SimpleNamespace(xs=[], ys=[]), None) is None
     assert explorer.on_image_click(heat, SimpleNamespace(xs=[500.0], ys=[-3.0]), None) == (0, 3)  # clamped
-    # the handler is registered on the FigureWidget traces
-    assert heat._click_callbacks and next(t for t in explorer.maps_figure.data if t.type == "image")._click_callbacks
+    # the handler is registered on every heat map of the FigureWidget (they cover the images)
+    assert all(t._click_callbacks for t in explorer.maps_figure.data if t.type == "heatmap")
 
 
 def test_explorer_latency_uses_cache(explorer):
@@ -359,8 +407,8 @@ def test_explorer_deit_two_prefix_tokens_and_from_dataset():
     ex.image_slider.value = 1
     ex.row_slider.value = 3
     _check_explorer_maps(ex, ref)
-    img_trace = next(t for t in ex.maps_figure.data if t.type == "image")
-    assert np.array_equal(_decode_png(img_trace.source), ds.images_uint8([3])[0].permute(1, 2, 0).numpy())
+    assert np.array_equal(_decode_png(ex.maps_figure.layout.images[0].source),
+                          ds.images_uint8([3])[0].permute(1, 2, 0).numpy())
     assert len(ex.stats_figure.data) == 4  # evidence panel from the dataset's masks
 
 
@@ -409,7 +457,10 @@ def test_chart_count_explorer_switches_panels_and_similarity(images, masks):
         ref = Recorded(models[h], images)
         assert ex.visible_chart_panels() == h
         assert sum(bool(a.visible) for a in ex.maps_figure.layout.annotations) == 1 + h
-        assert sum(bool(t.visible) for t in ex.maps_figure.data if t.type == "image") == 1 + h
+        assert sum(bool(im.visible) for im in ex.maps_figure.layout.images) == 1 + h
+        rows = F.chart_grid_shape(1 + h)[0]  # the grid fits the panels shown, not the 5 reserved
+        assert ex.maps_figure.layout.height == max(260, 170 * rows + 80)
+        assert list(ex.maps_figure.layout.xaxis.domain) == _subplot_domains(rows, min(1 + h, 5), 1)[0][0]
         assert np.asarray(ex.similarity_figure.data[0].z).shape == (h, h)
         assert list(ex.similarity_figure.data[0].x) == [f"c{i + 1}" for i in range(h)]
         _exact(ex.similarity_figure.data[0].z, ref.rec(0).chart_similarity("blocks.0.attn", "cosine"))
