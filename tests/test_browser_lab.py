@@ -220,7 +220,7 @@ def test_explorers_render_and_react_in_jupyterlab(browser, lab):
         assert charts.locator(".widget-readout").first.inner_text().strip() == "4"
         page.wait_for_timeout(500)
         widget.screenshot(path=str(SCREENSHOTS / "nb06_chart_count_h4.png"))
-        # a click on chart 1's panel (now where a hidden panel's axes used to be) still picks the query
+        # a click on chart 1's panel picks the query (Python gets plotly's click; no hidden panel's axes lie over it)
         box = page.evaluate("""() => {
           const gd = document.querySelector('.jp-OutputArea-output .widget-vbox .js-plotly-plot');
           const r = gd.querySelector('.nsewdrag[data-subplot="x2y2"]').getBoundingClientRect();
