@@ -105,12 +105,13 @@ def image_source(image: Any) -> Optional[str]:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _image_trace(image: np.ndarray, xaxis: str = "x", yaxis: str = "y", use_source: bool = True):
+def _image_trace(image: np.ndarray):
+    """attention_overlay's "image" trace: a PNG source, or raw pixels as z without pillow."""
     go = _go()
-    src = image_source(image) if use_source else None
+    src = image_source(image)
     if src is not None:
-        return go.Image(source=src, name="image", xaxis=xaxis, yaxis=yaxis, hoverinfo="x+y")
-    return go.Image(z=image, name="image", xaxis=xaxis, yaxis=yaxis, hoverinfo="x+y")
+        return go.Image(source=src, name="image", hoverinfo="x+y")
+    return go.Image(z=image, name="image", hoverinfo="x+y")
 
 
 def _panel_image(source: str, image_hw: Tuple[int, int], axis: str = "") -> dict:
@@ -242,8 +243,9 @@ def show_chart_panels(fig: "go.Figure", num_shown: int) -> None:
         if bool(t.visible) != (t.xaxis in shown_axes):
             t.visible = t.xaxis in shown_axes
     for im in fig.layout.images:  # named "image p"
-        if bool(im.visible) != (int(im.name.split()[-1]) < num_shown):
-            im.visible = int(im.name.split()[-1]) < num_shown
+        shown = int(im.name.split()[-1]) < num_shown
+        if bool(im.visible) != shown:
+            im.visible = shown
     meta["charts"] = num_shown - 1
     fig.update_layout(height=_panels_height(rows, int(meta.get("panel_size", 190))), meta=meta)
 
