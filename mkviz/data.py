@@ -43,6 +43,7 @@ pixels), and CIFAR-10/100 and any ImageFolder via ``build_dataset`` (no masks).
 from __future__ import annotations
 
 import functools
+import math
 import operator
 import os
 from pathlib import Path
@@ -57,7 +58,9 @@ from torch.utils.data import Dataset, default_collate
 __all__ = [
     "Sample", "ShapesDataset", "DigitsDataset", "LabeledSubset", "make_shapes_splits", "build_dataset",
     "collate", "default_data_root", "CLASS_NAMES", "SHAPE_KINDS", "DIFFICULTIES", "SPLITS",
-    "DATASET_NAMES", "MAX_OBJECTS", "IMAGENET_MEAN", "IMAGENET_STD",
+    "DATASET_NAMES", "MAX_OBJECTS", "IMAGENET_MEAN", "IMAGENET_STD", "IN_MEMORY_DATASETS",
+    "FashionMNISTDataset", "load_fashion_mnist", "FASHION_MNIST_CLASSES", "FASHION_MNIST_MEAN",
+    "FASHION_MNIST_STD", "FASHION_MNIST_SYSTEM_DIR", "data_config",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -65,7 +68,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 224
 SPLITS = ("train", "val", "test")
 DIFFICULTIES = ("easy", "medium", "hard")
-DATASET_NAMES = ("shapes", "digits", "cifar10", "cifar100", "imagefolder")
+DATASET_NAMES = ("shapes", "digits", "fashion-mnist", "cifar10", "cifar100", "imagefolder")
+# datasets held in memory as uint8 pixels at their own size (no crop, no timm transform)
+IN_MEMORY_DATASETS = ("shapes", "digits", "fashion-mnist")
 CLASS_NAMES = ("red left of blue", "red right of blue", "red above blue", "red below blue")
 SHAPE_KINDS = ("circle", "square", "triangle", "diamond")
 MAX_OBJECTS = 6  # red, blue and up to 4 distractors; masks are padded to this count
@@ -520,6 +525,221 @@ class DigitsDataset(Dataset):
         return Sample(self._finish(ink), self.labels[idx], evidence.unsqueeze(1), evidence)
 
 
+# ----------------------------------------------------------------------------- Fashion-MNIST
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot")
+# statistics of the 60,000 official training images (pixels / 255)
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
+# where Debian's package `dataset-fashion-mnist` installs the gzipped IDX files
+FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+_FASHION_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                  "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An IDX file (gzipped or not) as a numpy array: magic 0x0000 0x08 ndim, then ndim big-endian sizes."""
+    import gzip
+
+    raw = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
+    ndim = raw[3]
+    if raw[:3] != b"\x00\x00\x08" or not 1 <= ndim <= 3:
+        raise ValueError(f"{path} is not an IDX file of unsigned bytes")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != math.prod(shape):
+        raise ValueError(f"{path} is truncated: {data.size} bytes for shape {shape}")
+    return data.reshape(shape)
+
+
+def _find_idx(folder: Path, stem: str) -> Path | None:
+    """``stem`` or ``stem.gz`` in ``folder`` or torchvision's ``folder/FashionMNIST/raw``, else None."""
+    for d in (folder, folder / "FashionMNIST" / "raw"):
+        for name in (stem, stem + ".gz"):
+            if (d / name).is_file():
+                return d / name
+    return None
+
+
+@functools.lru_cache(maxsize=4)
+def load_fashion_mnist(official_split: str = "train", root: str | None = None,
+                       download: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The official Fashion-MNIST ``"train"`` (60,000) or ``"test"`` (10,000) images and labels.
+
+    Returns ``(images uint8 (N, 28, 28), labels int64 (N,))``. Looks in ``root`` (the IDX files, gzipped
+    or not, or torchvision's ``root/FashionMNIST/raw`` layout) when given, else in
+    ``/usr/share/datasets/fashion-mnist`` (Debian's ``dataset-fashion-mnist``). With ``download`` and a
+    ``root``, missing files are downloaded there by ``torchvision.datasets.FashionMNIST``.
+    """
+    images_stem, labels_stem = _FASHION_FILES[_check_choice("official_split", official_split, tuple(_FASHION_FILES))]
+    folder = Path(root).expanduser() if root is not None else FASHION_MNIST_SYSTEM_DIR
+    found = [_find_idx(folder, s) for s in (images_stem, labels_stem)]
+    if None in found and download:
+        if root is None:
+            raise ValueError("download=True needs a data root to download Fashion-MNIST into (--data-root DIR)")
+        from torchvision.datasets import FashionMNIST
+
+        FashionMNIST(str(folder), train=official_split == "train", download=True)
+        found = [_find_idx(folder, s) for s in (images_stem, labels_stem)]
+    if None in found:
+        raise FileNotFoundError(
+            f"Fashion-MNIST not found in {folder}: install Debian's package (apt-get install dataset-fashion-mnist), "
+            "or pass --data-root DIR --download (download=True) to fetch it with torchvision")
+    images, labels = _read_idx(found[0]), _read_idx(found[1]).astype(np.int64)
+    if images.shape[1:] != (28, 28) or len(images) != len(labels):
+        raise ValueError(f"Fashion-MNIST files in {folder} have images {images.shape} and labels {labels.shape}")
+    return images, labels
+
+
+class FashionMNISTDataset(Dataset):
+    """Fashion-MNIST (Zalando): 28x28 grey article images, 10 clothing classes.
+
+    Splits: "test" is the official 10,000-image test set; "train" and "val" partition the official
+    60,000 training images, with ``val_fraction`` (10 %, i.e. 6,000 images) held out by a seeded,
+    class-stratified draw (``seed``). The data is read from Debian's ``dataset-fashion-mnist``
+    (``/usr/share/datasets/fashion-mnist``), or from ``root`` (see ``load_fashion_mnist``).
+
+    Args:
+        split: "train", "val" or "test".
+        image_size: H = W in pixels, int in [28, 224]; other sizes than 28 are resized bilinearly
+            (antialiased), as timm's transform does.
+        in_chans: 1 (grey) or 3 (grey replicated, for RGB models).
+        mean, std: per-channel statistics (one value is replicated); default: Fashion-MNIST's own.
+        normalize: ``(x - mean) / std``; False gives [0, 1].
+        augment: random horizontal flip and a random shift of up to 2 px (``augment_shift``, zero
+            padded), drawn from torch's global RNG (so a resumed run replays it). Meant for "train".
+        num_samples: keep only the first ``num_samples`` images of the split (None: all of them).
+        root, download, seed: where the files are, whether torchvision may download them, the val draw.
+        threshold: ink level in [0, 1) above which a pixel belongs to the article (the evidence mask).
+
+    ``ds[i]`` -> ``(image float32 (C,H,W), label int)``; ``ds.sample(i)`` / ``ds.batch(indices)`` give
+    ``Sample``s whose evidence mask is the article's silhouette (pixels above ``threshold``);
+    ``ds.images_uint8(indices)`` -> uint8 ``(B, 3, H, W)`` pixels for display; ``ds.indices``: positions
+    in the official training or test set; ``ds.labels``, ``ds.class_names``, ``ds.num_classes``.
+    """
+
+    class_names = FASHION_MNIST_CLASSES
+    num_classes = 10
+    max_objects = 1
+    val_fraction = 0.1
+
+    def __init__(
+        self,
+        split: str = "train",
+        image_size: int = 28,
+        in_chans: int = 3,
+        mean: Sequence[float] = FASHION_MNIST_MEAN,
+        std: Sequence[float] = FASHION_MNIST_STD,
+        normalize: bool = True,
+        augment: bool = False,
+        num_samples: int | None = None,
+        root: str | os.PathLike | None = None,
+        download: bool = False,
+        seed: int = 0,
+        with_masks: bool = False,
+        threshold: float = 0.25,
+        augment_shift: int = 2,
+    ) -> None:
+        self.split = _check_choice("split", split, SPLITS)
+        self.image_size = _check_image_size(image_size, 28, MAX_IMAGE_SIZE)
+        if in_chans not in (1, 3):
+            raise ValueError(f"in_chans must be 1 or 3, got {in_chans!r}")
+        self.in_chans, self.seed = in_chans, _check_int("seed", seed, 0)
+        self.normalize, self.augment, self.with_masks = normalize, augment, with_masks
+        self.augment_shift = _check_int("augment_shift", augment_shift, 0)
+        if not 0.0 <= threshold < 1.0:
+            raise ValueError(f"threshold must be in [0, 1), got {threshold!r}")
+        self.threshold = threshold
+        self.mean = _channel_stats("mean", mean, in_chans)
+        self.std = _channel_stats("std", std, in_chans)
+        images, labels = load_fashion_mnist("test" if self.split == "test" else "train",
+                                            None if root is None else str(root), download)
+        if self.split == "test":
+            indices = np.arange(len(labels))
+        else:
+            indices = _split_indices(labels, self.seed, self.val_fraction, 0.0)[self.split]
+        if num_samples is not None:
+            indices = indices[:_check_int("num_samples", num_samples, 1)]
+        self.indices = indices
+        self._images = torch.from_numpy(images[indices])  # uint8 (N, 28, 28)
+        self.labels: Tensor = torch.from_numpy(labels[indices])
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _pixels(self, idx: Tensor) -> Tensor:
+        """float32 ``(B, H, W)`` in [0, 1] at ``image_size``."""
+        x = self._images[idx].float().div_(255.0)
+        if self.image_size != 28:
+            x = F.interpolate(x.unsqueeze(1), size=(self.image_size,) * 2, mode="bilinear", align_corners=False,
+                              antialias=True).squeeze(1).clamp_(0.0, 1.0)
+        return x
+
+    def _augment(self, x: Tensor) -> Tensor:
+        """Random horizontal flip and shift (zero padded) per image, from torch's global RNG. x: (B, H, W)."""
+        B, H, W = x.shape
+        flip = torch.rand(B) < 0.5
+        x = torch.where(flip.view(B, 1, 1), x.flip(-1), x)
+        s = self.augment_shift
+        if s == 0:
+            return x
+        shifts = torch.randint(-s, s + 1, (B, 2))
+        padded = F.pad(x, (s, s, s, s))
+        return torch.stack([padded[b, s + dy:s + dy + H, s + dx:s + dx + W]
+                            for b, (dy, dx) in enumerate(shifts.tolist())])
+
+    def _finish(self, x: Tensor) -> Tensor:
+        """``(B, H, W)`` in [0, 1] -> float32 ``(B, C, H, W)``, normalised if asked."""
+        x = x.unsqueeze(1).expand(-1, self.in_chans, -1, -1)
+        return (x - self.mean) / self.std if self.normalize else x.contiguous()
+
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[Tensor, int]]:
+        """A batch at once (``DataLoader`` uses it): ``[(image (C,H,W), label), ...]``."""
+        idx = torch.tensor([_check_index(i, len(self)) for i in indices], dtype=torch.long)
+        x = self._pixels(idx)
+        if self.augment:
+            x = self._augment(x)
+        return list(zip(self._finish(x).unbind(0), self.labels[idx].tolist()))
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int] | Sample:
+        if self.with_masks:
+            return self.sample(index)
+        return self.__getitems__([index])[0]
+
+    def sample(self, index: int) -> Sample:
+        """``Sample(image (C,H,W), label int, masks bool (1,H,W), evidence_mask bool (H,W))`` (no augmentation)."""
+        s = self.batch([index])
+        return Sample(s.image[0], int(s.label[0]), s.masks[0], s.evidence_mask[0])
+
+    def batch(self, indices: Sequence[int] | Tensor) -> Sample:
+        """Batched ``Sample`` (no augmentation): image ``(B,C,H,W)``, label ``(B,)``, masks ``(B,1,H,W)``,
+        evidence ``(B,H,W)`` = the article's pixels above ``threshold``."""
+        idx = torch.tensor([_check_index(i, len(self)) for i in torch.as_tensor(indices).reshape(-1).tolist()],
+                           dtype=torch.long)
+        x = self._pixels(idx)
+        evidence = x > self.threshold
+        return Sample(self._finish(x), self.labels[idx], evidence.unsqueeze(1), evidence)
+
+    def images_uint8(self, indices: Sequence[int] | Tensor | None = None) -> Tensor:
+        """Pixels for display at ``image_size``, uint8 ``(B, 3, H, W)`` (all images when ``indices`` is None)."""
+        idx = torch.arange(len(self)) if indices is None else torch.as_tensor(indices, dtype=torch.long).reshape(-1)
+        x = (self._pixels(idx) * 255.0).round_().to(torch.uint8)
+        return x.unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
+
+    def __repr__(self) -> str:
+        return (f"FashionMNISTDataset(split={self.split!r}, num_samples={len(self)}, image_size={self.image_size}, "
+                f"in_chans={self.in_chans}, augment={self.augment}, seed={self.seed})")
+
+
+def _channel_stats(name: str, values: Sequence[float], in_chans: int) -> Tensor:
+    """Per-channel statistics as ``(C, 1, 1)``; one value is replicated to every channel."""
+    v = [float(x) for x in values]
+    if len(v) == 1:
+        v = v * in_chans
+    if len(v) != in_chans:
+        raise ValueError(f"{name} must have 1 or {in_chans} values, got {list(values)!r}")
+    return torch.tensor(v, dtype=torch.float32).view(in_chans, 1, 1)
+
+
 # ----------------------------------------------------------------------------- CIFAR / ImageFolder
 class LabeledSubset(Dataset):
     """``(image, label)`` view of ``dataset`` restricted to ``indices``, with ``class_names``,
@@ -614,6 +834,28 @@ def _model_image_size(model: torch.nn.Module, cfg: dict[str, Any]) -> int:
     return int(cfg["input_size"][-1])
 
 
+def data_config(name: str, image_size: int, model_cfg: dict[str, Any]) -> dict[str, Any]:
+    """The timm data config of a model trained by mkviz on dataset ``name`` at ``image_size``.
+
+    ``model_cfg``: the model's own config (``timm.data.resolve_model_data_config(model)``). The result
+    (``input_size``, ``mean``, ``std``, ``interpolation``, ``crop_pct``, ``crop_mode``) makes
+    ``timm.data.create_transform(**cfg)`` reproduce the training-time preprocessing: in-memory
+    datasets (shapes, digits, Fashion-MNIST) are fed at their own size without a crop (``crop_pct``
+    1.0, bilinear), Fashion-MNIST with its own mean/std; CIFAR and ImageFolder get timm's transform
+    with the model's statistics and crop at ``image_size``.
+    """
+    name = _check_choice("name", name, DATASET_NAMES)
+    in_chans = int(model_cfg["input_size"][0])
+    cfg = {"input_size": (in_chans, int(image_size), int(image_size)), "mean": tuple(model_cfg["mean"]),
+           "std": tuple(model_cfg["std"]), "interpolation": model_cfg.get("interpolation", "bicubic"),
+           "crop_pct": float(model_cfg.get("crop_pct", 0.875)), "crop_mode": model_cfg.get("crop_mode", "center")}
+    if name in IN_MEMORY_DATASETS:
+        cfg.update(interpolation="bilinear", crop_pct=1.0, crop_mode="center")
+    if name == "fashion-mnist":
+        cfg.update(mean=FASHION_MNIST_MEAN * in_chans, std=FASHION_MNIST_STD * in_chans)
+    return cfg
+
+
 def build_dataset(
     name: str,
     root: str | os.PathLike | None = None,
@@ -630,26 +872,28 @@ def build_dataset(
     """One entry point for every dataset; ``ds[i]`` is always ``(image float32 (3,H,W), label int)``.
 
     Args:
-        name: "shapes", "digits", "cifar10", "cifar100" or "imagefolder" (case-insensitive).
+        name: "shapes", "digits", "fashion-mnist", "cifar10", "cifar100" or "imagefolder" (case-insensitive).
         root: data folder. CIFAR: where ``cifar-10-batches-py`` / ``cifar-100-python`` live (None:
             ``default_data_root()``). ImageFolder (required): ``root/<class>/<image>``, or
-            ``root/{train,val,test}/<class>/<image>`` (e.g. Imagenette). Ignored for shapes/digits.
+            ``root/{train,val,test}/<class>/<image>`` (e.g. Imagenette). Fashion-MNIST: a folder holding
+            its IDX files (None: Debian's ``/usr/share/datasets/fashion-mnist``). Ignored for shapes/digits.
         split: "train", "val" or "test". CIFAR: train/val = stratified 90/10 partition of the official
             training set, test = the official test set. ImageFolder without split folders: stratified
             80/10/10 partition. All partitions are seeded by ``seed``.
         image_size: H = W. None: the model's input size if ``model`` is given (``patch_embed.img_size``
             when it has one, else its data config's ``input_size``), else 64 (shapes),
             32 (digits, CIFAR), 224 (ImageFolder).
-        download: CIFAR only; False (default) never touches the network and raises FileNotFoundError
-            naming the folder it looked in when the data is missing.
+        download: CIFAR and Fashion-MNIST; False (default) never touches the network and raises
+            FileNotFoundError naming the folder it looked in when the data is missing.
         model: optional timm model. CIFAR/ImageFolder use ``timm.data.resolve_data_config({}, model=model)``
             and ``timm.data.create_transform(**cfg, is_training=split == "train")``; shapes/digits take the
             model's mean/std (and input size when ``image_size`` is None).
         seed: seeds scenes (shapes) or partitions (others).
         normalize: normalise with mean/std (ImageNet unless the model says otherwise); False gives [0, 1].
-        with_masks: shapes/digits only: ``ds[i]`` returns a ``Sample``.
+        with_masks: shapes/digits/fashion-mnist only: ``ds[i]`` returns a ``Sample``.
         **kwargs: shapes: ``num_samples``, ``difficulty``, ``transform``, ``precompute``; digits:
-            ``transform``, ``threshold``; CIFAR/ImageFolder: ``transform`` (replaces the default one).
+            ``transform``, ``threshold``; fashion-mnist: ``num_samples``, ``augment``, ``in_chans``,
+            ``threshold`` (its mean/std/channels come from ``model`` when given, else its own statistics); CIFAR/ImageFolder: ``transform`` (replaces the default one).
 
     Returns: a Dataset with ``class_names``, ``num_classes`` and ``labels``.
     """
@@ -662,6 +906,12 @@ def build_dataset(
         cfg = resolve_data_config({}, model=model)
         if image_size is None:
             image_size = _model_image_size(model, cfg)
+    if name == "fashion-mnist":
+        if cfg is not None:
+            kwargs = {"mean": cfg["mean"], "std": cfg["std"], "in_chans": int(cfg["input_size"][0]), **kwargs}
+        return FashionMNISTDataset(split=split, image_size=image_size if image_size is not None else 28,
+                                   root=root, download=download, seed=seed, normalize=normalize,
+                                   with_masks=with_masks, **kwargs)
     if name in ("shapes", "digits"):
         stats = {} if cfg is None else {"mean": cfg["mean"], "std": cfg["std"]}
         cls = ShapesDataset if name == "shapes" else DigitsDataset
@@ -670,7 +920,7 @@ def build_dataset(
                    **stats, **kwargs)
 
     if with_masks:
-        raise ValueError(f"with_masks=True is only available for 'shapes' and 'digits', not {name!r}")
+        raise ValueError(f"with_masks=True is only available for {list(IN_MEMORY_DATASETS)}, not {name!r}")
     unknown = set(kwargs) - {"transform"}
     if unknown:
         raise TypeError(f"unexpected arguments for {name!r}: {sorted(unknown)}")
