@@ -180,9 +180,11 @@ class ManifoldKey(nn.Module):
                          generator: Optional[torch.Generator] = None) -> None:
         """Initialise the chart parameters.
 
-        "scratch": timm's trunc-normal(0.02) for the base key, SpatialK's wide layer and KUA's
-        membership; chart maps start at the identity plus independent trunc-normal(0.02) noise
-        (so the composed key keeps a plain ViT's scale), SimpleK's fusion at the mean plus noise.
+        "scratch": timm's trunc-normal(0.02) for the base key and KUA's membership; where the chart
+        maps are the key projection itself (SpatialK's wide layer, expand_from="input") trunc-normal
+        (0.02·√H) per chart, so that the mean of H independent charts has a plain ViT key's std 0.02;
+        chart maps on a base key start at the identity plus independent trunc-normal(0.02) noise (so
+        the composed key keeps a plain ViT's scale), SimpleK's fusion at the mean plus noise.
         "preserve": s_c = 1, φ_c = I + δ_c with Σ_c δ_c = 0 (‖δ_c z‖ ≈ perturbation·‖z‖), fusion = mean,
         membership logits 0; the fused key equals the base key exactly. Call `load_base_key` to
         copy a pretrained key.
@@ -197,7 +199,8 @@ class ManifoldKey(nn.Module):
         w = self.chart_maps.weight  # (H·C, cin, k) grouped, or (H·C, in_dim, k) for spatialk
         w.zero_()
         if self.base is None:  # the chart maps are the key projection itself
-            nn.init.trunc_normal_(w, std=0.02)
+            # the fusion averages H independent projections: std 0.02·√H gives the fused key a plain ViT's std 0.02
+            nn.init.trunc_normal_(w, std=0.02 * math.sqrt(H))
         else:
             eye = torch.eye(C, dtype=w.dtype, device=w.device)
             if init == "scratch":

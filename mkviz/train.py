@@ -40,12 +40,15 @@ from typing import Any, Iterator, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from timm.data import resolve_data_config
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from . import checkpoint as ckpt
 from .checkpoint import CheckpointError
 from .convert import convert, create_model, manifold_modules, unbalanced_atlas_loss
+from .data import DATASET_NAMES, data_config
 from .key import VARIANTS, resolve_variant
+from .optim import build_optimizer
 
 __all__ = ["TrainConfig", "PRESETS", "train", "evaluate", "load_checkpoint", "build_model", "build_datasets",
            "EpochBatchSampler", "lr_at", "main"]
@@ -54,12 +57,13 @@ __all__ = ["TrainConfig", "PRESETS", "train", "evaluate", "load_checkpoint", "bu
 PRESETS: dict[str, dict[str, Any]] = {
     # the shipped checkpoints: 32-px shapes, 4x4 patches of 8 px + cls token, 4 blocks of width 64
     "tiny": dict(model="vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=64, depth=4, num_heads=4),
+    # Fashion-MNIST at its own 28 px: 7x7 patches of 4 px + cls token, 4 blocks of width 64 (data/README.md)
+    "fashion": dict(model="vit_tiny_patch16_224", img_size=28, patch_size=4, embed_dim=64, depth=4, num_heads=4),
     # for tests and smoke runs: 2 blocks, 4x4 patches of 8 px
     "micro": dict(model="vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2),
 }
 VARIANT_CHOICES = ("baseline",) + VARIANTS
-DATASETS = ("shapes", "digits", "cifar10", "cifar100", "imagefolder")
-NUM_CLASSES = {"shapes": 4, "digits": 10, "cifar10": 10, "cifar100": 100}
+NUM_CLASSES = {"shapes": 4, "digits": 10, "fashion-mnist": 10, "cifar10": 10, "cifar100": 100}
 
 # fields of TrainConfig that do not change the trajectory of a run (may differ when resuming)
 _RUNTIME_FIELDS = {"out", "resume", "overwrite", "quiet", "compile", "num_workers", "save_every_steps", "keep_last",
@@ -90,10 +94,12 @@ class TrainConfig:
     data_root: Optional[str] = None
     download: bool = False
     image_size: Optional[int] = None          # None: the model's input size
-    num_train: int = 8000                     # shapes only
-    num_val: int = 1000
-    num_test: int = 1000
+    num_train: Optional[int] = None           # shapes: images rendered (None: 8000); fashion-mnist: the first
+    #                                           num_train of its training split (None: all 54,000)
+    num_val: int = 1000                       # shapes only (fashion-mnist: 6,000 held out of the official train)
+    num_test: int = 1000                      # shapes only (fashion-mnist: the official 10,000)
     difficulty: str = "easy"
+    augment: bool = False                     # fashion-mnist: random flips and 2-px shifts of training images
     # optimisation
     epochs: int = 10
     batch_size: int = 64                      # per process; global batch = batch_size × world size
@@ -139,10 +145,14 @@ class TrainConfig:
         c.variant = str(c.variant).lower()
         if c.variant != "baseline":
             c.variant = resolve_variant(c.variant)
-        if c.dataset not in DATASETS:
-            raise ValueError(f"dataset must be one of {list(DATASETS)}, got {c.dataset!r}")
-        for name in ("epochs", "batch_size", "num_charts", "kernel_size", "num_train", "num_val", "keep_last"):
+        if c.dataset not in DATASET_NAMES:
+            raise ValueError(f"dataset must be one of {list(DATASET_NAMES)}, got {c.dataset!r}")
+        if c.num_train is None and c.dataset == "shapes":
+            c.num_train = 8000
+        for name in ("epochs", "batch_size", "num_charts", "kernel_size", "num_val", "keep_last"):
             _positive(name, getattr(c, name))
+        if c.num_train is not None:
+            _positive("num_train", c.num_train)
         for name in ("num_test", "save_every_steps", "log_every", "num_workers", "seed"):
             _positive(name, getattr(c, name), allow_zero=True)
         if c.max_steps is not None:
@@ -186,13 +196,24 @@ def build_model(spec: dict[str, Any], pretrained: bool = False, seed: int = 0) -
     """The model a spec describes (`model`, `timm_kwargs`, `variant`, `num_charts`, ...)."""
     variant = None if spec["variant"] == "baseline" else spec["variant"]
     try:
-        return create_model(spec["model"], variant=variant, num_charts=spec["num_charts"], pretrained=pretrained,
-                            context_broadcast=spec["context_broadcast"], kernel_size=spec["kernel_size"],
-                            expand_from=spec["expand_from"], ua_weight=spec["ua_weight"], seed=seed,
-                            **spec["timm_kwargs"])
+        model = create_model(spec["model"], variant=variant, num_charts=spec["num_charts"], pretrained=pretrained,
+                             context_broadcast=spec["context_broadcast"], kernel_size=spec["kernel_size"],
+                             expand_from=spec["expand_from"], ua_weight=spec["ua_weight"], seed=seed,
+                             **spec["timm_kwargs"])
     except TypeError as err:  # a timm kwarg this model does not take
         raise ValueError(f"model {spec['model']!r} does not accept these arguments {spec['timm_kwargs']}: {err}") \
             from None
+    if spec.get("data_config"):
+        apply_data_config(model, spec["data_config"])
+    return model
+
+
+def apply_data_config(model: nn.Module, cfg: dict[str, Any]) -> None:
+    """Record the preprocessing `model` was trained with in its `pretrained_cfg`, so that
+    `timm.data.resolve_model_data_config(model)` and `timm.data.create_transform(**cfg)` reproduce it."""
+    pretrained_cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    pretrained_cfg.update({k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+    model.pretrained_cfg = pretrained_cfg
 
 
 def _describe_spec(spec: dict[str, Any]) -> str:
@@ -222,6 +243,9 @@ def load_checkpoint(path: str | os.PathLike, model: Optional[nn.Module] = None,
         raise CheckpointError(f"corrupt checkpoint {cfg_path}: no model_spec")
     if model is None:
         model = build_model(spec)
+    if not spec.get("data_config") and "dataset" in config:  # saved before data configs were recorded
+        size = config.get("image_size") or _input_size(model) or 224
+        apply_data_config(model, data_config(config["dataset"], size, resolve_data_config({}, model=model)))
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as err:
@@ -284,6 +308,8 @@ def build_datasets(cfg: TrainConfig, model: Optional[nn.Module] = None, splits: 
         if cfg.dataset == "shapes":
             n = {"train": cfg.num_train, "val": cfg.num_val, "test": cfg.num_test}[split]
             kw = dict(num_samples=n, difficulty=cfg.difficulty)
+        elif cfg.dataset == "fashion-mnist" and split == "train":
+            kw = dict(num_samples=cfg.num_train, augment=cfg.augment)
         out[split] = build_dataset(cfg.dataset, cfg.data_root, split, cfg.image_size, cfg.download, model=model,
                                    seed=cfg.seed, **kw)
         if len(out[split]) == 0:
@@ -476,6 +502,10 @@ def _train(cfg: TrainConfig, d: _Dist, device: torch.device) -> dict[str, Any]:
     else:
         model = build_model(spec, pretrained=cfg.pretrained, seed=cfg.seed)
     model.to(device)
+    # the preprocessing this run feeds the model, the timm way (timm.data.resolve_model_data_config)
+    spec["data_config"] = data_config(cfg.dataset, cfg.image_size or _input_size(model) or 224,
+                                      resolve_data_config({}, model=model))
+    apply_data_config(model, spec["data_config"])
     data = build_datasets(cfg, model, ("train", "val"))
     class_names = list(getattr(data["train"], "class_names", []))
     if len(class_names) != num_classes:
@@ -483,14 +513,8 @@ def _train(cfg: TrainConfig, d: _Dist, device: torch.device) -> dict[str, Any]:
     meta = {"train": cfg.to_dict(), "model_spec": spec, "class_names": class_names,
             "image_size": cfg.image_size or _input_size(model), "dataset": cfg.dataset, "format_version": 1}
 
-    # optimiser: no weight decay for biases, norms, scales and timm's no_weight_decay() names
-    skip = set(getattr(model, "no_weight_decay", lambda: set())())
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.999))
+    # AdamW; chart scales undecayed, chart maps decayed towards the identity (mkviz.optim)
+    optimizer, anchored_decay = build_optimizer(model, cfg.lr, cfg.weight_decay)
 
     G = cfg.batch_size * d.world
     n_train = len(data["train"])
@@ -570,6 +594,7 @@ def _train(cfg: TrainConfig, d: _Dist, device: torch.device) -> dict[str, Any]:
             loss.backward()
             if cfg.grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            anchored_decay.apply(lr)
             optimizer.step()
             step += 1
             b += 1
@@ -717,14 +742,17 @@ def make_parser() -> argparse.ArgumentParser:
     m.add_argument("--init-from", metavar="CKPT", help="start from an mkviz checkpoint (a baseline one is "
                    "converted function-preservingly to --variant)")
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="shapes", type=str.lower, choices=DATASETS)
-    g.add_argument("--data-root", help="CIFAR / ImageFolder root")
-    g.add_argument("--download", action="store_true", help="download CIFAR if missing")
+    g.add_argument("--dataset", default="shapes", type=str.lower, choices=DATASET_NAMES)
+    g.add_argument("--data-root", help="CIFAR / ImageFolder / Fashion-MNIST folder (fashion-mnist default: Debian's "
+                   "/usr/share/datasets/fashion-mnist)")
+    g.add_argument("--download", action="store_true", help="download CIFAR / Fashion-MNIST into --data-root if missing")
     g.add_argument("--image-size", type=int, help="input size (default: the model's)")
-    g.add_argument("--num-train", type=int, default=8000, help="shapes: training images")
+    g.add_argument("--num-train", type=int, default=None,
+                   help="shapes: training images (default 8000); fashion-mnist: use the first N (default all)")
     g.add_argument("--num-val", type=int, default=1000, help="shapes: validation images")
     g.add_argument("--num-test", type=int, default=1000, help="shapes: test images (0: no test evaluation)")
     g.add_argument("--difficulty", default="easy", choices=("easy", "medium", "hard"))
+    g.add_argument("--augment", action="store_true", help="fashion-mnist: random flips and 2-px shifts in training")
     o = p.add_argument_group("optimisation")
     o.add_argument("--epochs", type=int, default=10)
     o.add_argument("--batch-size", type=int, default=64, help="per process")
