@@ -5,9 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install chromium demo test lab bench-params checkpoints repro sync-notebooks clean
+.PHONY: install data chromium demo test lab bench-params checkpoints repro sync-notebooks clean
 
-install: $(STAMP)
+install: $(STAMP) data
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,18 @@ test: install chromium
 sync-notebooks: install
 	$(BIN)/jupytext --sync notebooks/*.py
 
+# Fashion-MNIST from Debian's package dataset-fashion-mnist (/usr/share/datasets/fashion-mnist), installed through
+# the package manager when possible; otherwise the tests that need it skip and say why (`mkviz train --dataset
+# fashion-mnist --data-root DIR --download` fetches it with torchvision instead).
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
+data:
+	@test -f $(FASHION_MNIST) || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
+	      || echo "mkviz: could not install dataset-fashion-mnist; Fashion-MNIST tests will be skipped"; \
+	  else echo "mkviz: Fashion-MNIST not found and cannot be installed here (apt-get install dataset-fashion-mnist);" \
+	    "its tests will be skipped"; fi; }
+
 # Browser tests drive Debian's chromium with Playwright (never `playwright install`: it downloads).
 # Installed through the package manager when possible; otherwise those tests skip and say why.
 chromium:
@@ -37,9 +49,12 @@ chromium:
 lab: install
 	$(BIN)/jupyter lab notebooks/
 
-# regenerate the small shipped checkpoints in data/checkpoints (CPU, about half an hour on 2 cores)
+# train the missing shipped Fashion-MNIST checkpoints into data/checkpoints/fashion-mnist (CPU, resumable;
+# data/README.md gives the time); DATASET=shapes for the shapes ones, NAMES="kua-8 ..." for some of them
+DATASET ?= fashion-mnist
+NAMES ?=
 checkpoints: install
-	bash scripts/make_checkpoints.sh
+	$(BIN)/python -m mkviz.shipped --dataset $(DATASET) $(NAMES)
 
 # the CPU reproduction sweep behind docs/reproduction.md (about an hour on 2 cores; resumable)
 repro: install
