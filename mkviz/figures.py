@@ -34,7 +34,7 @@ import numpy as np
 __all__ = [
     "HEAT_COLORSCALE", "to_numpy", "to_uint8_image", "image_source", "attention_overlay", "chart_maps_figure",
     "chart_grid_shape", "show_chart_panels", "query_box_path", "similarity_heatmap", "evidence_bars",
-    "entropy_bars", "training_curves", "accuracy_vs_charts", "cost_table_figure",
+    "entropy_bars", "training_curves", "accuracy_vs_charts", "cost_table_figure", "chart_stat_bars",
 ]
 
 HEAT_COLORSCALE = "Inferno"
@@ -45,6 +45,7 @@ _SIM_STYLE = {  # kind -> (colour scale, zmin, zmax, zmid, what the value is)
     "cka": ("Viridis", 0.0, 1.0, None, "linear CKA of chart keys"),
     "js": ("Magma_r", 0.0, 1.0, None, "Jensen-Shannon divergence of chart attention (bits)"),
 }
+_REGULARISER = "ua_loss"  # a training-history key that is a regulariser, not a data loss
 _RUN_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                "#bcbd22", "#17becf")
 
@@ -382,7 +383,8 @@ def evidence_bars(values: Any, fused: Optional[float] = None, chance: Optional[f
 
     values: a sequence (chart 1..H) or a dict label -> share; fused: the fused attention's share;
     chance: the share uniform attention would give (the mask's patch coverage), drawn as a dashed line.
-    Traces: "evidence" (bars); "chance" when given. The y axis is fixed to [0, 1].
+    Traces: "evidence" (bars); "chance" when given (also a dashed line across the whole plot). The y axis is
+    fixed to [0, 1].
     """
     go = _go()
     names, vals = _bar_values(values, fused)
@@ -391,6 +393,8 @@ def evidence_bars(values: Any, fused: Optional[float] = None, chance: Optional[f
     if chance is not None:
         fig.add_trace(go.Scatter(x=[names[0], names[-1]], y=[float(chance)] * 2, mode="lines", name="chance",
                                  line=dict(dash="dash", color="#d62728")))
+        # across the whole plot, so that it shows for a single bar too
+        fig.add_hline(y=float(chance), line=dict(dash="dash", color="#d62728", width=1))
     fig.update_layout(title=dict(text=title), height=height, margin=dict(l=10, r=10, t=50, b=10),
                       yaxis=dict(title=dict(text="share of attention"), range=[0, 1]),
                       xaxis=dict(title=dict(text="attention"), type="category"), showlegend=chance is not None)
@@ -446,15 +450,18 @@ def training_curves(records: Any, title: str = "training curves", height: int = 
 
     records: a list of per-epoch dicts ({"epoch", "train_loss", "val_loss", "train_acc", "val_acc", ...}),
     a {metric: [values]} history, or a dict run name -> either (one colour per run, solid = train,
-    dashed = val/test). Keys containing "loss" go to the left panel, keys containing "acc" to the right;
-    x is "epoch" when present, else 1, 2, .... Trace names are "<run> <metric>" (just "<metric>" for
-    one unnamed run).
+    dashed = val/test). Keys containing "loss" go to the left panel, keys containing "acc" to the right,
+    a regulariser ("ua_loss", KUA's unbalanced-atlas term) to a third panel of its own; x is "epoch" when
+    present, else 1, 2, .... Trace names are "<run> <metric>" (just "<metric>" for one unnamed run). The
+    legend sits below the plot in rows (it never scrolls); the figure grows to hold it.
     """
     go = _go()
     from plotly.subplots import make_subplots
 
     runs = _runs(records)
-    fig = make_subplots(rows=1, cols=2, subplot_titles=["loss", "accuracy"], horizontal_spacing=0.1)
+    regularised = any(_REGULARISER in row for rows in runs.values() for row in rows)
+    titles = ["loss", "accuracy"] + (["KUA regulariser (ua_loss)"] if regularised else [])
+    fig = make_subplots(rows=1, cols=len(titles), subplot_titles=titles, horizontal_spacing=0.1)
     for r, (run, rows) in enumerate(runs.items()):
         color = _RUN_COLORS[r % len(_RUN_COLORS)]
         keys: List[str] = []
@@ -462,7 +469,7 @@ def training_curves(records: Any, title: str = "training curves", height: int = 
             keys += [k for k in row if k not in keys]
         xs = [row.get("epoch", i + 1) for i, row in enumerate(rows)]
         for key in keys:
-            col = 1 if "loss" in key else 2 if "acc" in key else None
+            col = 3 if key == _REGULARISER else 1 if "loss" in key else 2 if "acc" in key else None
             if col is None:
                 continue
             pts = [(x, row[key]) for x, row in zip(xs, rows) if row.get(key) is not None]
@@ -475,7 +482,28 @@ def training_curves(records: Any, title: str = "training curves", height: int = 
     fig.update_xaxes(title_text="epoch")
     fig.update_yaxes(title_text="loss", row=1, col=1)
     fig.update_yaxes(title_text="accuracy", row=1, col=2)
-    fig.update_layout(title=dict(text=title), height=height, margin=dict(l=10, r=10, t=60, b=10))
+    legend_rows = math.ceil(len(fig.data) / 4)
+    fig.update_layout(title=dict(text=title), height=height + 22 * legend_rows, margin=dict(l=10, r=10, t=60, b=10),
+                      legend=dict(orientation="h", yanchor="top", y=-0.18 * 360 / height, xanchor="left", x=0.0))
+    return fig
+
+
+def chart_stat_bars(values: Mapping[str, Sequence[float]], ylabel: str, title: str = "",
+                    height: int = 340) -> "go.Figure":
+    """Grouped bars of one statistic per chart, one group per model: {model: [fused, chart 1, ..., chart H]}.
+
+    Traces: one bar trace per model, x = "fused", "chart 1", ... (models may have different chart counts).
+    """
+    go = _go()
+    fig = go.Figure()
+    for i, (name, vals) in enumerate(values.items()):
+        names, ys = _bar_values(list(vals)[1:], fused=list(vals)[0])
+        fig.add_trace(go.Bar(x=names, y=ys, name=str(name), marker_color=_RUN_COLORS[i % len(_RUN_COLORS)],
+                             hovertemplate=f"{name} %{{x}}: %{{y:.3f}}<extra></extra>"))
+    fig.update_layout(title=dict(text=title or ylabel), height=height, barmode="group",
+                      margin=dict(l=10, r=10, t=50, b=10), yaxis=dict(title=dict(text=ylabel), rangemode="tozero"),
+                      xaxis=dict(type="category"),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0))
     return fig
 
 
