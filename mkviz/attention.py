@@ -37,7 +37,7 @@ Recorder = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, Option
 class ContextBroadcast(nn.Module):
     """Context broadcasting (Hyeon-Woo et al., ICCV 2023): y + γ ⊙ mean_n(y).
 
-    Applied to the attention output after `proj` (our placement; see DESIGN.md §1). γ (C,) is
+    Applied to the attention output after `proj` (our placement; see `docs/design.md` §2.7). γ (C,) is
     trainable: 1 from scratch (the paper's plain CB), 0 when converting a pretrained model, so
     that the conversion is exact and CB is learned in.
     """

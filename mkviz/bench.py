@@ -12,7 +12,7 @@
     python -m mkviz.bench table PATH.json
         a Markdown table from a JSON written by `run` (docs/benchmarks.md is made this way).
     python -m mkviz.bench params [--models ...] [--num-charts 8] [--markdown]
-        parameters and nominal FLOPs (every chart computed as written, DESIGN.md §2) of each
+        parameters and nominal FLOPs (every chart computed as written, docs/design.md §2) of each
         variant vs the unmodified timm model, as a table; random weights, nothing downloaded.
     python -m mkviz.bench record ...
         overhead of recording attention (mkviz.bench_record).
@@ -627,7 +627,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows = cost_table(args.models, args.num_charts, args.img_size)
     print(format_cost_table(rows, markdown=args.markdown))
     print(f"\nFLOPs: one {args.img_size}x{args.img_size} image, a multiply-add = 2, every chart computed as "
-          "written (nominal); mkviz's fast path computes less (DESIGN.md §2).")
+          "written (nominal); mkviz's fast path computes less (docs/design.md §6).")
     return 0
 
 

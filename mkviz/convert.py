@@ -170,7 +170,7 @@ def create_model(
     """`timm.create_model(name, pretrained, **timm_kwargs)`, then `convert` (variant=None: the plain baseline).
 
     A pretrained model is converted function-preservingly; a from-scratch one (pretrained=False)
-    gets the from-scratch key initialisation (DESIGN.md §3).
+    gets the from-scratch key initialisation (`docs/design.md` §7.2).
     """
     if variant is not None:
         variant = resolve_variant(variant)

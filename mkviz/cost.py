@@ -53,7 +53,7 @@ def count_flops(model: nn.Module, input_size: Sequence[int] = (1, 3, 224, 224), 
 
     reference=True (default) counts the manifold key as written, every chart materialised: the
     nominal cost of the architecture. reference=False counts what the fast path executes
-    (parameter-space key matrix, DESIGN.md §2). Attention matmuls are counted on the eager path.
+    (parameter-space key matrix, `docs/design.md` §6). Attention matmuls are counted on the eager path.
     """
     if len(input_size) != 4 or any(int(s) < 1 for s in input_size):
         raise ValueError(f"input_size must be (batch, channels, height, width) of positive ints; got {input_size!r}")

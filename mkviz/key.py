@@ -1,7 +1,7 @@
 """The manifold key: one base key expanded into H charts and fused back into one key.
 
 This module holds the key path only; `mkviz.attention` puts it inside timm-shaped attention.
-The math (a documented reconstruction of arXiv 2402.00534, see DESIGN.md §2), for tokens
+The math (a documented reconstruction of arXiv 2402.00534, see `docs/design.md` §2), for tokens
 x of shape (B, N, C_in) and H charts of width C:
 
     base key      K0  = x W_kᵀ + b_k                                   (B, N, C)

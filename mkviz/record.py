@@ -24,7 +24,7 @@ recorders, `fused_attn` and hooks are restored, so the modules are back on the f
 Per-chart attention uses the recorded q and the additive bias of the layer (mask, Swin's relative
 position bias and shift mask), so for Swin every chart sees the same bias term. For VanillaK without
 qk_norm the fused logits are the mean of the chart logits, hence the fused attention is the normalised
-geometric mean of the chart maps (DESIGN.md §2; tested for ViT and Swin).
+geometric mean of the chart maps (`docs/design.md` §2.8; tested for ViT and Swin).
 
 Several forwards inside one context: each layer keeps the LAST forward's tensors (`rec.num_forwards`
 counts them); call `rec.clear()` to drop everything recorded so far.

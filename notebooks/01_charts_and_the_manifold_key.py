@@ -37,7 +37,7 @@
 #
 # > **What comes from the paper, and what is ours.** The paper's exact layer equations,
 # > kernel sizes and tables are *not available* to this project. `mkviz` implements a
-# > documented **reconstruction** (the project's `DESIGN.md` §2). Nothing in this notebook is a
+# > documented **reconstruction** (the project's design document, [`docs/design.md`](../docs/design.md) §2). Nothing in this notebook is a
 # > number from the paper.
 # >
 # > | from the paper | this project's reconstruction |
@@ -175,7 +175,7 @@ assert diff < 1e-5
 # ## 3. The manifold key
 #
 # The manifold key keeps $Q$ and $V$ as they are (the $q$ and $v$ rows of `qkv`) and gives
-# the key its own path (the reconstruction, `DESIGN.md` §2):
+# the key its own path (the reconstruction, [`docs/design.md`](../docs/design.md) §2):
 #
 # | step | formula | shape |
 # |---|---|---|

@@ -407,7 +407,7 @@ assert flops_base <= flops_fast < flops_ref
 # %% [markdown]
 # For scale: on 2 CPU cores, a ViT-S/16 train step at batch 8 with 8 charts ran at 0.61× the
 # baseline's speed with every chart materialised and 0.91× with the parameter-space form
-# (measured by this project, `DESIGN.md` §2). Per-chart keys are still computed when you ask for
+# (measured by this project, [`docs/design.md`](../docs/design.md) §6). Per-chart keys are still computed when you ask for
 # them: `key.chart_keys(x)` always computes them as written, and `mkviz.record_attention`
 # (notebooks 01 and 04) records them with the per-chart attention maps.
 

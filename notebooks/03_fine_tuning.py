@@ -33,7 +33,7 @@
 #
 # > **What comes from the paper, and what is ours.** The paper's exact layer equations and tables
 # > are *not available* to this project; `mkviz` implements a documented **reconstruction**
-# > (`DESIGN.md` §2, notebook 01). Every number below is produced here, by our code, on the data
+# > ([`docs/design.md`](../docs/design.md) §2, notebook 01). Every number below is produced here, by our code, on the data
 # > you choose; none is the paper's.
 
 # %% [markdown]

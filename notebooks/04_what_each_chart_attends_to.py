@@ -41,7 +41,7 @@
 #
 # > **What comes from the paper, and what is ours.** The paper's exact layer equations and tables
 # > are *not available* to this project; `mkviz` implements a documented **reconstruction**
-# > (`DESIGN.md` §2, notebook 01). The per-chart attention maps and the geometric-mean identity
+# > ([`docs/design.md`](../docs/design.md) §2, notebook 01). The per-chart attention maps and the geometric-mean identity
 # > are properties of *our* VanillaK. The model and the task are ours too; nothing here is a
 # > number from the paper.
 

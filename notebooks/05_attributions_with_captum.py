@@ -34,7 +34,7 @@
 #
 # > **What comes from the paper, and what is ours.** The paper's exact layer equations and tables
 # > are *not available* to this project; `mkviz` implements a documented **reconstruction**
-# > (`DESIGN.md` §2, notebook 01). The models and the task are ours (`data/README.md`); nothing
+# > ([`docs/design.md`](../docs/design.md) §2, notebook 01). The models and the task are ours (`data/README.md`); nothing
 # > here is a number from the paper.
 
 # %% [markdown]

@@ -32,7 +32,7 @@
 #
 # > **What comes from the paper, and what is ours.** The paper's exact layer equations and tables
 # > are *not available* to this project; `mkviz` implements a documented **reconstruction**
-# > (`DESIGN.md` §2, notebook 01). The models here are ours (a 4-block ViT of width 64 on 32-px
+# > ([`docs/design.md`](../docs/design.md) §2, notebook 01). The models here are ours (a 4-block ViT of width 64 on 32-px
 # > procedural shapes, `data/README.md`); their accuracies are **not the paper's numbers** and
 # > say nothing about ImageNet.
 

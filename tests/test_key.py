@@ -1,4 +1,4 @@
-"""The key path: fast == reference, the algebra of DESIGN.md §2, costs, and clear errors."""
+"""The key path: fast == reference, the algebra of docs/design.md §2 and §6, costs, and clear errors."""
 from __future__ import annotations
 
 import math
@@ -81,7 +81,7 @@ def test_kua_membership_and_unbalanced_atlas_loss():
 
 
 def test_vanillak_attention_is_geometric_mean_of_chart_attention():
-    """Mean chart logits => A ∝ Π_c A_c^{1/H} (DESIGN.md §2), per head."""
+    """Mean chart logits => A ∝ Π_c A_c^{1/H} (docs/design.md §2.8), per head."""
     torch.manual_seed(0)
     attn = ManifoldAttention(32, num_heads=4, qkv_bias=True, variant="vanillak", num_charts=5)
     _randomise(attn)

@@ -1,6 +1,8 @@
-"""The project installs itself: environment.yml and pyproject.toml agree, the CLI answers."""
+"""The project installs itself: environment.yml and pyproject.toml agree, the CLI answers, and every
+citation of the design document points at a section it has."""
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -66,3 +68,86 @@ def test_cli_help_and_unknown_command():
     assert ok.returncode == 0 and "demo" in ok.stdout and "bench" in ok.stdout
     bad = subprocess.run([sys.executable, "-m", "mkviz.cli", "nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown command 'nope'" in bad.stderr
+
+
+# ----------------------------------------------------------------------------- design document
+DESIGN = ROOT / "docs" / "design.md"
+# a path or link target ending in "design.md", closing backticks/brackets, then one or more section
+# numbers: "docs/design.md §2", "[`docs/design.md`](../docs/design.md) §2.8", "docs/design.md §2 and §6"
+CITATION = re.compile(r"(\S*)design\.md[`\])]*[ \t]*((?:§\d+(?:\.\d+)?(?:,? *(?:and|or)? *)?)+)")
+SECTION_NUMBER = re.compile(r"§(\d+(?:\.\d+)?)")
+OLD_NAME = "DESIGN" + ".md"  # a file the repository never had; spelled in two parts so this file does not cite it
+
+
+def _design_sections() -> set[str]:
+    """Section numbers of docs/design.md: "## 2. Title" gives "2", "### 2.8 Title" gives "2.8"."""
+    text = DESIGN.read_text(encoding="utf-8")
+    return set(re.findall(r"^## (\d+)\. \S", text, re.M)) | set(re.findall(r"^### (\d+\.\d+) \S", text, re.M))
+
+
+def _citing_files() -> list[Path]:
+    files = [ROOT / "README.md", *sorted((ROOT / "mkviz").rglob("*.py")), *sorted((ROOT / "tests").glob("*.py")),
+             *sorted((ROOT / "notebooks").glob("*.py")), *sorted((ROOT / "notebooks").glob("*.ipynb")),
+             *sorted((ROOT / "docs").rglob("*.md"))]
+    return [f for f in files if f.is_file()]
+
+
+def _text(path: Path) -> str:
+    if path.suffix == ".ipynb":  # the cells' text as a reader sees it, not JSON-escaped
+        cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+        return "\n".join("".join(cell["source"]) for cell in cells)
+    return path.read_text(encoding="utf-8")
+
+
+def _cited_file(path: Path, prefix: str) -> Path:
+    """The file a citation names: a Markdown link target ("](../docs/") is relative to the citing file,
+    a plain path ("`docs/") to the repository root."""
+    link, directory = re.search(r"(\]\()?([^`(\[\"'\s]*)$", prefix).groups()
+    return ((path.parent if link else ROOT) / f"{directory}design.md").resolve()
+
+
+def test_design_citations_point_at_existing_sections():
+    """Every "design.md §N" citation in README, mkviz, tests, notebooks (both files of each pair) and docs
+    names docs/design.md (a path from the repository root, or a link that resolves to it) and a section it
+    has; the old upper-case name (OLD_NAME) is cited nowhere."""
+    sections = _design_sections()
+    assert {str(n) for n in range(1, 10)} <= sections, f"design.md lacks sections 1-9: {sorted(sections)}"
+    assert {"2.7", "2.8", "3.1", "7.1", "7.2"} <= sections, sorted(sections)
+    cited, bad, bare = [], [], []
+    for path in _citing_files():
+        text, rel = _text(path), path.relative_to(ROOT).as_posix()
+        bare += [f"{rel}: line {text[:m.start()].count(chr(10)) + 1}" for m in re.finditer(re.escape(OLD_NAME), text)]
+        for m in CITATION.finditer(text):
+            numbers = SECTION_NUMBER.findall(m.group(2))
+            cited.append((rel, tuple(numbers)))
+            if _cited_file(path, m.group(1)) != DESIGN.resolve():
+                bad.append(f"{rel}: {m.group(0)!r} names {_cited_file(path, m.group(1))}, not docs/design.md")
+            bad += [f"{rel}: {m.group(0)!r} cites §{n}, which docs/design.md does not have"
+                    for n in numbers if n not in sections]
+    assert not bare, f"citations of {OLD_NAME} (cite docs/design.md by path):\n" + "\n".join(bare)
+    assert not bad, "\n".join(bad)
+    # the places that explain the math cite it, so the scan above really sees them
+    must_cite = {"README.md", "mkviz/key.py", "mkviz/record.py", "mkviz/convert.py", "tests/test_key.py",
+                 "docs/reproduction.md", *(f"notebooks/{p.name}" for p in (ROOT / "notebooks").glob("0*"))}
+    assert must_cite <= {rel for rel, _ in cited}, f"no citation found in {sorted(must_cite - {r for r, _ in cited})}"
+    # a notebook and its paired .ipynb cite the same sections
+    for source in (ROOT / "notebooks").glob("*.py"):
+        py, nb = (f"notebooks/{source.stem}{ext}" for ext in (".py", ".ipynb"))
+        assert sorted(n for r, n in cited if r == py) == sorted(n for r, n in cited if r == nb), source.name
+
+
+def test_design_document_cross_references_and_named_tests_exist():
+    """Inside docs/design.md a bare "§N" is a cross-reference to a section it has, and every test it names
+    as pinning an invariant ("`test_x.py::test_y`", then "`::test_z`" for more in the same file) exists."""
+    text = DESIGN.read_text(encoding="utf-8")
+    sections = _design_sections()
+    missing = sorted({n for n in SECTION_NUMBER.findall(text) if n not in sections})
+    assert not missing, f"docs/design.md refers to sections it does not have: {missing}"
+    named, current = set(), None
+    for m in re.finditer(r"`(test_\w+\.py)?::(test_\w+)`", text):
+        current = m.group(1) or current
+        named.add((current, m.group(2)))
+    assert len(named) >= 30 and {f for f, _ in named} >= {"test_key.py", "test_convert.py", "test_record.py"}, named
+    for file, func in sorted(named):
+        source = (ROOT / "tests" / file).read_text(encoding="utf-8")
+        assert re.search(rf"^def {func}\(", source, re.M), f"docs/design.md names {file}::{func}; no such test"
