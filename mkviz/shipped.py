@@ -29,8 +29,7 @@ NAMES = MAIN_MODELS + tuple(n for n in CHART_SWEEP if n not in MAIN_MODELS)
 
 # the `mkviz train` arguments every checkpoint of a dataset shares
 _COMMON = {
-    "fashion-mnist": "--preset fashion --dataset fashion-mnist --augment --epochs 10 --batch-size 128 --lr 1e-3 "
-                     "--seed 0",
+    "fashion-mnist": "--preset fashion --dataset fashion-mnist --epochs 10 --batch-size 128 --lr 3e-3 --seed 0",
     "shapes": "--preset tiny --dataset shapes --num-train 6000 --num-val 1000 --num-test 1000 --epochs 10 "
               "--batch-size 32 --lr 1e-3 --seed 0",
 }

@@ -41,7 +41,7 @@ def test_every_checkpoint_is_shipped_small_and_complete():
 def test_recipes_parse_and_name_their_variant():
     for name in NAMES:
         cfg = config_from_args(train_args("fashion-mnist", name)).resolved()
-        assert cfg.dataset == "fashion-mnist" and cfg.augment and cfg.epochs == 10
+        assert cfg.dataset == "fashion-mnist" and not cfg.augment and cfg.epochs == 10 and cfg.lr == 3e-3
         assert cfg.variant == name.split("-")[0]
         assert cfg.timm_kwargs == {"img_size": 28, "patch_size": 4, "embed_dim": 64, "depth": 4, "num_heads": 4}
         if "-" in name:
