@@ -12,11 +12,10 @@
 """
 from .attention import ContextBroadcast, ManifoldAttention, ManifoldWindowAttention, attn_layer
 from .convert import convert, create_model, fold, manifold_modules, unbalanced_atlas_loss
-from .cost import count_flops, count_params, key_impl
-from .key import VARIANTS, ManifoldKey
-from .record import AttentionRecording, attention_layers, record_attention, select_layers
-from .attribution import (attention_attribution, attention_replaced, eager_attention, integrated_gradients,
-                          layer_integrated_gradients)
+from .cost import count_flops, count_params
+from .key import VARIANTS, ManifoldKey, key_impl
+from .record import AttentionRecording, attention_layers, eager_attention, eval_mode, record_attention, select_layers
+from .attribution import attention_attribution, attention_replaced, integrated_gradients, layer_integrated_gradients
 
 from . import figures
 from .viz import ChartCountExplorer, ChartExplorer  # plotly and ipywidgets are imported on first use
@@ -30,6 +29,6 @@ __all__ = [
     "count_params", "count_flops", "key_impl",
     "AttentionRecording", "record_attention", "attention_layers", "select_layers",
     "integrated_gradients", "layer_integrated_gradients", "attention_attribution", "attention_replaced",
-    "eager_attention",
+    "eager_attention", "eval_mode",
     "figures", "ChartExplorer", "ChartCountExplorer", "TrainConfig", "load_checkpoint",
 ]

@@ -23,39 +23,16 @@ Attention attribution, methods (`method=`):
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator, List, Optional, Union
+from typing import List, Optional, Union
 
 import torch
 from torch import nn
 
-from .record import select_layers
+from .record import eager_attention, eval_mode, select_layers
 
-__all__ = ["integrated_gradients", "layer_integrated_gradients", "attention_attribution", "attention_replaced",
-           "eager_attention"]
+__all__ = ["integrated_gradients", "layer_integrated_gradients", "attention_attribution", "attention_replaced"]
 
 Target = Union[None, int, torch.Tensor, List[int]]
-
-
-@contextlib.contextmanager
-def eager_attention(model: nn.Module, layers=None, eval_mode: bool = True) -> Iterator[List[str]]:
-    """Temporarily put `model` in eval mode and the selected attention layers (see `mkviz.record.select_layers`)
-    on the eager path (`fused_attn=False`), so that hooks on `attn_drop` see the attention. Restores both."""
-    names = select_layers(model, layers)
-    mods = [model.get_submodule(n) for n in names]
-    saved_fused = [m.fused_attn for m in mods]
-    saved_training = [(m, m.training) for m in model.modules()]
-    try:
-        if eval_mode:
-            model.eval()
-        for m in mods:
-            m.fused_attn = False
-        yield names
-    finally:
-        for m, s in zip(mods, saved_fused):
-            m.fused_attn = s
-        for m, t in saved_training:
-            m.training = t
 
 
 def _forward(model: nn.Module):
@@ -83,17 +60,6 @@ def _check_images(images) -> None:
         raise ValueError(f"images: expected a (B, C, H, W) tensor; got {getattr(images, 'shape', type(images))}")
 
 
-@contextlib.contextmanager
-def _eval(model: nn.Module) -> Iterator[None]:
-    saved = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        yield
-    finally:
-        for m, t in saved:
-            m.training = t
-
-
 def integrated_gradients(model: nn.Module, images: torch.Tensor, target: Target, baseline=None, n_steps: int = 32,
                          internal_batch_size: Optional[int] = None, method: str = "gausslegendre",
                          return_convergence_delta: bool = False):
@@ -106,7 +72,7 @@ def integrated_gradients(model: nn.Module, images: torch.Tensor, target: Target,
     from captum.attr import IntegratedGradients  # imported lazily: `import mkviz` stays light
     _check_images(images)
     base = _baseline(images, baseline)
-    with _eval(model):
+    with eval_mode(model):
         ig = IntegratedGradients(_forward(model))
         return ig.attribute(images, baselines=base, target=target, n_steps=n_steps, method=method,
                             internal_batch_size=internal_batch_size,
@@ -152,7 +118,7 @@ def layer_integrated_gradients(model: nn.Module, images: torch.Tensor, target: T
         if layer is None:
             raise ValueError(f"{type(model).__name__} has no patch_embed; pass layer=")
     base = _baseline(images, baseline)
-    with _eval(model):
+    with eval_mode(model):
         lig = LayerIntegratedGradients(_forward(model), layer)
         out = lig.attribute(images, baselines=base, target=target, n_steps=n_steps, method=method,
                             internal_batch_size=internal_batch_size,

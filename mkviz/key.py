@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Literal, Optional
+from typing import Iterator, Literal, Optional
 
 import torch
 from torch import nn
@@ -41,6 +41,7 @@ __all__ = [
     "check_num_charts",
     "check_kernel_size",
     "max_charts",
+    "key_impl",
 ]
 
 VARIANTS: tuple[str, ...] = ("vanillak", "simplek", "spatialk", "kua")
@@ -434,3 +435,19 @@ class ManifoldKey(nn.Module):
         if self.impl == "reference":
             return self.fuse(self.chart_keys(x), x)
         return self._fast(x)
+
+
+@contextlib.contextmanager
+def key_impl(model: nn.Module, impl: str) -> Iterator[nn.Module]:
+    """Temporarily run every `ManifoldKey` in `model` with impl "fast" or "reference"."""
+    if impl not in ("fast", "reference"):
+        raise ValueError(f"impl must be 'fast' or 'reference'; got {impl!r}")
+    keys = [m for m in model.modules() if isinstance(m, ManifoldKey)]
+    saved = [k.impl for k in keys]
+    try:
+        for k in keys:
+            k.impl = impl
+        yield model
+    finally:
+        for k, s in zip(keys, saved):
+            k.impl = s

@@ -35,8 +35,9 @@ Bound it with `layers=`, `charts=False`, `dtype=torch.float16` and `to_cpu=True`
 """
 from __future__ import annotations
 
+import contextlib
 import fnmatch
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -48,7 +49,8 @@ from .maps import (patch_grid, query_index, swin_block_geometry, swin_window_att
                    vit_attention_to_image)
 from . import metrics as _metrics
 
-__all__ = ["AttentionRecording", "record_attention", "attention_layers", "select_layers"]
+__all__ = ["AttentionRecording", "record_attention", "attention_layers", "select_layers", "eager_attention",
+           "eval_mode"]
 
 LayerSpec = Union[None, str, int, Sequence[Union[str, int]]]
 
@@ -148,6 +150,44 @@ def _chart_softmax(module: _ManifoldQKV, q: torch.Tensor, k: torch.Tensor, attn_
         probs = logits.exp_()
         probs /= probs.sum(dim=-1, keepdim=True)
     return probs.permute(0, 3, 1, 2, 4)  # (B, H, heads, N, N)
+
+
+# --------------------------------------------------------------------------- eager attention
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Temporarily put every module of `model` in eval mode; restores each module's own `training` flag."""
+    saved = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        yield model
+    finally:
+        for m, t in saved:
+            m.training = t
+
+
+@contextlib.contextmanager
+def eager_attention(model: nn.Module, layers: LayerSpec = None, in_eval: bool = True) -> Iterator[List[str]]:
+    """Temporarily run attention layers on timm's eager path (`fused_attn=False`), so that hooks on
+    `attn_drop` see the attention matrix and FLOP counters see its matmuls; with `in_eval`, also the
+    whole model in eval mode (`eval_mode`). Restores both. Yields the layer paths switched.
+
+    layers: None, every module with a `fused_attn` switch (any timm attention); else a selection as in
+    `select_layers`.
+    """
+    names = ([n for n, m in model.named_modules() if hasattr(m, "fused_attn")] if layers is None
+             else select_layers(model, layers))
+    modules = [model.get_submodule(n) for n in names]
+    saved = [m.fused_attn for m in modules]
+    with contextlib.ExitStack() as stack:
+        if in_eval:
+            stack.enter_context(eval_mode(model))
+        try:
+            for m in modules:
+                m.fused_attn = False
+            yield names
+        finally:
+            for m, s in zip(modules, saved):
+                m.fused_attn = s
 
 
 # --------------------------------------------------------------------------- the recording
@@ -264,9 +304,9 @@ class AttentionRecording:
                 self._undo.append(lambda m=module, p=previous: setattr(m, "recorder", p))
                 continue
             # plain timm: eager path, attention = input of attn_drop (right after the softmax)
-            saved = module.fused_attn
-            module.fused_attn = False
-            self._undo.append(lambda m=module, s=saved: setattr(m, "fused_attn", s))
+            eager = contextlib.ExitStack()
+            eager.enter_context(eager_attention(model, [name], in_eval=False))
+            self._undo.append(eager.close)
 
             def on_attn(_m, args, name=name):
                 self.attention[name] = self._keep(args[0])

@@ -290,7 +290,7 @@ def test_bench_record_runs(capsys):
 def test_fast_and_reference_key_paths_record_the_same_maps(variant):
     """Chart keys from the fast key path (one matmul for all charts) and from the reference path (the grouped
     convolution as written) give the same recorded keys and maps, Swin bias + shift mask included."""
-    from mkviz.cost import key_impl
+    from mkviz.key import key_impl
     torch.manual_seed(0)
     m = mkviz.convert(small_swin().eval(), variant, num_charts=3, seed=1)
     x = _images(seed=2)
