@@ -316,11 +316,11 @@ def run(out: Path, checkpoints: Optional[Path] = None, num_images: int = 3, num_
 
 def print_summary(summary: dict[str, Any]) -> None:
     fm, sh = summary["fashion-mnist"]["models"], summary["shapes"]
-    print(f"\nFashion-MNIST ({'official test set' if True else ''})")
+    print("\nFashion-MNIST")
     print(f"{'model':<12} {'test acc':>8} {'params':>8}  weights")
     for name, m in fm.items():
         print(f"{name:<12} {m['test_acc']:>8.4f} {m['params'] / 1e3:>7.0f}k  {m['source']}")
-    print(f"\nshapes: attention of the red object's query on the evidence")
+    print("\nshapes: attention of the red object's query on the evidence")
     print(f"{'model':<12} {'test acc':>8} {'on evidence (fused)':>20}")
     for name, m in sh["models"].items():
         print(f"{name:<12} {m['test_acc']:>8.3f} {sh['evidence'][name]['fused']:>20.3f}")
