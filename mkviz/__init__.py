@@ -10,25 +10,41 @@
     mkviz.figures                      plain plotly figures (overlays, chart maps, similarity, curves, tables)
     TrainConfig, load_checkpoint       training and checkpoints (mkviz.train; `mkviz train` on the command line)
 """
-from .attention import ContextBroadcast, ManifoldAttention, ManifoldWindowAttention, attn_layer
-from .convert import convert, create_model, fold, manifold_modules, unbalanced_atlas_loss
-from .cost import count_flops, count_params
-from .key import VARIANTS, ManifoldKey, key_impl
-from .record import AttentionRecording, attention_layers, eager_attention, eval_mode, record_attention, select_layers
-from .attribution import attention_attribution, attention_replaced, integrated_gradients, layer_integrated_gradients
-
-from . import figures
-from .viz import ChartCountExplorer, ChartExplorer  # plotly and ipywidgets are imported on first use
-from .train import TrainConfig, load_checkpoint
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "VARIANTS", "ManifoldKey", "ContextBroadcast", "ManifoldAttention", "ManifoldWindowAttention", "attn_layer",
-    "convert", "create_model", "fold", "manifold_modules", "unbalanced_atlas_loss",
-    "count_params", "count_flops", "key_impl",
-    "AttentionRecording", "record_attention", "attention_layers", "select_layers",
-    "integrated_gradients", "layer_integrated_gradients", "attention_attribution", "attention_replaced",
-    "eager_attention", "eval_mode",
-    "figures", "ChartExplorer", "ChartCountExplorer", "TrainConfig", "load_checkpoint",
-]
+# public name -> the module that defines it; imported on first use, so that `mkviz --help` and
+# `mkviz --version` answer without loading torch and timm
+_EXPORTS = {
+    "ContextBroadcast": "attention", "ManifoldAttention": "attention", "ManifoldWindowAttention": "attention",
+    "attn_layer": "attention",
+    "convert": "convert", "create_model": "convert", "fold": "convert", "manifold_modules": "convert",
+    "unbalanced_atlas_loss": "convert",
+    "count_flops": "cost", "count_params": "cost",
+    "VARIANTS": "key", "ManifoldKey": "key", "key_impl": "key",
+    "AttentionRecording": "record", "attention_layers": "record", "eager_attention": "record",
+    "eval_mode": "record", "record_attention": "record", "select_layers": "record",
+    "attention_attribution": "attribution", "attention_replaced": "attribution",
+    "integrated_gradients": "attribution", "layer_integrated_gradients": "attribution",
+    "ChartCountExplorer": "viz", "ChartExplorer": "viz",
+    "TrainConfig": "train", "load_checkpoint": "train",
+}
+
+__all__ = ["__version__", "figures", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    elif name == "figures":
+        value = importlib.import_module(".figures", __name__)
+    else:
+        raise AttributeError(f"module 'mkviz' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -37,7 +37,7 @@ def _run(model: torch.nn.Module, x: torch.Tensor, mode: str) -> float:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mkviz.bench_record", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="mkviz bench record", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="vit_small_patch16_224")
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--batch-size", type=int, default=8)

@@ -7,7 +7,8 @@ from typing import Optional, Sequence
 
 COMMANDS = {
     "demo": ("mkviz.demo", "run the main job: models, attention pictures and a report"),
-    "bench": ("mkviz.bench", "benchmarks against timm's baseline (parameters, FLOPs, speed)"),
+    "bench": ("mkviz.bench", "benchmarks against timm's baseline (speed, parameters, FLOPs; `bench record`: "
+                             "the cost of recording attention)"),
     "train": ("mkviz.train", "train or fine-tune a baseline or manifold-key model"),
     "sweep": ("mkviz.sweep", "train a sweep of runs from a YAML file (resumable) and write its report"),
 }
@@ -15,8 +16,12 @@ COMMANDS = {
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--version"]:
+        from . import __version__
+        print(f"mkviz {__version__}")
+        return 0
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        lines = ["usage: mkviz COMMAND [ARGS]", "", "commands:"]
+        lines = ["usage: mkviz [--version] COMMAND [ARGS]   (mkviz COMMAND --help: its options)", "", "commands:"]
         lines += [f"  {name:<7} {help_}" for name, (_, help_) in COMMANDS.items()]
         known = argv and argv[0] not in ("-h", "--help")
         print(("mkviz: unknown command " + repr(argv[0]) + "\n\n" if known else "") + "\n".join(lines),

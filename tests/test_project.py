@@ -9,6 +9,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,6 +62,18 @@ def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     assert "make demo" in readme and "make test" in readme
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_cli_version_and_help_do_not_load_torch():
+    """`mkviz --help` and `--version` answer from the command table alone: the package imports lazily."""
+    code = ("import sys, mkviz.cli; rc = mkviz.cli.main(['--version']); mkviz.cli.main(['--help']); "
+            "print(rc, 'torch' in sys.modules, 'timm' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[0] == "mkviz 0.1.0" and out.splitlines()[-1] == "0 False False"
+    import mkviz
+    assert set(mkviz.__all__) <= set(dir(mkviz)) and callable(mkviz.convert) and mkviz.figures.__name__ == "mkviz.figures"
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        mkviz.nope
 
 
 def test_cli_help_and_unknown_command():
