@@ -38,14 +38,14 @@ def _run(model: torch.nn.Module, x: torch.Tensor, mode: str) -> float:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="mkviz bench record", description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="vit_small_patch16_224")
-    p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--variant", default="vanillak")
-    p.add_argument("--num-charts", type=int, default=8)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", default="vit_small_patch16_224", help="timm model name (default vit_small_patch16_224)")
+    p.add_argument("--img-size", type=int, default=224, help="input size in pixels (default 224)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward (default 8)")
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds (default 5)")
+    p.add_argument("--variant", default="vanillak", help="manifold-key variant (default vanillak)")
+    p.add_argument("--num-charts", type=int, default=8, help="charts (default 8)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default 0: leave torch's default)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and images (default 0)")
     args = p.parse_args(argv)
     if args.repeats < 1 or args.batch_size < 1:
         p.error("--repeats and --batch-size must be >= 1")
