@@ -11,6 +11,8 @@
     TrainConfig, load_checkpoint       training and checkpoints (mkviz.train; `mkviz train` on the command line)
 """
 import importlib
+import sys
+import types
 from typing import Any
 
 __version__ = "0.1.0"
@@ -48,3 +50,20 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """`mkviz.convert` is both a function and a submodule. Importing the submodule makes Python set the
+    package attribute to the module; this data descriptor keeps `mkviz.convert` the function (the module
+    stays importable as `mkviz.convert` through `sys.modules`, e.g. `from mkviz.convert import fold`)."""
+
+    @property
+    def convert(self) -> Any:
+        return importlib.import_module(".convert", __name__).convert
+
+    @convert.setter
+    def convert(self, value: Any) -> None:  # the import system's setattr(package, "convert", module)
+        pass
+
+
+sys.modules[__name__].__class__ = _Package
