@@ -272,6 +272,108 @@ def _machine() -> dict[str, Any]:
     return info
 
 
+class _GroupRunner:
+    """Measures one group of variants against the baseline `base` on the fixed batch (x, y): training,
+    inference and folded-inference throughput (all models round robin), peak memory, parameters, FLOPs."""
+
+    def __init__(self, base: nn.Module, x: torch.Tensor, y: torch.Tensor, dev: torch.device,
+                 amp: Callable[[], Any], maybe_compile: Callable[[nn.Module], Any], repeats: int, warmup: int,
+                 mem_method: Optional[str], log: Callable[[str], None]) -> None:
+        self.base, self.x, self.y, self.dev, self.amp, self.maybe_compile = base, x, y, dev, amp, maybe_compile
+        self.repeats, self.warmup, self.mem_method, self.log = repeats, warmup, mem_method, log
+        self.size = (1, 3, x.shape[-2], x.shape[-1])
+        self.base_params, self.base_flops = count_params(base), count_flops(base, self.size)
+        self.t0 = time.perf_counter()
+
+    def stamp(self) -> str:
+        return f"{time.perf_counter() - self.t0:6.1f}s"
+
+    def trainer(self, m: nn.Module) -> tuple[Callable[[], None], torch.optim.Optimizer]:
+        opt, run = _adamw(m), self.maybe_compile(m)
+
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            with self.amp():
+                loss = F.cross_entropy(run(self.x), self.y)
+            loss.backward()
+            opt.step()
+        return step, opt
+
+    def inferrer(self, m: nn.Module) -> Callable[[], None]:
+        run = self.maybe_compile(m)
+
+        def forward() -> None:
+            with torch.inference_mode(), self.amp():
+                run(self.x)
+        return forward
+
+    def _train_times(self, models: dict[str, nn.Module], label: str) -> tuple[dict, dict]:
+        """Training step times per model, and each model's peak memory of one step (or None)."""
+        steps, opts = {}, {}
+        for n, m in models.items():
+            steps[n], opts[n] = self.trainer(m)
+        self.log(f"{self.stamp()} [{label}] training throughput ({self.repeats} rounds)")
+        times = _round_robin(steps, self.repeats, self.warmup, self.dev)
+        peak = {n: _peak_step_bytes(steps[n], models[n], opts[n], self.dev) if self.mem_method else None
+                for n in models}
+        for o in opts.values():
+            o.zero_grad(set_to_none=True)
+        return times, peak
+
+    def _infer_times(self, models: dict[str, nn.Module], group: Sequence[tuple[str, int]], label: str
+                     ) -> tuple[dict, Optional[dict]]:
+        """Inference step times per model, and of the folded linear variants (None if the group has none)."""
+        for m in models.values():
+            m.eval()
+        self.log(f"{self.stamp()} [{label}] inference throughput")
+        infer_t = _round_robin({n: self.inferrer(m) for n, m in models.items()}, self.repeats, self.warmup, self.dev)
+        if not any(v in LINEAR_VARIANTS for v, _ in group):
+            return infer_t, None
+        self.log(f"{self.stamp()} [{label}] folded inference throughput")
+        folded = {"baseline": self.base}
+        folded.update({f"{v}/{h}": fold(models[f"{v}/{h}"]) for v, h in group if v in LINEAR_VARIANTS})
+        return infer_t, _round_robin({n: self.inferrer(m) for n, m in folded.items()}, self.repeats, self.warmup,
+                                     self.dev)
+
+    def measure(self, group: Sequence[tuple[str, int]]) -> list[dict[str, Any]]:
+        """One record per (variant, num_charts) of `group` (without the run-wide fields)."""
+        label = ", ".join(f"{v}/{h}" for v, h in group)
+        self.log(f"{self.stamp()} [{label}] building")
+        models = {"baseline": self.base.train()}
+        for v, h in group:
+            models[f"{v}/{h}"] = convert(self.base, v, h).train()
+        costs = {n: (count_params(m), count_flops(m, self.size)) for n, m in models.items() if n != "baseline"}
+        train_t, peak = self._train_times(models, label)
+        infer_t, folded_t = self._infer_times(models, group, label)
+        return [self._record(v, h, costs[f"{v}/{h}"], train_t, infer_t, folded_t, peak) for v, h in group]
+
+    def _record(self, v: str, h: int, cost: tuple[int, int], train_t: dict, infer_t: dict,
+                folded_t: Optional[dict], peak: dict) -> dict[str, Any]:
+        n, (params, flops), b = f"{v}/{h}", cost, self.x.shape[0]
+        train_ratio, foldable = _ratio(train_t, n), v in LINEAR_VARIANTS
+        rec = dict(
+            variant=v, num_charts=h, params=params, flops=flops,
+            params_ratio=params / self.base_params, flops_ratio=flops / self.base_flops,
+            train_throughput_ratio=train_ratio,
+            infer_throughput_ratio=_ratio(infer_t, n),
+            folded_infer_throughput_ratio=_ratio(folded_t, n) if foldable else None,
+            peak_memory_ratio=(peak[n] / peak["baseline"]) if peak[n] and peak["baseline"] else None,
+            efficiency=train_ratio / (self.base_flops / flops),
+            train_images_per_s=b / statistics.median(train_t[n]),
+            baseline_train_images_per_s=b / statistics.median(train_t["baseline"]),
+            infer_images_per_s=b / statistics.median(infer_t[n]),
+            baseline_infer_images_per_s=b / statistics.median(infer_t["baseline"]),
+            folded_infer_images_per_s=b / statistics.median(folded_t[n]) if foldable else None,
+            peak_memory_bytes=peak[n], baseline_peak_memory_bytes=peak["baseline"],
+            reforward_convert_ms=None, reforward_forward_ms=None, reforward_ms=None,
+            reforward_baseline_forward_ms=None, reforward_img_size=None,
+        )
+        folded_text = f" folded x{rec['folded_infer_throughput_ratio']:.3f}" if foldable else ""
+        infer_ratio = rec["infer_throughput_ratio"]
+        self.log(f"{self.stamp()} [{n}] train x{train_ratio:.3f} infer x{infer_ratio:.3f}{folded_text}")
+        return rec
+
+
 def run_suite(
         model: str = "vit_small_patch16_224",
         img_size: int = 224,
@@ -316,99 +418,21 @@ def run_suite(
 
     torch.manual_seed(seed)
     base = timm.create_model(model, pretrained=False, img_size=img_size, **model_kwargs).to(dev)
-    num_classes = base.num_classes or 1000
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch_size, 3, img_size, img_size, generator=gen).to(dev)
-    y = torch.randint(0, num_classes, (batch_size,), generator=gen).to(dev)
-    size = (1, 3, img_size, img_size)
-    base_params, base_flops = count_params(base), count_flops(base, size)
-
-    def trainer(m: nn.Module) -> tuple[Callable[[], None], torch.optim.Optimizer]:
-        opt = _adamw(m)
-        run = maybe_compile(m)
-
-        def step() -> None:
-            opt.zero_grad(set_to_none=True)
-            with amp():
-                loss = F.cross_entropy(run(x), y)
-            loss.backward()
-            opt.step()
-        return step, opt
-
-    def inferrer(m: nn.Module) -> Callable[[], None]:
-        run = maybe_compile(m)
-
-        def forward() -> None:
-            with torch.inference_mode(), amp():
-                run(x)
-        return forward
-
+    y = torch.randint(0, base.num_classes or 1000, (batch_size,), generator=gen).to(dev)
+    runner = _GroupRunner(base, x, y, dev, amp, maybe_compile, repeats, warmup, mem_method, log)
     optimizer = "AdamW (fused)" if _adamw(base).defaults.get("fused") else "AdamW"
     common = dict(model=model, device=dev.type, dtype=dtype, compile=compile, img_size=img_size,
                   batch_size=batch_size, repeats=repeats, warmup=warmup, quick=quick,
-                  baseline_params=base_params, baseline_flops=base_flops, memory_method=mem_method,
+                  baseline_params=runner.base_params, baseline_flops=runner.base_flops, memory_method=mem_method,
                   optimizer=optimizer,
                   date=datetime.date.today().isoformat(), machine=_machine(), load_average_start=_load())
     records: dict[tuple[str, int], dict[str, Any]] = {}
-    t0 = time.perf_counter()
-    stamp = lambda: f"{time.perf_counter() - t0:6.1f}s"
     for group in _groups(pairs):
-        label = ", ".join(f"{v}/{h}" for v, h in group)
-        log(f"{stamp()} [{label}] building")
-        models = {"baseline": base.train()}
-        for v, h in group:
-            models[f"{v}/{h}"] = convert(base, v, h).train()
-        names = list(models)
-        costs = {n: (count_params(m), count_flops(m, size)) for n, m in models.items() if n != "baseline"}
-
-        steps, opts = {}, {}
-        for n, m in models.items():
-            steps[n], opts[n] = trainer(m)
-        log(f"{stamp()} [{label}] training throughput ({repeats} rounds)")
-        train_t = _round_robin(steps, repeats, warmup, dev)
-        peak = {n: _peak_step_bytes(steps[n], models[n], opts[n], dev) if mem_method else None for n in names}
-        for o in opts.values():
-            o.zero_grad(set_to_none=True)
-        del steps, opts
-
-        for m in models.values():
-            m.eval()
-        log(f"{stamp()} [{label}] inference throughput")
-        infer_t = _round_robin({n: inferrer(m) for n, m in models.items()}, repeats, warmup, dev)
-        folded_t = None
-        if any(v in LINEAR_VARIANTS for v, _ in group):
-            log(f"{stamp()} [{label}] folded inference throughput")
-            folded = {"baseline": base}
-            folded.update({f"{v}/{h}": fold(models[f"{v}/{h}"]) for v, h in group if v in LINEAR_VARIANTS})
-            folded_t = _round_robin({n: inferrer(m) for n, m in folded.items()}, repeats, warmup, dev)
-            del folded
-
-        for v, h in group:
-            n = f"{v}/{h}"
-            params, flops = costs[n]
-            train_ratio = _ratio(train_t, n)
-            foldable = v in LINEAR_VARIANTS
-            rec = dict(
-                variant=v, num_charts=h, params=params, flops=flops,
-                params_ratio=params / base_params, flops_ratio=flops / base_flops,
-                train_throughput_ratio=train_ratio,
-                infer_throughput_ratio=_ratio(infer_t, n),
-                folded_infer_throughput_ratio=_ratio(folded_t, n) if foldable else None,
-                peak_memory_ratio=(peak[n] / peak["baseline"]) if peak[n] and peak["baseline"] else None,
-                efficiency=train_ratio / (base_flops / flops),
-                train_images_per_s=batch_size / statistics.median(train_t[n]),
-                baseline_train_images_per_s=batch_size / statistics.median(train_t["baseline"]),
-                infer_images_per_s=batch_size / statistics.median(infer_t[n]),
-                baseline_infer_images_per_s=batch_size / statistics.median(infer_t["baseline"]),
-                folded_infer_images_per_s=batch_size / statistics.median(folded_t[n]) if foldable else None,
-                peak_memory_bytes=peak[n], baseline_peak_memory_bytes=peak["baseline"],
-                reforward_convert_ms=None, reforward_forward_ms=None, reforward_ms=None,
-                reforward_baseline_forward_ms=None, reforward_img_size=None, **common,
-            )
-            records[(v, h)] = rec
-            log(f"{stamp()} [{n}] train x{rec['train_throughput_ratio']:.3f} infer x{rec['infer_throughput_ratio']:.3f}"
-                + (f" folded x{rec['folded_infer_throughput_ratio']:.3f}" if foldable else ""))
-        del models, train_t, infer_t, folded_t
+        for rec in runner.measure(group):
+            rec.update(common)
+            records[(rec["variant"], rec["num_charts"])] = rec
         gc.collect()
         lib = _libc()
         if lib is not None and dev.type == "cpu":
@@ -416,7 +440,7 @@ def run_suite(
 
     latency_charts = [h for v, h in pairs if v == "vanillak"]
     if latency_img_size and latency_charts:
-        log(f"{stamp()} [latency] re-forward at a new chart count ({latency_img_size} px, batch 1)")
+        log(f"{runner.stamp()} [latency] re-forward at a new chart count ({latency_img_size} px, batch 1)")
         lat = reforward_latency(model, latency_charts, latency_img_size, dev, repeats=1 if quick else repeats,
                                 model_kwargs=model_kwargs, amp=amp)
         for h, values in lat.items():
@@ -424,7 +448,7 @@ def run_suite(
     load = _load()
     for rec in records.values():
         rec["load_average_end"] = load
-    log(f"{stamp()} done")
+    log(f"{runner.stamp()} done")
     return [records[p] for p in pairs]
 
 

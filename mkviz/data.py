@@ -893,7 +893,8 @@ def build_dataset(
         with_masks: shapes/digits/fashion-mnist only: ``ds[i]`` returns a ``Sample``.
         **kwargs: shapes: ``num_samples``, ``difficulty``, ``transform``, ``precompute``; digits:
             ``transform``, ``threshold``; fashion-mnist: ``num_samples``, ``augment``, ``in_chans``,
-            ``threshold`` (its mean/std/channels come from ``model`` when given, else its own statistics); CIFAR/ImageFolder: ``transform`` (replaces the default one).
+            ``threshold`` (its mean/std/channels come from ``model`` when given, else its own statistics);
+            CIFAR/ImageFolder: ``transform`` (replaces the default one).
 
     Returns: a Dataset with ``class_names``, ``num_classes`` and ``labels``.
     """

@@ -299,7 +299,8 @@ def run(out: Path, checkpoints: Optional[Path] = None, num_images: int = 3, num_
     checkpoints = Path(checkpoints) if checkpoints is not None else shipped_checkpoints_dir()
     out.mkdir(parents=True, exist_ok=True)
     report = Report("mkviz demo: the manifold key on small ViTs",
-                    subtitle=f"{time.strftime('%Y-%m-%d %H:%M')} · Fashion-MNIST and the shapes dataset · a documented "
+                    subtitle=f"{time.strftime('%Y-%m-%d %H:%M')} · Fashion-MNIST and the shapes dataset · a "
+                             "documented "
                              "reconstruction of arXiv 2402.00534, not the authors' code; these numbers are ours, "
                              "not the paper's.")
     summary: dict[str, Any] = {
