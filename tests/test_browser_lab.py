@@ -198,7 +198,7 @@ def test_explorers_render_and_react_in_jupyterlab(browser, lab):
         assert after["z"] != state["z"], "the heat-map data did not change after moving the slider"
         assert after["images"] != state["images"], "the rendered heat-map images did not change"
         value = widget.locator(".widget-slider:has(.widget-label:text-is('query row')) .widget-readout").first
-        assert value.inner_text().strip() == "4"  # started at row 3 (the centre of the 7x7 grid)
+        assert value.inner_text().strip() == "4"  # row 3: where section 4 leaves it (under the pullover's centroid)
 
         for kernel in _api(base, token, "/api/kernels"):  # done with 04: free the CPU for 06
             _api(base, token, f"/api/kernels/{kernel['id']}", method="DELETE")
