@@ -75,7 +75,6 @@ import math
 import os
 
 import numpy as np
-import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
