@@ -139,6 +139,9 @@ class TrainConfig:
         if c.image_size is not None and "img_size" not in c.timm_kwargs:
             c.timm_kwargs["img_size"] = c.image_size
         c.variant = str(c.variant).lower()
+        if c.variant not in VARIANT_CHOICES:
+            raise ValueError(f"variant must be one of {', '.join(VARIANT_CHOICES)} (case-insensitive); "
+                             f"got {self.variant!r}")
         if c.variant != "baseline":
             c.variant = resolve_variant(c.variant)
         if c.dataset not in DATASETS:

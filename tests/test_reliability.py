@@ -230,3 +230,65 @@ def test_train_errors_as_a_real_subprocess(tmp_path):
         assert_one_line(code, err, *words)
     assert user.read_text() == "mine\n"
 
+
+
+# ----------------------------------------------------------------------------- convert()
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -0.1])
+def test_convert_refuses_a_non_finite_or_negative_perturbation(value):
+    from conftest import small_vit
+    from mkviz import convert
+    for init in ("preserve", "scratch"):
+        with pytest.raises(ValueError, match=r"perturbation must be a finite float >= 0"):
+            convert(small_vit(), "vanillak", 2, perturbation=value, init=init)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0])
+def test_convert_refuses_a_non_finite_or_negative_ua_weight(value):
+    from conftest import small_vit
+    from mkviz import convert, create_model
+    with pytest.raises(ValueError, match=r"ua_weight must be a finite float >= 0"):
+        convert(small_vit(), "kua", 2, ua_weight=value)
+    with pytest.raises(ValueError, match=r"ua_weight must be a finite float >= 0"):
+        create_model("vit_tiny_patch16_224", "kua", 2, ua_weight=value, img_size=32, patch_size=8, embed_dim=32,
+                     depth=1, num_heads=2)
+
+
+def test_convert_reports_a_perturbation_too_large_to_preserve_the_function():
+    from conftest import small_vit
+    from mkviz import convert
+    model = small_vit().eval()
+    for variant in ("vanillak", "kua"):
+        with pytest.raises(ValueError, match=r"blocks\.0\.attn: perturbation=1e\+08 is too large"):
+            convert(model, variant, 4, perturbation=1e8)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():  # a large but workable perturbation is still accepted and preserves the outputs
+        assert torch.allclose(convert(model, "vanillak", 4, perturbation=10.0).eval()(x), model(x), atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- mkviz sweep
+def _sweep_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    return path
+
+
+SWEEP = """name: s
+results_dir: {tmp}/res
+runs_dir: {tmp}/runs
+common: {common}
+datasets: {{shapes: {{dataset: shapes}}}}
+configs: {{baseline: {{variant: baseline}}, vk: {{variant: {variant}, num_charts: 2}}}}
+"""
+
+
+@pytest.mark.parametrize("common, variant, words", [
+    ("{preset: micro, colour: red}", "vanillak", ["common: unknown fields ['colour']", "allowed:"]),
+    ("{preset: micro}", "wrongk", ["variant must be one of baseline, vanillak", "'wrongk'"]),
+    ("{preset: micro", "vanillak", ["not valid YAML at line 5, column 9", "expected"]),
+])
+def test_sweep_file_errors_are_one_clear_line(tmp_path, capsys, common, variant, words):
+    path = _sweep_file(tmp_path, SWEEP.format(tmp=tmp_path, common=common, variant=variant))
+    code, err = mkviz(capsys, "sweep", str(path), "--list")
+    line = assert_one_line(code, err, f"mkviz sweep: error: sweep", *words)
+    assert "common.common" not in line
+
