@@ -242,6 +242,21 @@ def print_summary(summary: dict[str, Any]) -> None:
     print(f"report: {summary['report']}  ({summary['seconds']:.0f} s)")
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    """Refuse arguments the chosen mode would ignore, and an --out or --checkpoints that cannot be used."""
+    from .checkpoint import check_output_dir
+
+    check_output_dir("--out", args.out)
+    if not args.pretrained:
+        ignored = [flag for flag, value in (("--data-root", args.data_root), ("--variant", args.variant),
+                                            ("--num-charts", args.num_charts)) if value is not None]
+        if ignored:
+            raise ValueError(f"{', '.join(ignored)} only apply with --pretrained NAME (without it the demo uses the "
+                             "checkpoints in --checkpoints)")
+        if not Path(args.checkpoints).is_dir():
+            raise FileNotFoundError(f"--checkpoints {args.checkpoints} does not exist or is not a folder")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="mkviz demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -251,15 +266,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--images", type=int, default=3, help="test images pictured")
     parser.add_argument("--pretrained", metavar="NAME", help="a timm model name: picture its attention instead")
     parser.add_argument("--data-root", help="with --pretrained: an image folder (ImageFolder layout)")
-    parser.add_argument("--variant", default="vanillak", help="with --pretrained: the variant to convert to")
-    parser.add_argument("--num-charts", type=int, default=8, help="with --pretrained: number of charts")
+    parser.add_argument("--variant", help="with --pretrained: the variant to convert to (default vanillak)")
+    parser.add_argument("--num-charts", type=int, help="with --pretrained: number of charts (default 8)")
     args = parser.parse_args(argv)
     if args.images < 1:
         raise ValueError(f"--images must be >= 1; got {args.images}")
+    _check_args(args)
     if args.pretrained:
         from .demo_pretrained import run_pretrained
-        summary = run_pretrained(args.pretrained, args.data_root, Path(args.out), args.variant, args.num_charts,
-                                 args.images)
+        summary = run_pretrained(args.pretrained, args.data_root, Path(args.out), args.variant or "vanillak",
+                                 8 if args.num_charts is None else args.num_charts, args.images)
         print(f"report: {summary['report']}")
         return 0
     print_summary(run(Path(args.out), Path(args.checkpoints), args.images, allow_training=not args.no_train))

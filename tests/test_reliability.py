@@ -292,3 +292,38 @@ def test_sweep_file_errors_are_one_clear_line(tmp_path, capsys, common, variant,
     line = assert_one_line(code, err, f"mkviz sweep: error: sweep", *words)
     assert "common.common" not in line
 
+
+
+# ----------------------------------------------------------------------------- data, demo, report
+def test_cifar_error_names_the_cli_flag(tmp_path, capsys):
+    code, err = mkviz(capsys, "train", *MICRO, "--dataset", "cifar10", "--data-root", str(tmp_path),
+                      "--out", str(tmp_path / "run"))
+    assert_one_line(code, err, "cifar10 not found", "--download")
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--data-root", "{tmp}/images"], ["--data-root", "--pretrained"]),
+    (["--data-root", "{tmp}/missing"], ["--data-root", "--pretrained"]),
+    (["--variant", "kua", "--num-charts", "4"], ["--variant, --num-charts", "--pretrained"]),
+    (["--checkpoints", "{tmp}/missing"], ["--checkpoints", "does not exist"]),
+    (["--out", "{tmp}/notes.txt"], ["--out", "is a file"]),
+    (["--out", "{tmp}/notes.txt/demo"], ["--out", "lies below the file"]),
+])
+def test_demo_bad_arguments_are_one_line(tmp_path, capsys, argv, words):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "notes.txt").write_text("mine\n")
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    code, err = mkviz(capsys, "demo", "--no-train", *argv)
+    assert_one_line(code, err, "mkviz demo: error:", *words)
+    assert (tmp_path / "notes.txt").read_text() == "mine\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "notes.txt"]
+
+
+def test_report_html_is_written_with_the_usual_permissions(tmp_path):
+    from mkviz.report import Report
+    umask = os.umask(0o022)
+    os.umask(umask)
+    path = Report("r").write(tmp_path / "report.html")
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["report.html"]  # no temp file left
+
