@@ -327,3 +327,26 @@ def test_report_html_is_written_with_the_usual_permissions(tmp_path):
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
     assert [p.name for p in tmp_path.iterdir()] == ["report.html"]  # no temp file left
 
+
+def _fake_summary() -> tuple[dict, dict]:
+    sweep = {"baseline": "baseline", "configs": {"baseline": {"variant": "baseline"},
+                                                 "vanillak-2": {"variant": "vanillak", "num_charts": 2},
+                                                 "vanillak-4": {"variant": "vanillak", "num_charts": 4}}}
+    row = lambda v, h, accs: {"n": len(accs), "accs": dict(enumerate(accs)), "mean": sum(accs) / len(accs),  # noqa: E731
+                              "std": 0.01, "params": 1000, "flops": 2e6, "variant": v, "num_charts": h}
+    summary = {"shapes": {"baseline": row("baseline", None, [0.8, 0.82]),
+                          "vanillak-2": row("vanillak", 2, [0.83, 0.85]), "vanillak-4": row("vanillak", 4, [0.84, 0.8])}}
+    return sweep, summary
+
+
+def test_sweep_svg_plots_are_byte_identical_across_renders():
+    from mkviz import sweep_report
+    sweep, summary = _fake_summary()
+    fig = sweep_report.make_plots(sweep, summary)["acc_vs_charts"]
+    try:
+        first = sweep_report.svg_bytes(fig)
+    except Exception as err:  # noqa: BLE001
+        pytest.skip(f"SVG export skipped: kaleido/Chromium cannot render here ({type(err).__name__}: "
+                    f"{str(err).splitlines()[0][:120] if str(err) else ''})")
+    assert sweep_report.svg_bytes(fig) == first
+    assert b"clipmkviz" in first and b"<svg" in first[:200]
