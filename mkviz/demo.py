@@ -18,6 +18,7 @@ weights, i.e. internet once): converted function-preservingly, pictured on the u
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,8 +259,9 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="mkviz demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    from .train import _Parser  # errors as one line (via mkviz.cli)
+
+    parser = _Parser(prog="mkviz demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="outputs/demo", help="output folder (report.html goes here)")
     parser.add_argument("--checkpoints", default=str(SHIPPED_CHECKPOINTS), help="folder of checkpoints")
     parser.add_argument("--no-train", action="store_true", help="fail instead of training missing checkpoints")
@@ -283,4 +285,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from .cli import main as _cli_main
+    raise SystemExit(_cli_main(["demo", *sys.argv[1:]]))

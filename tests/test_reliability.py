@@ -319,6 +319,16 @@ def test_demo_bad_arguments_are_one_line(tmp_path, capsys, argv, words):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "notes.txt"]
 
 
+@pytest.mark.parametrize("argv, words", [
+    (["demo", "--images", "many"], ["mkviz demo: error:", "--images", "invalid int value: 'many'"]),
+    (["bench", "run", "--batch-size", "x"], ["mkviz bench: error:", "--batch-size", "invalid int value"]),
+    (["bench", "nope"], ["mkviz bench: error:", "invalid choice: 'nope'", "'run'"]),
+    (["sweep", "s.yaml", "--jobs", "two"], ["mkviz sweep: error:", "--jobs", "invalid int value"]),
+])
+def test_argument_parsing_errors_are_one_line_in_every_command(capsys, argv, words):
+    assert_one_line(*mkviz(capsys, *argv), *words)
+
+
 def test_report_html_is_written_with_the_usual_permissions(tmp_path):
     from mkviz.report import Report
     umask = os.umask(0o022)
