@@ -243,25 +243,9 @@ def print_summary(summary: dict[str, Any]) -> None:
     print(f"report: {summary['report']}  ({summary['seconds']:.0f} s)")
 
 
-def _check_args(args: argparse.Namespace) -> None:
-    """Refuse arguments the chosen mode would ignore, and an --out or --checkpoints that cannot be used."""
-    from .checkpoint import check_output_dir
-
-    check_output_dir("--out", args.out)
-    if not args.pretrained:
-        ignored = [flag for flag, value in (("--data-root", args.data_root), ("--variant", args.variant),
-                                            ("--num-charts", args.num_charts)) if value is not None]
-        if ignored:
-            raise ValueError(f"{', '.join(ignored)} only apply with --pretrained NAME (without it the demo uses the "
-                             "checkpoints in --checkpoints)")
-        if not Path(args.checkpoints).is_dir():
-            raise FileNotFoundError(f"--checkpoints {args.checkpoints} does not exist or is not a folder")
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .train import _Parser  # errors as one line (via mkviz.cli)
-
-    parser = _Parser(prog="mkviz demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _demo_parser(prog="mkviz demo", description=__doc__,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="outputs/demo", help="output folder (report.html goes here)")
     parser.add_argument("--checkpoints", default=str(SHIPPED_CHECKPOINTS), help="folder of checkpoints")
     parser.add_argument("--no-train", action="store_true", help="fail instead of training missing checkpoints")
@@ -273,7 +257,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.images < 1:
         raise ValueError(f"--images must be >= 1; got {args.images}")
-    _check_args(args)
     if args.pretrained:
         from .demo_pretrained import run_pretrained
         summary = run_pretrained(args.pretrained, args.data_root, Path(args.out), args.variant or "vanillak",
@@ -282,6 +265,35 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     print_summary(run(Path(args.out), Path(args.checkpoints), args.images, allow_training=not args.no_train))
     return 0
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Refuse arguments the chosen mode would ignore, and an --out or --checkpoints that cannot be used."""
+    from .checkpoint import check_output_dir
+
+    check_output_dir("--out", args.out)
+    if not args.pretrained:
+        ignored = [flag for flag, value in (("--data-root", args.data_root), ("--variant", args.variant),
+                                            ("--num-charts", args.num_charts)) if value is not None]
+        if ignored:
+            raise ValueError(f"{', '.join(ignored)} only apply with --pretrained NAME (without it the demo uses the "
+                             "checkpoints in --checkpoints)")
+        if args.checkpoints is not None and not Path(args.checkpoints).is_dir():
+            raise FileNotFoundError(f"--checkpoints {args.checkpoints} does not exist or is not a folder")
+
+
+def _demo_parser(**kwargs: Any) -> argparse.ArgumentParser:
+    """`mkviz demo`'s parser: errors as one line (train's _Parser, via mkviz.cli), and `_check_args` run on
+    what it parses."""
+    from .train import _Parser
+
+    class DemoParser(_Parser):
+        def parse_args(self, *args: Any, **kw: Any) -> argparse.Namespace:  # type: ignore[override]
+            parsed = super().parse_args(*args, **kw)
+            _check_args(parsed)
+            return parsed
+
+    return DemoParser(**kwargs)
 
 
 if __name__ == "__main__":
