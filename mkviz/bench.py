@@ -618,8 +618,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return int(importlib.import_module("mkviz.bench_record").main(argv[1:]) or 0)
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
         argv = ["run"] + argv  # the suite is the default subcommand
-    parser = argparse.ArgumentParser(prog="mkviz bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    from .train import _Parser  # errors as one line (via mkviz.cli); its sub-commands' parsers too
+
+    parser = _Parser(prog="mkviz bench", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub)
     t = sub.add_parser("table", help="Markdown tables from a JSON written by `run --json`")
@@ -657,4 +659,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from .cli import main as _cli_main
+    raise SystemExit(_cli_main(["bench", *sys.argv[1:]]))

@@ -23,19 +23,21 @@ import base64
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, TextIO
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as st_load_bytes
 from safetensors.torch import save as st_save_bytes
 
 __all__ = [
     "CheckpointError", "atomic_write_bytes", "atomic_write_json", "save_tensors", "load_tensors",
     "read_json", "optimizer_to_tensors", "optimizer_from_tensors", "rng_state", "set_rng_state",
-    "write_checkpoint_dir", "find_checkpoint", "list_checkpoints", "export_checkpoint",
+    "write_checkpoint_dir", "find_checkpoint", "list_checkpoints", "export_checkpoint", "check_checkpoint",
+    "resume_checkpoint", "check_output_dir",
     "MODEL_FILE", "CONFIG_FILE", "OPTIM_FILE", "STATE_FILE", "LATEST_FILE", "CKPT_DIR",
     "SHIPPED_CHECKPOINTS", "shipped_checkpoints_dir",
 ]
@@ -175,6 +177,13 @@ def optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, 
     if len(groups) != len(optimizer.param_groups) or any(
             len(g["params"]) != len(h["params"]) for g, h in zip(groups, optimizer.param_groups)):
         raise CheckpointError("optimizer state in the checkpoint does not match this model's parameters")
+    params = {i: p for g, h in zip(groups, optimizer.param_groups) for i, p in zip(g["params"], h["params"])}
+    for idx, st in state.items():
+        for name, value in st.items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and idx in params \
+                    and value.shape != params[idx].shape:
+                raise CheckpointError(f"optimizer state {name} of parameter {idx} has shape {tuple(value.shape)}, "
+                                      f"the model's parameter has {tuple(params[idx].shape)}")
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
@@ -264,7 +273,9 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
         latest = read_json(path / LATEST_FILE)
         target = path / str(latest.get("checkpoint", ""))
         if not (target / MODEL_FILE).is_file():
-            raise CheckpointError(f"corrupt run directory {path}: {LATEST_FILE} points to missing {target}")
+            what = (f"its latest checkpoint {target} has no {MODEL_FILE}" if target.is_dir()
+                    else f"{LATEST_FILE} points to missing directory {target}")
+            raise CheckpointError(f"corrupt run directory {path}: {what}")
         return target
     if (path / MODEL_FILE).is_file():
         return path
@@ -272,6 +283,86 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
     if ckpts:
         return ckpts[-1]
     raise CheckpointError(f"no checkpoint in {path} (expected {MODEL_FILE} or {LATEST_FILE})")
+
+
+def _check_safetensors(path: Path) -> None:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file {path} not found")
+    try:
+        with safe_open(str(path), "pt") as f:  # reads the header only; a truncated file fails here
+            f.keys()
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"corrupt checkpoint {_describe(path)}: not a valid safetensors file "
+                              f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+
+
+def check_checkpoint(directory: str | os.PathLike) -> None:
+    """CheckpointError unless the checkpoint's weights and config (and, where present, optimiser state
+    and progress) are there and readable; cheap: safetensors headers and the JSON files only."""
+    directory = Path(directory)
+    _check_safetensors(directory / MODEL_FILE)
+    read_json(directory / CONFIG_FILE)
+    if (directory / OPTIM_FILE).exists():
+        _check_safetensors(directory / OPTIM_FILE)
+    if (directory / STATE_FILE).exists():
+        read_json(directory / STATE_FILE)
+
+
+def _intact(directory: Path) -> bool:
+    try:
+        check_checkpoint(directory)
+    except CheckpointError:
+        return False
+    return True
+
+
+def resume_checkpoint(run_dir: str | os.PathLike, log: Optional[TextIO] = sys.stderr) -> Path:
+    """The checkpoint `--resume` continues from: the one latest.json names, checked file by file.
+
+    A corrupt latest checkpoint is never skipped silently (that would quietly throw away training): the
+    error names the newest intact earlier checkpoint (kept by --keep-last) and says to delete the corrupt
+    one; run again with --resume and it continues from the intact one, with a printed line saying so
+    (latest.json then names a checkpoint that is gone, and the newest intact checkpoint is used).
+    """
+    run_dir = Path(run_dir)
+    ckpts = list_checkpoints(run_dir)
+    pointer = run_dir / LATEST_FILE
+    latest = None
+    if pointer.is_file():
+        try:
+            target = run_dir / str(read_json(pointer).get("checkpoint", ""))
+        except (CheckpointError, AttributeError) as err:
+            hint = f"delete it and run again with --resume to continue from {ckpts[-1]}" if ckpts else \
+                "start again with --overwrite"
+            raise CheckpointError(f"--resume: {err if isinstance(err, CheckpointError) else pointer}; {hint}") \
+                from None
+        latest = target if target.is_dir() else None
+        if latest is None and ckpts and log is not None:
+            print(f"--resume: {target} (named in {pointer}) is gone; resuming from {ckpts[-1]}", file=log,
+                  flush=True)
+    latest = latest or (ckpts[-1] if ckpts else None)
+    if latest is None:
+        raise CheckpointError(f"--resume: no checkpoint to resume in {run_dir} (no {LATEST_FILE} or {CKPT_DIR}/)")
+    try:
+        check_checkpoint(latest)
+    except CheckpointError as err:
+        earlier = [c for c in ckpts if c.name < latest.name and _intact(c)]
+        hint = (f"the previous checkpoint {earlier[-1]} is intact: delete {latest} and run again with --resume to "
+                f"continue from it" if earlier else "no intact earlier checkpoint is left: start again with "
+                "--overwrite")
+        raise CheckpointError(f"--resume: the latest checkpoint {latest} is unusable ({err}); {hint}") from None
+    return latest
+
+
+def check_output_dir(flag: str, path: str | os.PathLike) -> None:
+    """ValueError naming `flag` when the folder `path` is a file or lies below one (it could not be made)."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                where = "is a file" if p == path else f"lies below the file {p}"
+                raise ValueError(f"{flag} {path} {where}; {flag} must be a folder (choose another {flag})")
+            return
 
 
 def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, half: bool = False,

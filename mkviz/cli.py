@@ -30,7 +30,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     module = importlib.import_module(COMMANDS[argv[0]][0])
     try:
         return int(module.main(argv[1:]) or 0)
-    except (ValueError, FileNotFoundError) as err:  # bad input: one clear line, no traceback wall
+    except (ValueError, OSError) as err:  # bad input (or a folder that cannot be written): one clear line
         print(f"mkviz {argv[0]}: error: {err}", file=sys.stderr)
         return 2
 

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from typing import Iterator, Optional
 
 import timm
@@ -16,7 +17,7 @@ from timm.layers import Attention
 from timm.models.swin_transformer import WindowAttention
 
 from .attention import ContextBroadcast, ManifoldAttention, ManifoldWindowAttention, _ManifoldQKV
-from .key import INITS, _check_choice, resolve_variant
+from .key import INITS, _check_choice, check_perturbation, resolve_variant
 
 __all__ = ["convert", "create_model", "fold", "manifold_modules", "unbalanced_atlas_loss"]
 
@@ -95,6 +96,30 @@ def _convert_window_attention(old: WindowAttention, preserve: bool, std: float,
     return new
 
 
+@torch.no_grad()
+def _check_preserved(path: str, old: nn.Module, new: _ManifoldQKV, perturbation: float) -> None:
+    """ValueError when the converted key does not compute the original key on a probe input (a perturbation
+    so large that rounding swamps the zero-sum cancellation)."""
+    weight = old.qkv.weight
+    if weight.is_meta:
+        return
+    A = new.attn_dim
+    bias = old.qkv.bias[A:2 * A] if old.qkv.bias is not None else None
+    x = torch.randn(1, 4, weight.shape[1], generator=torch.Generator().manual_seed(0)).to(weight)
+    training, new.key.training = new.key.training, False  # no KUA atlas term from the probe
+    try:
+        got = new.key(x)
+    finally:
+        new.key.training = training
+    ref = nn.functional.linear(x, weight[A:2 * A], bias)
+    err = ((got - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
+    tol = max(1e-4, 8 * torch.finfo(weight.dtype).eps) if weight.is_floating_point() else 1e-4
+    if err > tol:
+        raise ValueError(f"{path}: perturbation={perturbation:g} is too large to keep the model's function: the "
+                         f"converted key differs from the original by {err:.1e} (relative, allowed {tol:.0e}); "
+                         "use a smaller perturbation (default 0.1), or init='scratch'")
+
+
 def convert(
         model: nn.Module,
         variant: str = "vanillak",
@@ -121,6 +146,10 @@ def convert(
     """
     variant = resolve_variant(variant)
     _check_choice("init", init, INITS)
+    check_perturbation(perturbation)
+    if isinstance(ua_weight, bool) or not isinstance(ua_weight, (int, float)) or not math.isfinite(ua_weight) \
+            or ua_weight < 0:
+        raise ValueError(f"ua_weight must be a finite float >= 0; got {ua_weight!r}")
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module; got {type(model).__name__}")
     if not inplace:
@@ -145,6 +174,8 @@ def convert(
             )
         else:
             continue
+        if init == "preserve":
+            _check_preserved(path or "<model>", module, new, perturbation)
         new.train(module.training)
         _set_submodule(model, path, new)
         found += 1

@@ -785,7 +785,8 @@ def _build_cifar(name: str, root: Path, split: str, transform: Callable, downloa
 
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
     where = root / cls.base_folder
-    hint = f"{name} not found (or incomplete) in {where}; pass download=True to download it into {root}"
+    hint = (f"{name} not found (or incomplete) in {where}; pass --download (download=True in Python) to download "
+            f"it into {root}")
     if not download and not where.is_dir():
         raise FileNotFoundError(hint)
     try:

@@ -23,6 +23,7 @@ weights, i.e. internet once): converted function-preservingly, pictured on the u
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -331,8 +332,8 @@ def print_summary(summary: dict[str, Any]) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="mkviz demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _demo_parser(prog="mkviz demo", description=__doc__,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="outputs/demo", help="output folder (report.html goes here)")
     parser.add_argument("--checkpoints", default=None,
                         help="folder holding fashion-mnist/ and shapes/ checkpoints (default: the repository's "
@@ -345,8 +346,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="torch CPU threads (these models are small: 1 is fastest on a shared machine)")
     parser.add_argument("--pretrained", metavar="NAME", help="a timm model name: picture its attention instead")
     parser.add_argument("--data-root", help="with --pretrained: an image folder (ImageFolder layout)")
-    parser.add_argument("--variant", default="vanillak", help="with --pretrained: the variant to convert to")
-    parser.add_argument("--num-charts", type=int, default=8, help="with --pretrained: number of charts")
+    parser.add_argument("--variant", help="with --pretrained: the variant to convert to (default vanillak)")
+    parser.add_argument("--num-charts", type=int, help="with --pretrained: number of charts (default 8)")
     args = parser.parse_args(argv)
     for flag, value in (("--images", args.images), ("--threads", args.threads), ("--test-images", args.test_images)):
         if value is not None and value < 1:
@@ -354,8 +355,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     torch.set_num_threads(args.threads)
     if args.pretrained:
         from .demo_pretrained import run_pretrained
-        summary = run_pretrained(args.pretrained, args.data_root, Path(args.out), args.variant, args.num_charts,
-                                 args.images)
+        summary = run_pretrained(args.pretrained, args.data_root, Path(args.out), args.variant or "vanillak",
+                                 8 if args.num_charts is None else args.num_charts, args.images)
         print(f"report: {summary['report']}")
         return 0
     checkpoints = Path(args.checkpoints) if args.checkpoints else None
@@ -364,5 +365,35 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    """Refuse arguments the chosen mode would ignore, and an --out or --checkpoints that cannot be used."""
+    from .checkpoint import check_output_dir
+
+    check_output_dir("--out", args.out)
+    if not args.pretrained:
+        ignored = [flag for flag, value in (("--data-root", args.data_root), ("--variant", args.variant),
+                                            ("--num-charts", args.num_charts)) if value is not None]
+        if ignored:
+            raise ValueError(f"{', '.join(ignored)} only apply with --pretrained NAME (without it the demo uses the "
+                             "checkpoints in --checkpoints)")
+        if args.checkpoints is not None and not Path(args.checkpoints).is_dir():
+            raise FileNotFoundError(f"--checkpoints {args.checkpoints} does not exist or is not a folder")
+
+
+def _demo_parser(**kwargs: Any) -> argparse.ArgumentParser:
+    """`mkviz demo`'s parser: errors as one line (train's _Parser, via mkviz.cli), and `_check_args` run on
+    what it parses."""
+    from .train import _Parser
+
+    class DemoParser(_Parser):
+        def parse_args(self, *args: Any, **kw: Any) -> argparse.Namespace:  # type: ignore[override]
+            parsed = super().parse_args(*args, **kw)
+            _check_args(parsed)
+            return parsed
+
+    return DemoParser(**kwargs)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from .cli import main as _cli_main
+    raise SystemExit(_cli_main(["demo", *sys.argv[1:]]))

@@ -87,12 +87,21 @@ def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
+def check_perturbation(perturbation: float) -> float:
+    """`perturbation` (the charts' relative zero-sum perturbation) or a ValueError: a finite float >= 0."""
+    if isinstance(perturbation, bool) or not isinstance(perturbation, (int, float)) \
+            or not math.isfinite(perturbation) or perturbation < 0:
+        raise ValueError(f"perturbation must be a finite float >= 0 (default 0.1); got {perturbation!r}")
+    return float(perturbation)
+
+
 def zero_sum_perturbation(num_charts: int, rows: int, cols: int, size: float,
                           generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Random δ of shape (H, rows, cols) with Σ_c δ_c = 0: keeps the fused key exact, breaks chart symmetry.
 
     Entries have std size/√cols, so that ‖δ_c z‖ ≈ size·‖z‖: `size` is the relative perturbation.
     """
+    check_perturbation(size)
     delta = torch.randn(num_charts, rows, cols, generator=generator) * (size / math.sqrt(cols))
     return delta - delta.mean(dim=0, keepdim=True)
 
@@ -131,8 +140,8 @@ class ManifoldKey(nn.Module):
         self.num_charts = check_num_charts(num_charts, key_dim)
         self.kernel_size = check_kernel_size(kernel_size)
         self.expand_from = _check_choice("expand_from", expand_from, EXPAND_FROM)
-        if not isinstance(ua_weight, (int, float)) or ua_weight < 0:
-            raise ValueError(f"ua_weight must be a float >= 0; got {ua_weight!r}")
+        if not isinstance(ua_weight, (int, float)) or not math.isfinite(ua_weight) or ua_weight < 0:
+            raise ValueError(f"ua_weight must be a finite float >= 0; got {ua_weight!r}")
         if ua_weight and self.variant != "kua":
             raise ValueError(f"ua_weight applies to variant 'kua' only; got variant {self.variant!r}")
         self.in_dim, self.key_dim = in_dim, key_dim

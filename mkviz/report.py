@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import html
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -76,15 +75,10 @@ class Report:
         return "\n".join(parts)
 
     def write(self, path: str | os.PathLike) -> Path:
-        """Write atomically (temp file + rename): a crash never leaves half a report. Returns the path."""
+        """Write atomically (temp file + rename): a crash never leaves half a report; the file gets the usual
+        permissions (0666 less the umask, like any file the user writes) to be shared. Returns the path."""
+        from .checkpoint import atomic_write_bytes
+
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(self.render())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_bytes(path, self.render().encode("utf-8"))
         return path

@@ -77,7 +77,10 @@ def load_sweep(path: str | os.PathLike) -> dict[str, Any]:
     try:
         sweep = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise ValueError(f"sweep file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ValueError(f"sweep file {path} is not valid YAML{where}: {what}") from None
     if not isinstance(sweep, dict):
         _fail(path, "must hold a mapping (name, seeds, common, datasets, configs, ...)")
     unknown = set(sweep) - _SWEEP_KEYS
@@ -104,11 +107,12 @@ def load_sweep(path: str | os.PathLike) -> dict[str, Any]:
     groups = [("common", {"common": sweep["common"]})] + [(k, sweep[k]) for k in ("datasets", "configs")]
     for group, entries in groups:
         for entry, kw in entries.items():
+            where = group if group == "common" else f"{group}.{entry}"
             if not isinstance(kw, dict):
-                _fail(path, f"{group}.{entry} must be a mapping of TrainConfig fields, got {kw!r}")
+                _fail(path, f"{where} must be a mapping of TrainConfig fields, got {kw!r}")
             bad = set(kw) - fields - (_CONFIG_ONLY_KEYS if group == "configs" else set())
             if bad:
-                _fail(path, f"{group}.{entry}: unknown fields {sorted(bad)}; allowed: {sorted(fields)}")
+                _fail(path, f"{where}: unknown fields {sorted(bad)}; allowed: {sorted(fields)}")
             if "__" in str(entry) or "/" in str(entry):
                 _fail(path, f"{group} name {entry!r} may not contain '__' or '/'")
     for entry, kw in sweep["configs"].items():

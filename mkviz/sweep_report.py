@@ -25,6 +25,7 @@ import numpy as np
 
 __all__ = ["load_results", "summarize", "welch", "render_blocks", "write_report", "check_page", "make_plots"]
 
+_PLOTLY_UID = re.compile(rb'<defs id="defs-([0-9a-f]+)"')
 _BLOCK = re.compile(r"<!-- mkviz:begin (?P<name>[\w-]+) -->\n(?P<body>.*?)<!-- mkviz:end (?P=name) -->", re.S)
 
 
@@ -319,6 +320,20 @@ def make_plots(sweep: dict[str, Any], summary: dict[str, dict[str, dict[str, Any
     return figs
 
 
+def svg_bytes(fig: Any) -> bytes:
+    """The figure as SVG that depends on the figure alone: plotly names the defs, clip paths and legend after a
+    random per-render id, and each trace after a random uid; both become fixed names, so that an unchanged
+    plot is written byte for byte the same (and a tracked file does not change)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure(fig)
+    for i, trace in enumerate(fig.data):
+        trace.uid = f"mkviz{i}"
+    svg = fig.to_image(format="svg")
+    uid = _PLOTLY_UID.search(svg)
+    return re.sub(rb"(defs-|clip|legend)" + uid.group(1), rb"\g<1>mkviz", svg) if uid else svg
+
+
 def write_report(sweep: dict[str, Any], plots: bool = True) -> list[Path]:
     """Rewrite the page's generated blocks (create the page if missing) and, with `plots`, the SVGs
     (needs kaleido and a Chrome/Chromium; skipped with a message otherwise). Returns the written paths."""
@@ -336,8 +351,10 @@ def write_report(sweep: dict[str, Any], plots: bool = True) -> list[Path]:
         out.mkdir(parents=True, exist_ok=True)
         try:
             for name, fig in make_plots(sweep, summary).items():
-                fig.write_image(out / f"{name}.svg")
-                written.append(out / f"{name}.svg")
+                svg, path = svg_bytes(fig), out / f"{name}.svg"
+                if not path.is_file() or path.read_bytes() != svg:  # unchanged plots are not touched
+                    path.write_bytes(svg)
+                written.append(path)
         except Exception as err:  # noqa: BLE001 - kaleido/Chromium missing: the tables still stand
             print(f"mkviz sweep: plots not written ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
                   "install kaleido and Chromium for SVG export", file=sys.stderr)

@@ -69,6 +69,8 @@ NUM_CLASSES = {"shapes": 4, "digits": 10, "fashion-mnist": 10, "cifar10": 10, "c
 _RUNTIME_FIELDS = {"out", "resume", "overwrite", "quiet", "compile", "num_workers", "save_every_steps", "keep_last",
                    "log_every", "device", "export", "export_half", "max_steps", "data_root", "download",
                    "deterministic", "optimizer_state", "amp"}
+# files in --out that a fresh run does not replace without --overwrite (a run's results, an exported checkpoint)
+_KEPT_FILES = ("results.json", "final", ckpt.MODEL_FILE, ckpt.CONFIG_FILE)
 # fields that define the model (checked against --init-from checkpoints)
 _MODEL_FIELDS = ("model", "timm_kwargs", "variant", "num_charts", "context_broadcast", "kernel_size", "expand_from")
 
@@ -143,6 +145,9 @@ class TrainConfig:
         if c.image_size is not None and "img_size" not in c.timm_kwargs:
             c.timm_kwargs["img_size"] = c.image_size
         c.variant = str(c.variant).lower()
+        if c.variant not in VARIANT_CHOICES:
+            raise ValueError(f"variant must be one of {', '.join(VARIANT_CHOICES)} (case-insensitive); "
+                             f"got {self.variant!r}")
         if c.variant != "baseline":
             c.variant = resolve_variant(c.variant)
         if c.dataset not in DATASET_NAMES:
@@ -162,21 +167,45 @@ class TrainConfig:
         if c.image_size is not None:
             _positive("image_size", c.image_size)
         for name in ("lr",):
-            if not (isinstance(getattr(c, name), (int, float)) and getattr(c, name) > 0):
-                raise ValueError(f"{name.replace('_', '-')} must be > 0, got {getattr(c, name)!r}")
+            if not (_finite(getattr(c, name)) and getattr(c, name) > 0):
+                raise ValueError(f"{name.replace('_', '-')} must be a finite number > 0, got {getattr(c, name)!r}")
         for name in ("min_lr", "weight_decay", "grad_clip", "ua_weight"):
-            if not (isinstance(getattr(c, name), (int, float)) and getattr(c, name) >= 0):
-                raise ValueError(f"{name.replace('_', '-')} must be >= 0, got {getattr(c, name)!r}")
+            if not (_finite(getattr(c, name)) and getattr(c, name) >= 0):
+                raise ValueError(f"{name.replace('_', '-')} must be a finite number >= 0, got {getattr(c, name)!r}")
         if not 0 <= c.label_smoothing < 1:
             raise ValueError(f"label-smoothing must be in [0, 1), got {c.label_smoothing!r}")
         if c.resume and c.overwrite:
             raise ValueError("--resume and --overwrite exclude each other")
         if c.pretrained and c.init_from:
             raise ValueError("--pretrained and --init-from exclude each other")
+        if c.device is not None:
+            _check_device(c.device)
         return c
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_device(text: str) -> None:
+    """ValueError unless `text` names a device this machine has: cpu, cuda, cuda:N or mps."""
+    try:
+        device = torch.device(text)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device must be cpu, cuda, cuda:N or mps; got {text!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {text}: CUDA is not available on this machine (torch {torch.__version__}); "
+                         "use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {text}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                         f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {text}: MPS is not available on this machine; use --device cpu")
 
 
 def _positive(name: str, value: Any, allow_zero: bool = False) -> None:
@@ -249,10 +278,15 @@ def load_checkpoint(path: str | os.PathLike, model: Optional[nn.Module] = None,
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as err:
-        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
         raise CheckpointError(f"checkpoint {directory} ({_describe_spec(spec)}, model {spec['model']}) does not "
-                              f"fit the given model: {lines[1] if len(lines) > 1 else lines[0]}"[:400]) from None
+                              f"fit the given model: {_mismatch(err)}"[:400]) from None
     return model.to(map_location).eval(), config
+
+
+def _mismatch(err: Exception) -> str:
+    """The telling line of a load_state_dict error (its second line names the first mismatch)."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()] or [type(err).__name__]
+    return lines[1] if len(lines) > 1 else lines[0]
 
 
 def _init_from(model_spec: dict[str, Any], path: str, seed: int) -> nn.Module:
@@ -419,22 +453,61 @@ def _init_dist(device_arg: Optional[str]) -> tuple[_Dist, torch.device]:
 def _check_out_dir(cfg: TrainConfig, d: _Dist) -> Optional[Path]:
     """Apply the never-overwrite rule; returns the checkpoint to resume from (or None)."""
     out = Path(cfg.out)
+    ckpt.check_output_dir("--out", out)
+    _check_export_dir(cfg, out)
     has_ckpt = (out / ckpt.LATEST_FILE).exists() or bool(ckpt.list_checkpoints(out))
     if cfg.resume:
         if not has_ckpt:
             raise FileNotFoundError(f"--resume: no checkpoint to resume in {out} (no {ckpt.LATEST_FILE} or "
                                     f"{ckpt.CKPT_DIR}/)")
-        return ckpt.find_checkpoint(out)
+        _check_run_json(out)
+        return ckpt.resume_checkpoint(out, sys.stderr if d.main else None)
     if has_ckpt and not cfg.overwrite:
         raise ValueError(f"output directory {out} already holds a run's checkpoint; pass --resume to continue it "
                          "or --overwrite to start again (or choose another --out)")
-    if has_ckpt and cfg.overwrite and d.main:
+    kept = [name for name in _KEPT_FILES if (out / name).exists()]
+    if kept and not cfg.overwrite:
+        raise ValueError(f"--out {out} already holds {', '.join(kept)}, which a new run would replace or mix with; "
+                         "pass --overwrite to replace them, or choose another --out")
+    if (has_ckpt or kept) and cfg.overwrite and d.main:
         for name in (ckpt.CKPT_DIR, "final"):
             shutil.rmtree(out / name, ignore_errors=True)
-        for name in (ckpt.LATEST_FILE, "metrics.jsonl", "steps.jsonl", "run.json"):
+        for name in (ckpt.LATEST_FILE, "metrics.jsonl", "steps.jsonl", "run.json", "results.json", ckpt.MODEL_FILE,
+                     ckpt.CONFIG_FILE):
             with contextlib.suppress(FileNotFoundError):
                 (out / name).unlink()
     return None
+
+
+def _check_export_dir(cfg: TrainConfig, out: Path) -> None:
+    """--export must be a folder, and one that holds another checkpoint is replaced only with --overwrite
+    (this run's own earlier export, e.g. of a resumed run, is replaced)."""
+    if not cfg.export:
+        return
+    export = Path(cfg.export)
+    ckpt.check_output_dir("--export", export)
+    held = [name for name in (ckpt.MODEL_FILE, ckpt.CONFIG_FILE) if (export / name).exists()]
+    if not held or cfg.overwrite:
+        return
+    with contextlib.suppress(CheckpointError, AttributeError, TypeError):
+        if Path(ckpt.read_json(export / ckpt.CONFIG_FILE)["train"]["out"]).resolve() == out.resolve():
+            return
+    raise ValueError(f"--export {export} already holds a checkpoint ({', '.join(held)}); pass --overwrite to "
+                     "replace it, or choose another --export")
+
+
+def _check_run_json(out: Path) -> None:
+    """--resume refuses a run whose run.json (the run's record, rewritten on every start) is unreadable."""
+    path = out / "run.json"
+    if not path.exists():
+        return
+    try:
+        ok = isinstance(ckpt.read_json(path), dict)
+    except CheckpointError:
+        ok = False
+    if not ok:
+        raise CheckpointError(f"--resume: {path} is corrupt (not a JSON object); it would be rewritten: restore "
+                              "it or delete it to resume, or start again with --overwrite")
 
 
 def _check_resume_config(saved: dict[str, Any], cfg: TrainConfig, where: Path) -> None:
@@ -531,9 +604,13 @@ def _train(cfg: TrainConfig, d: _Dist, device: torch.device) -> dict[str, Any]:
     if resume_from is not None:
         assert state is not None
         tensors, _ = ckpt.load_tensors(resume_from / ckpt.MODEL_FILE)
-        model.load_state_dict(tensors)
         otensors, _ = ckpt.load_tensors(resume_from / ckpt.OPTIM_FILE)
-        ckpt.optimizer_from_tensors(optimizer, {k: v.to(device) for k, v in otensors.items()}, state["optimizer"])
+        try:
+            model.load_state_dict(tensors)
+            ckpt.optimizer_from_tensors(optimizer, {k: v.to(device) for k, v in otensors.items()}, state["optimizer"])
+        except (RuntimeError, CheckpointError) as err:
+            raise CheckpointError(f"--resume: checkpoint {resume_from} does not fit this run's model "
+                                  f"({_describe_spec(spec)}): {_mismatch(err)}"[:400]) from None
         epoch, batch_in_epoch, step = state["epoch"], state["batch"], state["step"]
         running, history = dict(state["running"]), list(state["history"])
         ckpt.set_rng_state(state["rng"][d.rank])
