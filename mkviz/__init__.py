@@ -20,7 +20,8 @@ __version__ = "0.1.0"
 # public name -> the module that defines it; imported on first use, so that `mkviz --help` and
 # `mkviz --version` answer without loading torch and timm
 _EXPORTS = {
-    "ContextBroadcast": "attention", "ManifoldAttention": "attention", "ManifoldWindowAttention": "attention",
+    "ContextBroadcast": "attention", "ManifoldQKV": "attention", "ManifoldAttention": "attention",
+    "ManifoldWindowAttention": "attention",
     "attn_layer": "attention",
     "convert": "convert", "create_model": "convert", "fold": "convert", "manifold_modules": "convert",
     "unbalanced_atlas_loss": "convert",

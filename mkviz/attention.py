@@ -26,7 +26,7 @@ from timm.models.swin_transformer import WindowAttention
 
 from .key import ManifoldKey
 
-__all__ = ["ContextBroadcast", "ManifoldAttention", "ManifoldWindowAttention", "attn_layer"]
+__all__ = ["ContextBroadcast", "ManifoldQKV", "ManifoldAttention", "ManifoldWindowAttention", "attn_layer"]
 
 # recorder(module, x, q, attn, attn_bias): called on the eager path with the block input x (B, N, C_in),
 # the queries q (B, heads, N, d) after q_norm, attn (B, heads, N, N) after softmax, and the additive
@@ -51,7 +51,7 @@ class ContextBroadcast(nn.Module):
         return x + self.scale * x.mean(dim=1, keepdim=True)
 
 
-class _ManifoldQKV(nn.Module):
+class ManifoldQKV(nn.Module):
     """Shared parts of both modules: the q/v projection, the manifold key, the attention core."""
 
     num_heads: int
@@ -141,7 +141,7 @@ class _ManifoldQKV(nn.Module):
         return out.transpose(1, 2).reshape(B, N, self.attn_dim)
 
 
-class ManifoldAttention(_ManifoldQKV):
+class ManifoldAttention(ManifoldQKV):
     """Multi-head self-attention with a manifold key; drop-in for `timm.layers.Attention`.
 
     Takes timm's constructor arguments (dim, num_heads, attn_head_dim, dim_out, qkv_bias,
@@ -236,7 +236,7 @@ class ManifoldAttention(_ManifoldQKV):
         return out
 
 
-class ManifoldWindowAttention(_ManifoldQKV, WindowAttention):
+class ManifoldWindowAttention(ManifoldQKV, WindowAttention):
     """Swin window attention with a manifold key; drop-in for timm's Swin `WindowAttention`.
 
     Keeps the relative position bias table and the shifted-window `mask`. Manifold-key options

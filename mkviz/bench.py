@@ -618,9 +618,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return int(importlib.import_module("mkviz.bench_record").main(argv[1:]) or 0)
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
         argv = ["run"] + argv  # the suite is the default subcommand
-    from .train import _Parser  # errors as one line (via mkviz.cli); its sub-commands' parsers too
+    from .cli import ArgumentParser  # errors as one line (via mkviz.cli); its sub-commands' parsers too
 
-    parser = _Parser(prog="mkviz bench", description=__doc__,
+    parser = ArgumentParser(prog="mkviz bench", description=__doc__,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub)

@@ -1,6 +1,7 @@
 """The `mkviz` command: `mkviz demo | bench | train ...`; each subcommand is a module's `main(argv)`."""
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 from typing import Optional, Sequence
@@ -12,6 +13,14 @@ COMMANDS = {
     "train": ("mkviz.train", "train or fine-tune a baseline or manifold-key model"),
     "sweep": ("mkviz.sweep", "train a sweep of runs from a YAML file (resumable) and write its report"),
 }
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are raised as ValueError, so that `main` prints them as one line (not usage +
+    error): every subcommand builds its parser from this class."""
+
+    def error(self, message: str) -> None:
+        raise ValueError(message)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

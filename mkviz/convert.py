@@ -16,8 +16,8 @@ from torch import nn
 from timm.layers import Attention
 from timm.models.swin_transformer import WindowAttention
 
-from .attention import ContextBroadcast, ManifoldAttention, ManifoldWindowAttention, _ManifoldQKV
-from .key import INITS, _check_choice, check_perturbation, resolve_variant
+from .attention import ContextBroadcast, ManifoldAttention, ManifoldWindowAttention, ManifoldQKV
+from .key import INITS, check_choice, check_perturbation, resolve_variant
 
 __all__ = ["convert", "create_model", "fold", "manifold_modules", "unbalanced_atlas_loss"]
 
@@ -31,10 +31,10 @@ def _looks_like_attention(module: nn.Module) -> bool:
     return "attention" in type(module).__name__.lower() or hasattr(module, "qkv")
 
 
-def manifold_modules(model: nn.Module) -> Iterator[tuple[str, _ManifoldQKV]]:
+def manifold_modules(model: nn.Module) -> Iterator[tuple[str, ManifoldQKV]]:
     """Yield (path, module) for every manifold-key attention module in `model`."""
     for path, module in model.named_modules():
-        if isinstance(module, _ManifoldQKV):
+        if isinstance(module, ManifoldQKV):
             yield path, module
 
 
@@ -97,7 +97,7 @@ def _convert_window_attention(old: WindowAttention, preserve: bool, std: float,
 
 
 @torch.no_grad()
-def _check_preserved(path: str, old: nn.Module, new: _ManifoldQKV, perturbation: float) -> None:
+def _check_preserved(path: str, old: nn.Module, new: ManifoldQKV, perturbation: float) -> None:
     """ValueError when the converted key does not compute the original key on a probe input (a perturbation
     so large that rounding swamps the zero-sum cancellation)."""
     weight = old.qkv.weight
@@ -145,7 +145,7 @@ def convert(
     Raises ValueError naming the module path and class of any attention it cannot convert.
     """
     variant = resolve_variant(variant)
-    _check_choice("init", init, INITS)
+    check_choice("init", init, INITS)
     check_perturbation(perturbation)
     if isinstance(ua_weight, bool) or not isinstance(ua_weight, (int, float)) or not math.isfinite(ua_weight) \
             or ua_weight < 0:
@@ -159,7 +159,7 @@ def convert(
                    context_broadcast=context_broadcast, ua_weight=ua_weight)
     found = 0
     for path, module in list(model.named_modules()):
-        if isinstance(module, _ManifoldQKV):
+        if isinstance(module, ManifoldQKV):
             raise ValueError(f"{path}: {type(module).__name__} is already a manifold-key attention; "
                              "convert a plain timm model")
         if type(module) is Attention:
@@ -240,7 +240,7 @@ class FoldedWindowAttention(WindowAttention):
         return self.context_broadcast(super().forward(x, mask))
 
 
-def _fold_module(path: str, module: _ManifoldQKV) -> nn.Module:
+def _fold_module(path: str, module: ManifoldQKV) -> nn.Module:
     if not module.key.foldable:
         why = ("its per-token softmax membership makes the key nonlinear in x" if not module.key.is_linear
                else f"kernel_size={module.key.kernel_size} mixes neighbouring tokens")

@@ -381,11 +381,11 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def _demo_parser(**kwargs: Any) -> argparse.ArgumentParser:
-    """`mkviz demo`'s parser: errors as one line (train's _Parser, via mkviz.cli), and `_check_args` run on
+    """`mkviz demo`'s parser: errors as one line (train's ArgumentParser, via mkviz.cli), and `_check_args` run on
     what it parses."""
-    from .train import _Parser
+    from .cli import ArgumentParser
 
-    class DemoParser(_Parser):
+    class DemoParser(ArgumentParser):
         def parse_args(self, *args: Any, **kw: Any) -> argparse.Namespace:  # type: ignore[override]
             parsed = super().parse_args(*args, **kw)
             _check_args(parsed)

@@ -34,7 +34,7 @@ import numpy as np
 __all__ = [
     "HEAT_COLORSCALE", "to_numpy", "to_uint8_image", "image_source", "attention_overlay", "chart_maps_figure",
     "chart_grid_shape", "show_chart_panels", "query_box_path", "similarity_heatmap", "evidence_bars",
-    "entropy_bars", "training_curves", "accuracy_vs_charts", "cost_table_figure", "chart_stat_bars",
+    "entropy_bars", "training_curves", "accuracy_vs_charts", "cost_table_figure", "chart_stat_bars", "heat_geometry",
 ]
 
 HEAT_COLORSCALE = "Inferno"
@@ -129,7 +129,7 @@ def _cell(image_hw: Tuple[int, int], map_hw: Tuple[int, int]) -> Tuple[float, fl
     return image_hw[0] / map_hw[0], image_hw[1] / map_hw[1]
 
 
-def _heat_geometry(image_hw: Tuple[int, int], map_hw: Tuple[int, int]) -> dict:
+def heat_geometry(image_hw: Tuple[int, int], map_hw: Tuple[int, int]) -> dict:
     """x0/dx/y0/dy putting a (h, w) map's cell centres on the pixel coordinates of the cells' centres."""
     ch, cw = _cell(image_hw, map_hw)
     return dict(x0=(cw - 1) / 2, dx=cw, y0=(ch - 1) / 2, dy=ch)
@@ -180,7 +180,7 @@ def attention_overlay(image: Any, heat: Any, title: str = "attention", query_box
     fig = go.Figure()
     fig.add_trace(_image_trace(img))
     fig.add_trace(go.Heatmap(z=z, name="heat", colorscale=colorscale, opacity=opacity, zmin=zmin, zmax=zmax,
-                             colorbar=dict(title=dict(text=colorbar_title)), **_heat_geometry(hw, z.shape),
+                             colorbar=dict(title=dict(text=colorbar_title)), **heat_geometry(hw, z.shape),
                              hovertemplate="x %{x:.0f}, y %{y:.0f}<br>%{z:.4f}<extra></extra>"))
     if query_box is not None:
         if len(query_box) == 3:
@@ -298,7 +298,7 @@ def chart_maps_figure(image: Any, fused_map: Any, chart_maps: Any, query: Option
                         horizontal_spacing=_PANEL_SPACING,
                         vertical_spacing=_PANEL_ROW_SPACING if rows > 1 else 0.0)
     hw = img.shape[:2]
-    geo = _heat_geometry(hw, fused.shape)
+    geo = heat_geometry(hw, fused.shape)
     if shared_scale:
         allv = np.concatenate([fused.reshape(-1), charts.reshape(-1)]).astype(np.float64)
         zmin, zmax = float(allv.min()), float(allv.max())

@@ -42,6 +42,7 @@ __all__ = [
     "check_kernel_size",
     "max_charts",
     "key_impl",
+    "check_choice",
 ]
 
 VARIANTS: tuple[str, ...] = ("vanillak", "simplek", "spatialk", "kua")
@@ -81,7 +82,7 @@ def check_kernel_size(kernel_size: int) -> int:
     return kernel_size
 
 
-def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
+def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
     return value
@@ -139,7 +140,7 @@ class ManifoldKey(nn.Module):
         self.variant = resolve_variant(variant)
         self.num_charts = check_num_charts(num_charts, key_dim)
         self.kernel_size = check_kernel_size(kernel_size)
-        self.expand_from = _check_choice("expand_from", expand_from, EXPAND_FROM)
+        self.expand_from = check_choice("expand_from", expand_from, EXPAND_FROM)
         if not isinstance(ua_weight, (int, float)) or not math.isfinite(ua_weight) or ua_weight < 0:
             raise ValueError(f"ua_weight must be a finite float >= 0; got {ua_weight!r}")
         if ua_weight and self.variant != "kua":
@@ -199,7 +200,7 @@ class ManifoldKey(nn.Module):
         membership logits 0; the fused key equals the base key exactly. Call `load_base_key` to
         copy a pretrained key.
         """
-        _check_choice("init", init, INITS)
+        check_choice("init", init, INITS)
         H, C, k, cin = self.num_charts, self.key_dim, self.kernel_size, self.chart_in_dim
         self.scale.fill_(1.0)
         if self.base is not None:

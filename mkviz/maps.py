@@ -26,9 +26,9 @@ from typing import NamedTuple, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from .metrics import _to_2tuple
 
 __all__ = [
+    "to_2tuple",
     "PatchGrid",
     "patch_grid",
     "query_index",
@@ -55,6 +55,23 @@ class PatchGrid(NamedTuple):
     @property
     def num_tokens(self) -> int:
         return self.num_prefix_tokens + self.grid_size[0] * self.grid_size[1]
+
+
+def to_2tuple(v, name: str, minimum: int = 1) -> Tuple[int, int]:
+    """An int or a pair (h, w) as a pair of ints >= minimum, else a ValueError naming `name`."""
+    if isinstance(v, torch.Size):
+        v = tuple(v)
+    if isinstance(v, int) and not isinstance(v, bool):
+        out = (v, v)
+    elif isinstance(v, (tuple, list)) and len(v) == 2:
+        out = (int(v[0]), int(v[1]))
+    else:
+        raise ValueError(f"`{name}` must be an int or a pair (h, w), got {v!r}")
+    if out[0] < minimum or out[1] < minimum:
+        raise ValueError(f"`{name}` must be {'positive' if minimum == 1 else f'>= {minimum}'}, got {out}")
+    return out
+
+
 
 
 def patch_grid(model_or_patch_embed, image_size: Optional[Size2] = None) -> PatchGrid:
@@ -88,9 +105,9 @@ def patch_grid(model_or_patch_embed, image_size: Optional[Size2] = None) -> Patc
     else:
         num_prefix = int(getattr(obj, "num_prefix_tokens", 0) or 0)
     patch_size = getattr(pe, "patch_size", None)
-    patch_size = _to_2tuple(patch_size, "patch_embed.patch_size") if patch_size is not None else None
+    patch_size = to_2tuple(patch_size, "patch_embed.patch_size") if patch_size is not None else None
     if image_size is not None:
-        img = _to_2tuple(image_size, "image_size")
+        img = to_2tuple(image_size, "image_size")
         if hasattr(pe, "dynamic_feat_size"):
             gs = tuple(int(v) for v in pe.dynamic_feat_size(img))
         elif patch_size is not None:
@@ -102,12 +119,12 @@ def patch_grid(model_or_patch_embed, image_size: Optional[Size2] = None) -> Patc
         if gs is None:
             raise ValueError("patch_embed.grid_size is None (model built without img_size); pass `image_size`")
         gs = tuple(int(v) for v in gs)
-    return PatchGrid(_to_2tuple(gs, "grid_size"), num_prefix, patch_size)
+    return PatchGrid(to_2tuple(gs, "grid_size"), num_prefix, patch_size)
 
 
 def query_index(row: int, col: int, grid_size: Size2, num_prefix_tokens: int = 0) -> int:
     """Token index of patch ``(row, col)``: ``num_prefix_tokens + row * gw + col``."""
-    gh, gw = _to_2tuple(grid_size, "grid_size")
+    gh, gw = to_2tuple(grid_size, "grid_size")
     if not (0 <= row < gh and 0 <= col < gw):
         raise ValueError(f"`(row, col)`=({row}, {col}) outside the patch grid {(gh, gw)}")
     if num_prefix_tokens < 0:
@@ -121,7 +138,7 @@ def query_position(index: int, grid_size: Size2, num_prefix_tokens: int = 0) -> 
     Raises ``ValueError`` for prefix tokens (they have no grid position) and
     out-of-range indices.
     """
-    gh, gw = _to_2tuple(grid_size, "grid_size")
+    gh, gw = to_2tuple(grid_size, "grid_size")
     p = int(index) - num_prefix_tokens
     if int(index) < 0 or p >= gh * gw:
         raise ValueError(
@@ -149,7 +166,7 @@ def upsample_map(grid_map: torch.Tensor, image_size: Size2, mode: str = "bilinea
             f"`grid_map` must be a tensor of shape (h, w) or (B, h, w), "
             f"got {getattr(grid_map, 'shape', type(grid_map).__name__)}"
         )
-    size = _to_2tuple(image_size, "image_size")
+    size = to_2tuple(image_size, "image_size")
     squeeze = grid_map.dim() == 2
     x = grid_map[None, None] if squeeze else grid_map[:, None]
     if not x.is_floating_point():
@@ -195,7 +212,7 @@ def vit_attention_to_image(
         )
     if mode not in _MODES:
         raise ValueError(f"`mode` must be one of {_MODES}, got {mode!r}")
-    gh, gw = _to_2tuple(grid_size, "grid_size")
+    gh, gw = to_2tuple(grid_size, "grid_size")
     if num_prefix_tokens < 0:
         raise ValueError(f"`num_prefix_tokens` must be >= 0, got {num_prefix_tokens}")
     n = attn_row.shape[-1]
@@ -224,9 +241,9 @@ def swin_block_geometry(block) -> dict:
         if not hasattr(block, attr):
             raise ValueError(f"`block` has no attribute {attr!r}; expected a timm SwinTransformerBlock")
     return dict(
-        resolution=_to_2tuple(block.input_resolution, "block.input_resolution"),
-        window_size=_to_2tuple(block.window_size, "block.window_size"),
-        shift_size=_to_2tuple(block.shift_size, "block.shift_size", minimum=0),
+        resolution=to_2tuple(block.input_resolution, "block.input_resolution"),
+        window_size=to_2tuple(block.window_size, "block.window_size"),
+        shift_size=to_2tuple(block.shift_size, "block.shift_size", minimum=0),
     )
 
 
@@ -248,9 +265,9 @@ def swin_token_window(
         ``(B * nW, heads, Nw, Nw)`` attention
         (``batch_index * nWh * nWw + (rr // wh) * nWw + rc // ww``), ``local`` the query/key dim.
     """
-    H, W = _to_2tuple(resolution, "resolution")
-    wh, ww = _to_2tuple(window_size, "window_size")
-    sh, sw = _to_2tuple(shift_size, "shift_size", minimum=0)
+    H, W = to_2tuple(resolution, "resolution")
+    wh, ww = to_2tuple(window_size, "window_size")
+    sh, sw = to_2tuple(shift_size, "shift_size", minimum=0)
     r, c = int(query[0]), int(query[1])
     if not (0 <= r < H and 0 <= c < W):
         raise ValueError(f"`query`=({r}, {c}) outside the stage token grid {(H, W)}")
@@ -317,9 +334,9 @@ def swin_window_attention_to_image(
         )
     if resolution is None:
         raise ValueError("`resolution` (H, W) of the stage token grid is required")
-    H, W = _to_2tuple(resolution, "resolution")
-    wh, ww = _to_2tuple(window_size, "window_size")
-    sh, sw = _to_2tuple(shift_size, "shift_size", minimum=0)
+    H, W = to_2tuple(resolution, "resolution")
+    wh, ww = to_2tuple(window_size, "window_size")
+    sh, sw = to_2tuple(shift_size, "shift_size", minimum=0)
     if attn.shape[-1] != wh * ww:
         raise ValueError(
             f"`attn` window dim Nw={attn.shape[-1]} does not match window_size {(wh, ww)} (Nw = {wh * ww})"
@@ -340,7 +357,7 @@ def swin_window_attention_to_image(
     if query_pixel is not None:
         if image_size is None:
             raise ValueError("`query_pixel` requires `image_size` (H_img, W_img)")
-        ih, iw = _to_2tuple(image_size, "image_size")
+        ih, iw = to_2tuple(image_size, "image_size")
         y, x = float(query_pixel[0]), float(query_pixel[1])
         if not (0 <= y < ih and 0 <= x < iw):
             raise ValueError(f"`query_pixel`=({y}, {x}) outside image {(ih, iw)}")

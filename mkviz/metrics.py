@@ -26,6 +26,8 @@ from typing import Literal, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
+from .maps import to_2tuple
+
 __all__ = [
     "chart_cosine_similarity",
     "chart_js_divergence",
@@ -54,21 +56,6 @@ def _as_float(x: torch.Tensor) -> torch.Tensor:
     if x.dtype == torch.float64:
         return x
     return x.float()
-
-
-def _to_2tuple(v, name: str, minimum: int = 1) -> Tuple[int, int]:
-    """An int or a pair (h, w) as a pair of ints >= minimum, else a ValueError naming `name`."""
-    if isinstance(v, torch.Size):
-        v = tuple(v)
-    if isinstance(v, int) and not isinstance(v, bool):
-        out = (v, v)
-    elif isinstance(v, (tuple, list)) and len(v) == 2:
-        out = (int(v[0]), int(v[1]))
-    else:
-        raise ValueError(f"`{name}` must be an int or a pair (h, w), got {v!r}")
-    if out[0] < minimum or out[1] < minimum:
-        raise ValueError(f"`{name}` must be {'positive' if minimum == 1 else f'>= {minimum}'}, got {out}")
-    return out
 
 
 def _to_2tuple_float(v, name: str) -> Tuple[float, float]:
@@ -393,7 +380,7 @@ def mean_attention_distance(
     """
     _check_square_attn(attn, "attn")
     _check_reduce(reduce, ("mean", "none"))
-    gs = _to_2tuple(grid_size, "grid_size")
+    gs = to_2tuple(grid_size, "grid_size")
     ps = _to_2tuple_float(patch_size, "patch_size")
     sl = _patch_slice(attn.shape[-1], gs, num_prefix_tokens, "attn")
     a = _as_float(attn)[..., sl, sl]  # (..., P, P)
@@ -527,7 +514,7 @@ def patch_coverage(
         )
     if weighting not in _COVERAGE_MODES:
         raise ValueError(f"`weighting` must be one of {_COVERAGE_MODES}, got {weighting!r}")
-    gh, gw = _to_2tuple(grid_size, "grid_size")
+    gh, gw = to_2tuple(grid_size, "grid_size")
     squeeze = mask.dim() == 2
     m = mask[None] if squeeze else mask
     if m.shape[-2] < gh or m.shape[-1] < gw:
@@ -583,7 +570,7 @@ def attention_on_evidence(
     _check_tensor(attn_rows, "attn_rows")
     if attn_rows.dim() < 1:
         raise ValueError(f"`attn_rows` must have shape (..., N), got {tuple(attn_rows.shape)}")
-    gs = _to_2tuple(grid_size, "grid_size")
+    gs = to_2tuple(grid_size, "grid_size")
     sl = _patch_slice(attn_rows.shape[-1], gs, num_prefix_tokens, "attn_rows")
     cov = patch_coverage(mask, gs, weighting)  # (P,) or (B, P)
     a = _as_float(attn_rows)

@@ -44,7 +44,7 @@ from torch import nn
 from timm.layers import Attention
 from timm.models.swin_transformer import WindowAttention
 
-from .attention import _ManifoldQKV
+from .attention import ManifoldQKV
 from .maps import (patch_grid, query_index, swin_block_geometry, swin_window_attention_to_image,
                    vit_attention_to_image)
 from . import metrics as _metrics
@@ -57,7 +57,7 @@ LayerSpec = Union[None, str, int, Sequence[Union[str, int]]]
 
 # --------------------------------------------------------------------------- discovery
 def _is_plain(module: nn.Module) -> bool:
-    return isinstance(module, (Attention, WindowAttention)) and not isinstance(module, _ManifoldQKV)
+    return isinstance(module, (Attention, WindowAttention)) and not isinstance(module, ManifoldQKV)
 
 
 def attention_layers(model: nn.Module) -> List[str]:
@@ -66,7 +66,7 @@ def attention_layers(model: nn.Module) -> List[str]:
     Recordable: mkviz manifold-key attention (`ManifoldAttention`, `ManifoldWindowAttention`) and plain
     timm `Attention` (ViT, DeiT, folded models) and Swin `WindowAttention`.
     """
-    return [name for name, m in model.named_modules() if isinstance(m, _ManifoldQKV) or _is_plain(m)]
+    return [name for name, m in model.named_modules() if isinstance(m, ManifoldQKV) or _is_plain(m)]
 
 
 def select_layers(model: nn.Module, layers: LayerSpec = None) -> List[str]:
@@ -102,12 +102,12 @@ def select_layers(model: nn.Module, layers: LayerSpec = None) -> List[str]:
 
 
 # --------------------------------------------------------------------------- per-chart attention
-def chart_keys_of(module: _ManifoldQKV, x: torch.Tensor) -> torch.Tensor:
+def chart_keys_of(module: ManifoldQKV, x: torch.Tensor) -> torch.Tensor:
     """Chart keys K_c of a manifold module for its input x (B, N, C_in): (B, H, N, C) (`key.chart_keys`)."""
     return module.key.chart_keys(x)
 
 
-def chart_attention_of(module: _ManifoldQKV, q: torch.Tensor, chart_keys: torch.Tensor,
+def chart_attention_of(module: ManifoldQKV, q: torch.Tensor, chart_keys: torch.Tensor,
                        attn_bias: Optional[torch.Tensor], keys_buffer: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Per-chart attention A_c = softmax(q · k_norm(K_c)ᵀ · scale + attn_bias).
 
@@ -131,7 +131,7 @@ def chart_attention_of(module: _ManifoldQKV, q: torch.Tensor, chart_keys: torch.
     return _chart_softmax(module, q, k, attn_bias, H)
 
 
-def _chart_softmax(module: _ManifoldQKV, q: torch.Tensor, k: torch.Tensor, attn_bias: Optional[torch.Tensor],
+def _chart_softmax(module: ManifoldQKV, q: torch.Tensor, k: torch.Tensor, attn_bias: Optional[torch.Tensor],
                    H: int) -> torch.Tensor:
     """q (B, heads, N, d), k (B·heads, H·N, d) (rows: chart, token) -> per-chart attention (B, H, heads, N, N),
     a permuted view. Without autograd the softmax runs in place: the maps are the recording's largest tensors."""
@@ -267,7 +267,7 @@ class AttentionRecording:
                     self.membership[name] = self._keep(module.key.membership_probs(x))
         return recorder
 
-    def _record_charts(self, name: str, module: _ManifoldQKV, x: torch.Tensor, q: torch.Tensor,
+    def _record_charts(self, name: str, module: ManifoldQKV, x: torch.Tensor, q: torch.Tensor,
                        attn_bias: Optional[torch.Tensor]) -> None:
         """Chart keys (B, H, N, C) and per-chart attention (B, H, heads, N, N) of one layer; x (B, N, C_in).
 
@@ -298,7 +298,7 @@ class AttentionRecording:
         self._undo.append(handle.remove)
         for name in self.layers:
             module = model.get_submodule(name)
-            if isinstance(module, _ManifoldQKV):
+            if isinstance(module, ManifoldQKV):
                 previous = module.recorder
                 module.recorder = self._manifold_recorder(name, previous)
                 self._undo.append(lambda m=module, p=previous: setattr(m, "recorder", p))

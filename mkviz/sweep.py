@@ -168,10 +168,10 @@ def expand_runs(sweep: dict[str, Any], only: Optional[str] = None) -> list[Run]:
 
 def _params_of(cfg: Any) -> int:
     from .cost import count_params
-    from .train import _model_spec, _num_classes, build_model
+    from .train import model_spec, num_classes_of, build_model
 
     c = cfg.resolved()
-    return count_params(build_model(_model_spec(c, _num_classes(c))))
+    return count_params(build_model(model_spec(c, num_classes_of(c))))
 
 
 def match_mlp_ratio(cfg: Any, target_params: int) -> float:
@@ -203,9 +203,8 @@ def _paths(sweep: dict[str, Any], run: Run) -> tuple[Path, Path]:
 
 
 def _diff_settings(saved: dict[str, Any], asked: dict[str, Any]) -> list[str]:
-    from .train import _RUNTIME_FIELDS
-    return [f"{k}={saved.get(k)!r} (saved) vs {asked.get(k)!r} (asked)" for k in sorted(set(saved) | set(asked))
-            if k not in _RUNTIME_FIELDS and saved.get(k) != asked.get(k)]
+    from .train import changed_settings
+    return changed_settings(saved, asked)
 
 
 def run_state(sweep: dict[str, Any], run: Run) -> str:
@@ -325,9 +324,9 @@ def run_sweep(sweep: dict[str, Any], jobs: Optional[int] = None, only: Optional[
 
 # ----------------------------------------------------------------------------- CLI
 def make_parser() -> argparse.ArgumentParser:
-    from .train import _Parser
+    from .cli import ArgumentParser
 
-    p = _Parser(prog="mkviz sweep", description="Train every run of a sweep file (resumable), then regenerate "
+    p = ArgumentParser(prog="mkviz sweep", description="Train every run of a sweep file (resumable), then regenerate "
                 "its report page from the per-run JSON.")
     p.add_argument("config", help="sweep YAML file, e.g. configs/repro_small.yaml")
     p.add_argument("--jobs", type=int, help="runs in parallel (default: the file's 'jobs')")

@@ -44,6 +44,7 @@ from timm.data import resolve_data_config
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from . import checkpoint as ckpt
+from .cli import ArgumentParser
 from .checkpoint import CheckpointError
 from .convert import convert, create_model, manifold_modules, unbalanced_atlas_loss
 from .data import DATASET_NAMES, data_config
@@ -51,6 +52,7 @@ from .key import VARIANTS, resolve_variant
 from .optim import build_optimizer
 
 __all__ = ["TrainConfig", "PRESETS", "train", "evaluate", "load_checkpoint", "build_model", "build_datasets",
+           "changed_settings", "model_spec", "num_classes_of", "apply_data_config", "RUNTIME_FIELDS",
            "EpochBatchSampler", "lr_at", "main"]
 
 # Small ViTs defined by timm kwargs on top of a timm model name.
@@ -66,7 +68,7 @@ VARIANT_CHOICES = ("baseline",) + VARIANTS
 NUM_CLASSES = {"shapes": 4, "digits": 10, "fashion-mnist": 10, "cifar10": 10, "cifar100": 100}
 
 # fields of TrainConfig that do not change the trajectory of a run (may differ when resuming)
-_RUNTIME_FIELDS = {"out", "resume", "overwrite", "quiet", "compile", "num_workers", "save_every_steps", "keep_last",
+RUNTIME_FIELDS = {"out", "resume", "overwrite", "quiet", "compile", "num_workers", "save_every_steps", "keep_last",
                    "log_every", "device", "export", "export_half", "max_steps", "data_root", "download",
                    "deterministic", "optimizer_state", "amp"}
 # files in --out that a fresh run does not replace without --overwrite (a run's results, an exported checkpoint)
@@ -152,8 +154,8 @@ class TrainConfig:
             c.variant = resolve_variant(c.variant)
         if c.dataset not in DATASET_NAMES:
             raise ValueError(f"dataset must be one of {list(DATASET_NAMES)}, got {c.dataset!r}")
-        if c.num_train is None and c.dataset == "shapes":
-            c.num_train = 8000
+        if c.num_train is None and c.dataset != "fashion-mnist":
+            c.num_train = 8000  # shapes' default (unused by digits, CIFAR, ImageFolder)
         for name in ("epochs", "batch_size", "num_charts", "kernel_size", "num_val", "keep_last"):
             _positive(name, getattr(c, name))
         if c.num_train is not None:
@@ -215,7 +217,7 @@ def _positive(name: str, value: Any, allow_zero: bool = False) -> None:
 
 
 # ----------------------------------------------------------------------------- model
-def _model_spec(cfg: TrainConfig, num_classes: int) -> dict[str, Any]:
+def model_spec(cfg: TrainConfig, num_classes: int) -> dict[str, Any]:
     return dict(model=cfg.model, timm_kwargs={**cfg.timm_kwargs, "num_classes": num_classes}, variant=cfg.variant,
                 num_charts=cfg.num_charts, context_broadcast=cfg.context_broadcast, kernel_size=cfg.kernel_size,
                 expand_from=cfg.expand_from, ua_weight=cfg.ua_weight)
@@ -325,7 +327,7 @@ def _init_from(model_spec: dict[str, Any], path: str, seed: int) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------- data
-def _num_classes(cfg: TrainConfig) -> int:
+def num_classes_of(cfg: TrainConfig) -> int:
     if cfg.dataset in NUM_CLASSES:
         return NUM_CLASSES[cfg.dataset]
     from .data import build_dataset
@@ -510,10 +512,18 @@ def _check_run_json(out: Path) -> None:
                               "it or delete it to resume, or start again with --overwrite")
 
 
+def changed_settings(saved: dict[str, Any], asked: dict[str, Any], saved_as: str = "saved") -> list[str]:
+    """The fields that change a run's trajectory (not `RUNTIME_FIELDS`) on which two `TrainConfig` dicts
+    differ, as "name=saved (saved_as) vs asked (asked)". A field missing from `saved` (a config written
+    before the field existed) counts as its default value."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+    keys = [k for k in sorted(set(saved) | set(asked)) if k not in RUNTIME_FIELDS]
+    return [f"{k}={saved.get(k, defaults.get(k))!r} ({saved_as}) vs {asked.get(k)!r} (asked)" for k in keys
+            if saved.get(k, defaults.get(k)) != asked.get(k)]
+
+
 def _check_resume_config(saved: dict[str, Any], cfg: TrainConfig, where: Path) -> None:
-    asked = cfg.to_dict()
-    diffs = [f"{k}={saved.get(k)!r} (checkpoint) vs {asked[k]!r} (asked)"
-             for k in asked if k not in _RUNTIME_FIELDS and saved.get(k) != asked[k]]
+    diffs = changed_settings(saved, cfg.to_dict(), "checkpoint")
     if diffs:
         raise CheckpointError(f"--resume: checkpoint {where} was made with other arguments: " + "; ".join(diffs)
                               + " (resume with the same arguments)")
@@ -568,8 +578,8 @@ def _train(cfg: TrainConfig, d: _Dist, device: torch.device) -> dict[str, Any]:
                                   f"processes, this run has {d.world}")
 
     torch.manual_seed(cfg.seed)
-    num_classes = _num_classes(cfg)
-    spec = _model_spec(cfg, num_classes)
+    num_classes = num_classes_of(cfg)
+    spec = model_spec(cfg, num_classes)
     if cfg.init_from and resume_from is None:
         model = _init_from(spec, cfg.init_from, cfg.seed)
     else:
@@ -780,11 +790,6 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
 
 
 # ----------------------------------------------------------------------------- CLI
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one clear line (via mkviz.cli), not usage + error
-        raise ValueError(message)
-
-
 def _kv(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ValueError(f"--timm-kwarg expects KEY=VALUE, got {text!r}")
@@ -796,7 +801,7 @@ def _kv(text: str) -> tuple[str, Any]:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="mkviz train", description="Train or fine-tune a baseline or manifold-key timm model "
+    p = ArgumentParser(prog="mkviz train", description="Train or fine-tune a baseline or manifold-key timm model "
                 "(one process, or several with torchrun).", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     m = p.add_argument_group("model")
     m.add_argument("--model", help="timm model name (default: the preset's)")

@@ -36,7 +36,7 @@ from torch.nn import functional as F
 
 from . import figures as _fig
 from . import metrics as _metrics
-from .attention import ManifoldWindowAttention, _ManifoldQKV
+from .attention import ManifoldWindowAttention, ManifoldQKV
 from .maps import patch_grid, query_index, swin_block_geometry, swin_window_attention_to_image
 from .record import record_attention
 
@@ -66,7 +66,7 @@ class AttentionCache:
                              f"{getattr(images, 'shape', type(images).__name__)}")
         self.images = images if images.is_floating_point() else images.float() / 255.0
         self.cache_size = max(1, int(cache_size))
-        self.layers = [n for n, m in model.named_modules() if isinstance(m, _ManifoldQKV)]
+        self.layers = [n for n, m in model.named_modules() if isinstance(m, ManifoldQKV)]
         if not self.layers:
             raise ValueError(f"{type(model).__name__} has no manifold-key attention layer: convert it first "
                              "(mkviz.convert(model, variant, num_charts)); plain timm attention has no charts")
@@ -424,7 +424,8 @@ class ChartExplorer(_ControlsMixin):
 
     Attributes: controls `image_slider`, `layer_dropdown`, `head_dropdown` ("mean" or an int), `row_slider`,
     `col_slider`, `similarity_toggle` ("cosine" | "js" | "cka"), `shared_scale_checkbox`, `info`; figures
-    `maps_figure` (fused + H chart maps, `figures.chart_maps_figure` layout), `similarity_figure`,
+    `maps_figure` (fused + H chart maps, `figures.chart_maps_figure` layout; `heat_traces`: its heat-map
+    traces, fused first, whose `z` is what is drawn), `similarity_figure`,
     `stats_figure` (per-chart entropy and, with masks, share of attention on evidence, for the current
     query); `widget` (the top-level ipywidgets.VBox); `cache` (the `AttentionCache`).
     """
@@ -453,10 +454,10 @@ class ChartExplorer(_ControlsMixin):
         fused, charts, frow, crow = self.cache.maps(self.image_index, self.layer, self.head, self.query)
         fig = _fig.chart_maps_figure(self._display[0], fused, charts, query=self.query, panel_size=height_per_row)
         self.maps_figure = go.FigureWidget(fig)
-        self._heat = [self._trace(self.maps_figure, "fused")] + \
+        self.heat_traces = [self._trace(self.maps_figure, "fused")] + \
             [self._trace(self.maps_figure, f"chart {c + 1}") for c in range(H)]
         self._boxes = [self._trace(self.maps_figure, f"query {p}") for p in range(H + 1)]
-        for t in self._heat:  # each heat map covers its panel's image: a click on a panel lands on it
+        for t in self.heat_traces:  # each heat map covers its panel's image: a click on a panel lands on it
             t.on_click(self.on_image_click)
 
         self.similarity_figure = go.FigureWidget(_fig.similarity_heatmap(
@@ -551,11 +552,11 @@ class ChartExplorer(_ControlsMixin):
         zs = [fused.numpy()] + [c.numpy() for c in charts]
         shared = self.shared_scale_checkbox.value
         lo, hi = (float(min(z.min() for z in zs)), float(max(z.max() for z in zs))) if shared else (None, None)
-        geo = _fig._heat_geometry(self.cache.image_size, fused.shape)
+        geo = _fig.heat_geometry(self.cache.image_size, fused.shape)
         xs, ys = _fig.query_box_path(*self.query, self._cell())
         st = self.current_stats()
         with self.maps_figure.batch_update():
-            for t, z in zip(self._heat, zs):
+            for t, z in zip(self.heat_traces, zs):
                 t.update(z=z, zmin=lo if shared else float(z.min()), zmax=hi if shared else float(z.max()))
                 if t.dx != geo["dx"] or t.dy != geo["dy"]:  # Swin stages differ in grid size
                     t.update(**geo)
@@ -626,10 +627,10 @@ class ChartCountExplorer(_ControlsMixin):
         fig = _fig.chart_maps_figure(self._display[0], fused, chs, query=self.query, num_panels=1 + self.max_charts,
                                      panel_size=height_per_row, title="fused map and the charts' maps")
         self.maps_figure = go.FigureWidget(fig)
-        self._heat = [ChartExplorer._trace(self.maps_figure, "fused")] + \
+        self.heat_traces = [ChartExplorer._trace(self.maps_figure, "fused")] + \
             [ChartExplorer._trace(self.maps_figure, f"chart {c + 1}") for c in range(self.max_charts)]
         self._boxes = [ChartExplorer._trace(self.maps_figure, f"query {p}") for p in range(self.max_charts + 1)]
-        for t in self._heat:  # each heat map covers its panel's image: a click on a panel lands on it
+        for t in self.heat_traces:  # each heat map covers its panel's image: a click on a panel lands on it
             t.on_click(self.on_image_click)
         self.similarity_figure = go.FigureWidget(_fig.similarity_heatmap(
             self.cache.similarity(self.image_index, self.layer, self.head, "cosine"), "cosine", height=360))
@@ -669,7 +670,7 @@ class ChartCountExplorer(_ControlsMixin):
 
     def visible_chart_panels(self) -> int:
         """How many chart panels (not counting the fused one) are visible now."""
-        return sum(1 for t in self._heat[1:] if t.visible)
+        return sum(1 for t in self.heat_traces[1:] if t.visible)
 
     def current_maps(self) -> Tuple[torch.Tensor, torch.Tensor]:
         fused, charts, _, _ = self.cache.maps(self.image_index, self.layer, self.head, self.query)
@@ -693,12 +694,12 @@ class ChartCountExplorer(_ControlsMixin):
         zs = [fused.numpy()] + [c.numpy() for c in charts]
         shared = self.shared_scale_checkbox.value
         lo, hi = (float(min(z.min() for z in zs)), float(max(z.max() for z in zs))) if shared else (None, None)
-        geo = _fig._heat_geometry(self.cache.image_size, fused.shape)
+        geo = _fig.heat_geometry(self.cache.image_size, fused.shape)
         xs, ys = _fig.query_box_path(*self.query, self._cell())
         with self.maps_figure.batch_update():
             if self.maps_figure.layout.meta["charts"] != H:  # the grid for 1 + H panels, the rest hidden
                 _fig.show_chart_panels(self.maps_figure, 1 + H)
-            for z, t in zip(zs, self._heat):
+            for z, t in zip(zs, self.heat_traces):
                 t.update(z=z, zmin=lo if shared else float(z.min()), zmax=hi if shared else float(z.max()))
                 if t.dx != geo["dx"] or t.dy != geo["dy"]:
                     t.update(**geo)

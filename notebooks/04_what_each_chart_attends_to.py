@@ -206,7 +206,7 @@ for layer in rec.layers:
     ex.layer_dropdown.value = layer
     for query in ((0, 0), (3, 3), (6, 2)):
         ex.row_slider.value, ex.col_slider.value = query
-        drawn = [np.asarray(t.z) for t in ex._heat]                # fused + H charts, each (7, 7)
+        drawn = [np.asarray(t.z) for t in ex.heat_traces]                # fused + H charts, each (7, 7)
         expected = [rec.image_map(layer, query, head=head)] + \
                    [rec.image_map(layer, query, chart=c, head=head) for c in range(ex.cache.num_charts)]
         worst = max(worst, max(float(np.abs(d - e.numpy()).max()) for d, e in zip(drawn, expected)))

@@ -210,7 +210,7 @@ for h, m in models.items():
     ex.charts_slider.value = h
     with torch.no_grad(), mkviz.record_attention(m, layers=[layer], to_cpu=True) as rec:
         m(test.batch([explore[image_i]]).image.to(DEVICE))               # (1, 3, 28, 28)
-    drawn = [np.asarray(t.z) for t in ex._heat[:h + 1]]                   # fused + h charts, each (7, 7)
+    drawn = [np.asarray(t.z) for t in ex.heat_traces[:h + 1]]                   # fused + h charts, each (7, 7)
     expected = [rec.image_map(layer, query)] + [rec.image_map(layer, query, chart=c) for c in range(h)]
     worst = max(worst, max(float(np.abs(d - e.numpy()).max()) for d, e in zip(drawn, expected)))
     assert ex.visible_chart_panels() == h
