@@ -6,7 +6,7 @@
     count_params / count_flops         cost (mkviz.cost)
     record_attention                   fused and per-chart attention, chart keys (mkviz.record)
     integrated_gradients, ...          captum attributions: pixels, patches, attention (mkviz.attribution)
-    ChartExplorer, ChartCountExplorer  interactive explorers, ipywidgets + plotly (mkviz.viz)
+    ChartExplorer, ChartCountExplorer  interactive explorers, ipywidgets + plotly (mkviz.explorers)
     mkviz.figures                      plain plotly figures (overlays, chart maps, similarity, curves, tables)
     TrainConfig, load_checkpoint       training and checkpoints (mkviz.train; `mkviz train` on the command line)
 """
@@ -31,7 +31,7 @@ _EXPORTS = {
     "eval_mode": "record", "record_attention": "record", "select_layers": "record",
     "attention_attribution": "attribution", "attention_replaced": "attribution",
     "integrated_gradients": "attribution", "layer_integrated_gradients": "attribution",
-    "ChartCountExplorer": "viz", "ChartExplorer": "viz",
+    "ChartCountExplorer": "explorers", "ChartExplorer": "explorers",
     "TrainConfig": "train", "load_checkpoint": "train",
 }
 

@@ -493,7 +493,7 @@ def explorer_latency(model: str = "vit_small_patch16_224", img_size: int = 224, 
     first_forward_ms: building the explorer's cache for one image (the recorded forward);
     slider_move_ms: median of `moves` query-slider moves (re-slice the cached maps, update the figure).
     """
-    from .viz import ChartExplorer
+    from .explorers import ChartExplorer
 
     torch.manual_seed(seed)
     base = timm.create_model(model, pretrained=False, img_size=img_size).eval()

@@ -164,3 +164,31 @@ def test_design_document_cross_references_and_named_tests_exist():
     for file, func in sorted(named):
         source = (ROOT / "tests" / file).read_text(encoding="utf-8")
         assert re.search(rf"^def {func}\(", source, re.M), f"docs/design.md names {file}::{func}; no such test"
+
+
+APPLICATIONS = {"demo", "demo_pretrained", "report", "bench", "bench_record", "sweep", "sweep_report", "shipped"}
+
+
+def _mkviz_imports(path: Path) -> set[str]:
+    """mkviz modules a module imports, at any depth (function-level imports included)."""
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            names |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mkviz."):
+            names.add(node.module.split(".")[1])
+    return names
+
+
+def test_the_library_never_imports_the_applications():
+    """README's layout: the library (what notebooks import) stands below the applications (demo, bench,
+    sweep, shipped); cli.py, the dispatcher, imports no mkviz module statically."""
+    modules = {p.stem: p for p in (ROOT / "mkviz").glob("*.py") if p.stem != "__init__"}
+    assert APPLICATIONS <= set(modules)
+    assert _mkviz_imports(modules["cli"]) <= {"__version__"} | {""}
+    for name, path in modules.items():
+        if name not in APPLICATIONS:
+            wrong = _mkviz_imports(path) & APPLICATIONS
+            assert not wrong, f"library module {name} imports application modules {wrong}"

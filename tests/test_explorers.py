@@ -1,4 +1,4 @@
-"""Figures (mkviz.figures) and explorers (mkviz.viz): exact data in the figures, controls driven from Python.
+"""Figures (mkviz.figures) and explorers (mkviz.explorers): exact data in the figures, controls driven from Python.
 
 Expected maps are computed independently: a separate forward inside `mkviz.record_attention` and
 `AttentionRecording.image_map` / `mkviz.metrics`, never through the explorer's cache.
@@ -23,7 +23,7 @@ from conftest import small_swin, small_vit
 
 go = pytest.importorskip("plotly.graph_objects")
 pytest.importorskip("ipywidgets")
-viz = pytest.importorskip("mkviz.viz")
+viz = pytest.importorskip("mkviz.explorers")
 
 
 def _exact(actual, expected, atol=0.0):
