@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install data chromium demo test lab bench-params checkpoints repro sync-notebooks clean
+.PHONY: install data chromium demo test test-fast lab bench-params checkpoints repro sync-notebooks clean
 
 install: $(STAMP) data
 
@@ -20,6 +20,10 @@ demo: install
 # the tests, then every notebook executed by nbmake in small mode (MKVIZ_SMALL=1)
 test: install chromium
 	MKVIZ_SMALL=1 $(BIN)/python -m pytest tests notebooks --nbmake --nbmake-timeout=600 $(PYTEST_ARGS)
+
+# while developing: the tests not marked slow, without the notebooks (`make test` runs everything)
+test-fast: install
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest tests -m "not slow" $(PYTEST_ARGS)
 
 # after editing a notebook's .py (or .ipynb) source: make the pair agree again
 sync-notebooks: install

@@ -48,6 +48,18 @@ def seeded():
 
 
 # ----------------------------------------------------------------------------- browser
+def screenshots_dir() -> "Path":
+    """Where browser tests leave their screenshots for a person to look at: $MKVIZ_SCREENSHOTS, else
+    <temp>/mkviz-screenshots (never inside the repository)."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(os.environ.get("MKVIZ_SCREENSHOTS") or Path(tempfile.gettempdir()) / "mkviz-screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-quic", "--no-first-run", "--disable-sync"]
 

@@ -139,4 +139,5 @@ def test_explorer_latency_measures_a_slider_move():
 
     ms = explorer_latency("vit_tiny_patch16_224", img_size=32, num_charts=2, moves=3)
     assert set(ms) == {"first_forward_ms", "slider_move_ms"}
-    assert 0 < ms["slider_move_ms"] < ms["first_forward_ms"] + 1e4
+    # a slider move redraws from the cache: cheaper than the recorded forward that built the explorer
+    assert ms["slider_move_ms"] < ms["first_forward_ms"]

@@ -4,7 +4,7 @@ The test starts JupyterLab on a free loopback port with a random token, on a tem
 notebooks (so nothing on disk in `notebooks/` can change, autosave or not), opens notebook 04, runs all
 cells from the Run menu, waits for the explorer's plotly FigureWidget, moves the query-row slider with the
 keyboard and checks that the rendered heat maps changed; then does the same run for notebook 06. Both
-widgets are saved as screenshots under `outputs/screenshots/` (nb04_explorer.png, nb06_chart_count.png).
+widgets are saved as screenshots in $MKVIZ_SCREENSHOTS (default <temp>/mkviz-screenshots, outside the repository).
 In 06 it then lowers the chart count (the panels re-grid: fewer rows, a lower figure; nb06_chart_count_h4.png)
 and clicks a chart panel, which must set the query sliders to the cell clicked.
 The kernels run in small mode (MKVIZ_SMALL=1) and find the shipped checkpoints through MKVIZ_ROOT (this
@@ -26,9 +26,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import screenshots_dir
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
-SCREENSHOTS = ROOT / "outputs" / "screenshots"
+SCREENSHOTS = screenshots_dir()
 NB04 = "04_what_each_chart_attends_to.ipynb"
 NB06 = "06_how_many_charts.ipynb"
 

@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from conftest import screenshots_dir
+
 from mkviz.checkpoint import SHIPPED_CHECKPOINTS
 from mkviz.data import FASHION_MNIST_SYSTEM_DIR
 from mkviz.shipped import MAIN_MODELS, NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
-SCREENSHOTS = ROOT / "outputs" / "screenshots"
+SCREENSHOTS = screenshots_dir()
 
 
 def _mkviz(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
