@@ -32,7 +32,7 @@ _EXPORTS = {
     "attention_attribution": "attribution", "attention_replaced": "attribution",
     "integrated_gradients": "attribution", "layer_integrated_gradients": "attribution",
     "ChartCountExplorer": "explorers", "ChartExplorer": "explorers",
-    "TrainConfig": "train", "load_checkpoint": "train",
+    "TrainConfig": "train", "load_checkpoint": "checkpoint",
 }
 
 __all__ = ["__version__", "figures", *_EXPORTS]

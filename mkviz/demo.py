@@ -49,7 +49,8 @@ class LoadedModel:
 
 def load_or_train(dataset: str, name: str, checkpoints: Path, out: Path, allow_training: bool = True) -> LoadedModel:
     """Load checkpoint `checkpoints/<dataset>/<name>`, else (allow_training) train it with its recipe."""
-    from .train import TrainConfig, load_checkpoint, train
+    from .checkpoint import load_checkpoint
+    from .train import TrainConfig, train
 
     path = checkpoints / dataset / name
     if (path / "model.safetensors").is_file():

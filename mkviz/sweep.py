@@ -168,7 +168,8 @@ def expand_runs(sweep: dict[str, Any], only: Optional[str] = None) -> list[Run]:
 
 def _params_of(cfg: Any) -> int:
     from .cost import count_params
-    from .train import model_spec, num_classes_of, build_model
+    from .checkpoint import build_model
+    from .train import model_spec, num_classes_of
 
     c = cfg.resolved()
     return count_params(build_model(model_spec(c, num_classes_of(c))))

@@ -45,14 +45,15 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from . import checkpoint as ckpt
 from .cli import ArgumentParser
-from .checkpoint import CheckpointError
-from .convert import convert, create_model, manifold_modules, unbalanced_atlas_loss
+from .checkpoint import (CheckpointError, apply_data_config, build_model, describe_spec, load_checkpoint,
+                         model_input_size, state_dict_mismatch)
+from .convert import convert, manifold_modules, unbalanced_atlas_loss
 from .data import DATASET_NAMES, data_config
 from .key import VARIANTS, resolve_variant
 from .optim import build_optimizer
 
-__all__ = ["TrainConfig", "PRESETS", "train", "evaluate", "load_checkpoint", "build_model", "build_datasets",
-           "changed_settings", "model_spec", "num_classes_of", "apply_data_config", "RUNTIME_FIELDS",
+__all__ = ["TrainConfig", "PRESETS", "train", "evaluate", "build_datasets",
+           "changed_settings", "model_spec", "num_classes_of", "RUNTIME_FIELDS",
            "EpochBatchSampler", "lr_at", "main"]
 
 # Small ViTs defined by timm kwargs on top of a timm model name.
@@ -223,74 +224,6 @@ def model_spec(cfg: TrainConfig, num_classes: int) -> dict[str, Any]:
                 expand_from=cfg.expand_from, ua_weight=cfg.ua_weight)
 
 
-def build_model(spec: dict[str, Any], pretrained: bool = False, seed: int = 0) -> nn.Module:
-    """The model a spec describes (`model`, `timm_kwargs`, `variant`, `num_charts`, ...)."""
-    variant = None if spec["variant"] == "baseline" else spec["variant"]
-    try:
-        model = create_model(spec["model"], variant=variant, num_charts=spec["num_charts"], pretrained=pretrained,
-                             context_broadcast=spec["context_broadcast"], kernel_size=spec["kernel_size"],
-                             expand_from=spec["expand_from"], ua_weight=spec["ua_weight"], seed=seed,
-                             **spec["timm_kwargs"])
-    except TypeError as err:  # a timm kwarg this model does not take
-        raise ValueError(f"model {spec['model']!r} does not accept these arguments {spec['timm_kwargs']}: {err}") \
-            from None
-    if spec.get("data_config"):
-        apply_data_config(model, spec["data_config"])
-    return model
-
-
-def apply_data_config(model: nn.Module, cfg: dict[str, Any]) -> None:
-    """Record the preprocessing `model` was trained with in its `pretrained_cfg`, so that
-    `timm.data.resolve_model_data_config(model)` and `timm.data.create_transform(**cfg)` reproduce it."""
-    pretrained_cfg = dict(getattr(model, "pretrained_cfg", None) or {})
-    pretrained_cfg.update({k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
-    model.pretrained_cfg = pretrained_cfg
-
-
-def _describe_spec(spec: dict[str, Any]) -> str:
-    v = spec["variant"]
-    return v if v == "baseline" else f"{v} with {spec['num_charts']} charts"
-
-
-def load_checkpoint(path: str | os.PathLike, model: Optional[nn.Module] = None,
-                    map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """(model, config) from a checkpoint directory, a run directory or a model.safetensors file.
-
-    Rebuilds the model from the saved spec (timm name, timm kwargs, variant, num_charts, ...) unless
-    `model` is given, in which case the weights are loaded into it (CheckpointError on mismatch).
-    Uses safetensors and json only. The model is returned in eval mode.
-    """
-    directory = ckpt.find_checkpoint(path)
-    tensors, meta = ckpt.load_tensors(directory / ckpt.MODEL_FILE)
-    cfg_path = directory / ckpt.CONFIG_FILE
-    if cfg_path.is_file():
-        config = ckpt.read_json(cfg_path)
-    elif "mkviz_config" in meta:
-        config = json.loads(meta["mkviz_config"])
-    else:
-        raise CheckpointError(f"checkpoint {directory} has no {ckpt.CONFIG_FILE} and no mkviz metadata")
-    spec = config.get("model_spec")
-    if not isinstance(spec, dict):
-        raise CheckpointError(f"corrupt checkpoint {cfg_path}: no model_spec")
-    if model is None:
-        model = build_model(spec)
-    if not spec.get("data_config") and "dataset" in config:  # saved before data configs were recorded
-        size = config.get("image_size") or _input_size(model) or 224
-        apply_data_config(model, data_config(config["dataset"], size, resolve_data_config({}, model=model)))
-    try:
-        model.load_state_dict(tensors, strict=True)
-    except RuntimeError as err:
-        raise CheckpointError(f"checkpoint {directory} ({_describe_spec(spec)}, model {spec['model']}) does not "
-                              f"fit the given model: {_mismatch(err)}"[:400]) from None
-    return model.to(map_location).eval(), config
-
-
-def _mismatch(err: Exception) -> str:
-    """The telling line of a load_state_dict error (its second line names the first mismatch)."""
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()] or [type(err).__name__]
-    return lines[1] if len(lines) > 1 else lines[0]
-
-
 def _init_from(model_spec: dict[str, Any], path: str, seed: int) -> nn.Module:
     """Build the asked model from a checkpoint's weights: same spec, or a baseline checkpoint converted
     function-preservingly to the asked variant; anything else is a clear error."""
@@ -302,7 +235,7 @@ def _init_from(model_spec: dict[str, Any], path: str, seed: int) -> nn.Module:
     if arch(saved) != arch(model_spec):
         raise CheckpointError(f"--init-from {path}: checkpoint is model {saved['model']} {saved['timm_kwargs']}, "
                               f"asked {model_spec['model']} {model_spec['timm_kwargs']}")
-    asked, have = _describe_spec(model_spec), _describe_spec(saved)
+    asked, have = describe_spec(model_spec), describe_spec(saved)
     same = all(saved.get(k) == model_spec.get(k) for k in ("variant", "num_charts", "context_broadcast",
                                                           "kernel_size", "expand_from"))
     if saved["variant"] == "baseline" and model_spec["variant"] != "baseline":
@@ -586,7 +519,7 @@ def _train(cfg: TrainConfig, d: _Dist, device: torch.device) -> dict[str, Any]:
         model = build_model(spec, pretrained=cfg.pretrained, seed=cfg.seed)
     model.to(device)
     # the preprocessing this run feeds the model, the timm way (timm.data.resolve_model_data_config)
-    spec["data_config"] = data_config(cfg.dataset, cfg.image_size or _input_size(model) or 224,
+    spec["data_config"] = data_config(cfg.dataset, cfg.image_size or model_input_size(model) or 224,
                                       resolve_data_config({}, model=model))
     apply_data_config(model, spec["data_config"])
     data = build_datasets(cfg, model, ("train", "val"))
@@ -594,7 +527,7 @@ def _train(cfg: TrainConfig, d: _Dist, device: torch.device) -> dict[str, Any]:
     if len(class_names) != num_classes:
         class_names = [str(i) for i in range(num_classes)]
     meta = {"train": cfg.to_dict(), "model_spec": spec, "class_names": class_names,
-            "image_size": cfg.image_size or _input_size(model), "dataset": cfg.dataset, "format_version": 1}
+            "image_size": cfg.image_size or model_input_size(model), "dataset": cfg.dataset, "format_version": 1}
 
     # AdamW; chart scales undecayed, chart maps decayed towards the identity (mkviz.optim)
     optimizer, anchored_decay = build_optimizer(model, cfg.lr, cfg.weight_decay)
@@ -620,7 +553,7 @@ def _train(cfg: TrainConfig, d: _Dist, device: torch.device) -> dict[str, Any]:
             ckpt.optimizer_from_tensors(optimizer, {k: v.to(device) for k, v in otensors.items()}, state["optimizer"])
         except (RuntimeError, CheckpointError) as err:
             raise CheckpointError(f"--resume: checkpoint {resume_from} does not fit this run's model "
-                                  f"({_describe_spec(spec)}): {_mismatch(err)}"[:400]) from None
+                                  f"({describe_spec(spec)}): {state_dict_mismatch(err)}"[:400]) from None
         epoch, batch_in_epoch, step = state["epoch"], state["batch"], state["step"]
         running, history = dict(state["running"]), list(state["history"])
         ckpt.set_rng_state(state["rng"][d.rank])
@@ -775,11 +708,6 @@ def _evaluate_test(cfg: TrainConfig, model: nn.Module, device: torch.device, amp
                         sampler=list(range(d.rank, len(ds), d.world)))
     res = evaluate(model, loader, device, amp, d.enabled)
     return {"loss": res["loss"], "acc": res["acc"]}
-
-
-def _input_size(model: nn.Module) -> Optional[int]:
-    size = getattr(getattr(model, "patch_embed", None), "img_size", None)
-    return int(size[0]) if isinstance(size, (tuple, list)) else None
 
 
 def _progress(total: int, desc: str, enabled: bool) -> Any:

@@ -75,7 +75,8 @@ import torch
 
 import mkviz
 from mkviz import figures
-from mkviz.train import TrainConfig, load_checkpoint, train
+from mkviz.checkpoint import load_checkpoint
+from mkviz.train import TrainConfig, train
 
 SMALL = os.environ.get("MKVIZ_SMALL", "0") == "1"
 DEVICE = torch.device(os.environ.get("MKVIZ_DEVICE", "cpu"))
@@ -198,7 +199,7 @@ print("written:", sorted(p.name for p in OUT.iterdir()))
 # %% [markdown]
 # The fine-tuned model starts where the baseline ended and keeps its accuracy (or improves it),
 # instead of starting from scratch. Its checkpoint (`final/`) loads with
-# `mkviz.train.load_checkpoint` into a manifold-key model that notebooks 04–06 can explore, and
+# `mkviz.checkpoint.load_checkpoint` into a manifold-key model that notebooks 04–06 can explore, and
 # `mkviz.fold` turns it back into a plain timm ViT for deployment.
 #
 # ## Summary

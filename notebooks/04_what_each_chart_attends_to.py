@@ -85,7 +85,7 @@ from mkviz.checkpoint import shipped_checkpoints_dir
 from mkviz.data import build_dataset
 from mkviz.maps import patch_grid
 from mkviz.shipped import MAIN_MODELS, checkpoint_dir
-from mkviz.train import build_model, load_checkpoint
+from mkviz.checkpoint import build_model, load_checkpoint
 
 SMALL = os.environ.get("MKVIZ_SMALL", "0") == "1"
 DEVICE = torch.device(os.environ.get("MKVIZ_DEVICE", "cpu"))

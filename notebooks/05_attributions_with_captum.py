@@ -74,7 +74,7 @@ from mkviz.checkpoint import shipped_checkpoints_dir
 from mkviz.data import build_dataset
 from mkviz.maps import patch_grid
 from mkviz.shipped import checkpoint_dir
-from mkviz.train import load_checkpoint
+from mkviz.checkpoint import load_checkpoint
 
 SMALL = os.environ.get("MKVIZ_SMALL", "0") == "1"
 DEVICE = torch.device(os.environ.get("MKVIZ_DEVICE", "cpu"))

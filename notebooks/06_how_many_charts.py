@@ -74,7 +74,8 @@ from mkviz import figures
 from mkviz.checkpoint import shipped_checkpoints_dir
 from mkviz.data import build_dataset
 from mkviz.shipped import CHART_SWEEP, checkpoint_dir
-from mkviz.train import evaluate, load_checkpoint
+from mkviz.checkpoint import load_checkpoint
+from mkviz.train import evaluate
 
 SMALL = os.environ.get("MKVIZ_SMALL", "0") == "1"
 DEVICE = torch.device(os.environ.get("MKVIZ_DEVICE", "cpu"))

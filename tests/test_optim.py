@@ -8,7 +8,8 @@ import torch
 
 import mkviz
 from mkviz.optim import build_optimizer, decay_anchors
-from mkviz.train import TrainConfig, load_checkpoint, train
+from mkviz.checkpoint import load_checkpoint
+from mkviz.train import TrainConfig, train
 
 from conftest import small_vit
 

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from mkviz import checkpoint as ckpt
-from mkviz.train import EpochBatchSampler, TrainConfig, evaluate, load_checkpoint, lr_at, train
+from mkviz.checkpoint import load_checkpoint
+from mkviz.train import EpochBatchSampler, TrainConfig, evaluate, lr_at, train
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
