@@ -46,7 +46,7 @@ __all__ = [
     "write_checkpoint_dir", "find_checkpoint", "list_checkpoints", "export_checkpoint", "check_checkpoint",
     "resume_checkpoint", "check_output_dir",
     "MODEL_FILE", "CONFIG_FILE", "OPTIM_FILE", "STATE_FILE", "LATEST_FILE", "CKPT_DIR",
-    "SHIPPED_CHECKPOINTS", "shipped_checkpoints_dir",
+    "shipped_checkpoints_dir",
     "load_checkpoint", "build_model", "apply_data_config", "describe_spec", "state_dict_mismatch",
     "model_input_size",
 ]
@@ -57,7 +57,7 @@ TMP_PREFIX = ".tmp-"
 
 
 # the small checkpoints the repository ships, beside the package (an editable install from a clone)
-SHIPPED_CHECKPOINTS = Path(__file__).resolve().parents[1] / "data" / "checkpoints"
+_PACKAGE_CHECKPOINTS = Path(__file__).resolve().parents[1] / "data" / "checkpoints"
 
 
 def shipped_checkpoints_dir() -> Path:
@@ -68,8 +68,8 @@ def shipped_checkpoints_dir() -> Path:
     for folder in (Path.cwd(), *Path.cwd().parents):
         if (folder / "pyproject.toml").is_file() and (folder / "data").is_dir():
             return folder / "data" / "checkpoints"
-    if SHIPPED_CHECKPOINTS.is_dir():
-        return SHIPPED_CHECKPOINTS
+    if _PACKAGE_CHECKPOINTS.is_dir():
+        return _PACKAGE_CHECKPOINTS
     raise FileNotFoundError("cannot find the mkviz repository's data/checkpoints: set MKVIZ_ROOT to the "
                             "repository root")
 

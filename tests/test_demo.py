@@ -10,7 +10,7 @@ import pytest
 
 from conftest import screenshots_dir
 
-from mkviz.checkpoint import SHIPPED_CHECKPOINTS
+from mkviz.checkpoint import shipped_checkpoints_dir
 from mkviz.data import FASHION_MNIST_SYSTEM_DIR
 from mkviz.shipped import MAIN_MODELS, NAMES
 
@@ -28,7 +28,7 @@ def demo_run(tmp_path_factory):
     if not (FASHION_MNIST_SYSTEM_DIR / "t10k-images-idx3-ubyte.gz").is_file():
         pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist; `make install` does it)")
     missing = [f"{d}/{n}" for d, names in (("fashion-mnist", NAMES), ("shapes", MAIN_MODELS)) for n in names
-               if not (SHIPPED_CHECKPOINTS / d / n / "model.safetensors").is_file()]
+               if not (shipped_checkpoints_dir() / d / n / "model.safetensors").is_file()]
     assert not missing, f"shipped checkpoints missing: {missing}"
     out = tmp_path_factory.mktemp("demo")
     result = _mkviz("demo", "--out", str(out), "--no-train", "--test-images", "2000")
@@ -101,11 +101,10 @@ def test_demo_errors_are_one_line(tmp_path):
 def test_shipped_checkpoints_dir_is_found_from_anywhere(tmp_path, monkeypatch):
     """The notebooks' way to the shipped checkpoints: MKVIZ_ROOT, else upwards from the working directory,
     else beside the package."""
-    from mkviz.checkpoint import shipped_checkpoints_dir
     monkeypatch.delenv("MKVIZ_ROOT", raising=False)
     monkeypatch.chdir(ROOT / "notebooks")
-    assert shipped_checkpoints_dir() == ROOT / "data" / "checkpoints" == SHIPPED_CHECKPOINTS
+    assert shipped_checkpoints_dir() == ROOT / "data" / "checkpoints"
     monkeypatch.chdir(tmp_path)  # no repository upwards: the package's own clone
-    assert shipped_checkpoints_dir() == SHIPPED_CHECKPOINTS
+    assert shipped_checkpoints_dir() == ROOT / "data" / "checkpoints"  # beside the package
     monkeypatch.setenv("MKVIZ_ROOT", str(tmp_path))
     assert shipped_checkpoints_dir() == tmp_path.resolve() / "data" / "checkpoints"
