@@ -264,12 +264,12 @@ def _load() -> Optional[float]:
         return None
 
 
-def _machine() -> dict[str, Any]:
-    info = dict(python=platform.python_version(), torch=torch.__version__, timm=timm.__version__,
-                platform=platform.platform(), cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads())
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
+def machine_description() -> dict[str, Any]:
+    """What a benchmark or sweep record says about the machine: versions, platform, CPUs, torch threads, GPU."""
+    return dict(python=platform.python_version(), torch=torch.__version__, timm=timm.__version__,
+                platform=platform.platform(), processor=platform.machine(), cpu_count=os.cpu_count(),
+                torch_threads=torch.get_num_threads(),
+                gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
 
 
 class _GroupRunner:
@@ -427,7 +427,7 @@ def run_suite(
                   batch_size=batch_size, repeats=repeats, warmup=warmup, quick=quick,
                   baseline_params=runner.base_params, baseline_flops=runner.base_flops, memory_method=mem_method,
                   optimizer=optimizer,
-                  date=datetime.date.today().isoformat(), machine=_machine(), load_average_start=_load())
+                  date=datetime.date.today().isoformat(), machine=machine_description(), load_average_start=_load())
     records: dict[tuple[str, int], dict[str, Any]] = {}
     for group in _groups(pairs):
         for rec in runner.measure(group):

@@ -36,13 +36,13 @@ from torch.nn import functional as F
 
 from . import figures as _fig
 from . import metrics as _metrics
+from .metrics import SIMILARITY_KINDS
 from .attention import ManifoldWindowAttention, ManifoldQKV
 from .maps import patch_grid, query_index, swin_block_geometry, swin_window_attention_to_image
 from .record import record_attention
 
 __all__ = ["ChartExplorer", "ChartCountExplorer", "AttentionCache", "SIMILARITY_KINDS"]
 
-SIMILARITY_KINDS = ("cosine", "js", "cka")
 Head = Optional[int]
 
 

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from .maps import to_2tuple
 
 __all__ = [
+    "SIMILARITY_KINDS",
     "chart_cosine_similarity",
     "chart_js_divergence",
     "chart_cka",
@@ -256,7 +257,7 @@ def chart_cka(
     return cka.mean(dim=0) if reduce == "mean" else cka
 
 
-_SIMILARITY_KINDS = ("cosine", "js", "cka")
+SIMILARITY_KINDS = ("cosine", "js", "cka")
 
 
 def chart_similarity(
@@ -277,8 +278,8 @@ def chart_similarity(
     Returns:
         ``(H, H)`` by default.
     """
-    if kind not in _SIMILARITY_KINDS:
-        raise ValueError(f"`kind` must be one of {_SIMILARITY_KINDS}, got {kind!r}")
+    if kind not in SIMILARITY_KINDS:
+        raise ValueError(f"`kind` must be one of {SIMILARITY_KINDS}, got {kind!r}")
     if kind in ("cosine", "cka"):
         if chart_keys is None:
             raise ValueError(f"kind={kind!r} requires `chart_keys` of shape (B, H, N, C)")

@@ -33,7 +33,6 @@ import fnmatch
 import json
 import multiprocessing as mp
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -232,14 +231,6 @@ def run_state(sweep: dict[str, Any], run: Run) -> str:
     return "todo"
 
 
-def _machine() -> dict[str, Any]:
-    import timm
-    import torch
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"platform": platform.platform(), "processor": platform.machine(), "cpu_count": os.cpu_count(),
-            "gpu": gpu, "python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__}
-
-
 def _worker_init(threads: int) -> None:
     import torch
     torch.set_num_threads(threads)
@@ -249,6 +240,8 @@ def _run_one(sweep: dict[str, Any], run: Run, state: str) -> dict[str, Any]:
     """Train (state "todo") or resume (state "partial", from `run_state`) one run and write its result JSON
     atomically; returns the record."""
     import torch
+
+    from .bench import machine_description
 
     from .cost import count_flops, count_params
     from .train import TrainConfig, train
@@ -269,7 +262,7 @@ def _run_one(sweep: dict[str, Any], run: Run, state: str) -> dict[str, Any]:
         "val_acc": res["val"]["acc"], "test_acc": res["test"]["acc"], "test_loss": res["test"]["loss"],
         "epochs": res["epoch"], "steps": res["step"], "history": res["history"],
         "train_time_s": round(sum(r["time"] for r in res["history"]), 2), "wall_time_s": round(wall, 2),
-        "resumed": state == "partial", "threads": torch.get_num_threads(), "machine": _machine(),
+        "resumed": state == "partial", "threads": torch.get_num_threads(), "machine": machine_description(),
         "train": resolved.to_dict(), "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     for key in ("out", "resume", "quiet"):
