@@ -32,6 +32,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
+from . import figures
 from .checkpoint import shipped_checkpoints_dir
 from .convert import convert, fold
 from .cost import count_flops, count_params
@@ -143,17 +144,23 @@ def _test_split(models: dict[str, LoadedModel]) -> Any:
     return build_datasets(TrainConfig(**base.config["train"]).resolved(), base.model, splits=("test",))["test"]
 
 
-def _model_table(report: Any, models: dict[str, LoadedModel], test: Any, heading: str, note: str) -> dict[str, Any]:
-    """Accuracy on `test`, parameters and FLOPs of every model, as a table; returns {name: numbers}."""
+def _accuracies(models: dict[str, LoadedModel], test: Any) -> dict[str, float]:
+    """Test accuracy of every model on the dataset `test`."""
     from .train import evaluate
 
-    size = test.image_size
     loader = torch.utils.data.DataLoader(test, batch_size=500)
+    return {name: evaluate(lm.model, loader)["acc"] for name, lm in models.items()}
+
+
+def _model_table(report: Any, models: dict[str, LoadedModel], test: Any, size: int, heading: str,
+                 note: str) -> dict[str, Any]:
+    """Accuracy on `test` (images of `size` px), parameters and FLOPs of every model, as a table and the
+    accuracy-vs-charts figure; returns {name: numbers}."""
     base_params = count_params(models["baseline"].model)
     base_flops = count_flops(models["baseline"].model, (1, 3, size, size))
     numbers, rows = {}, []
-    for name, lm in models.items():
-        acc = evaluate(lm.model, loader)["acc"]
+    for name, acc in _accuracies(models, test).items():
+        lm = models[name]
         params, flops = count_params(lm.model), count_flops(lm.model, (1, 3, size, size))
         seconds = sum(row.get("time", 0.0) for row in lm.config.get("history", []))
         numbers[name] = {"test_acc": acc, "params": params, "flops": flops, "source": lm.source}
@@ -162,14 +169,9 @@ def _model_table(report: Any, models: dict[str, LoadedModel], test: Any, heading
     report.add_table(heading, ["model", "test acc", "params", "× params", "MFLOPs", "× FLOPs", "train s", "weights"],
                      rows, note=note)
     report.add_figure("Accuracy vs number of charts (VanillaK)",
-                      _figures().accuracy_vs_charts({int(n.split("-")[1]): numbers[n]["test_acc"] for n in CHART_SWEEP},
-                                                    baseline=numbers["baseline"]["test_acc"]))
+                      figures.accuracy_vs_charts({int(n.split("-")[1]): numbers[n]["test_acc"] for n in CHART_SWEEP},
+                                                 baseline=numbers["baseline"]["test_acc"]))
     return numbers
-
-
-def _figures() -> Any:
-    from . import figures
-    return figures
 
 
 def _distinct_classes(labels: torch.Tensor, count: int) -> list[int]:
@@ -201,7 +203,7 @@ def _chart_pictures(report: Any, models: dict[str, LoadedModel], test: Any, indi
             charts = torch.stack([rec.image_map(layer, (r, c), chart=h)
                                   for h in range(rec.chart_attention[layer].shape[1])])
             report.add_figure(f"Test image {index}: '{label}', {name}, {layer}, query on {what}",
-                              _figures().chart_maps_figure(uint8[i], fused, charts, query=(r, c)),
+                              figures.chart_maps_figure(uint8[i], fused, charts, query=(r, c)),
                               note="Fused attention (left) and each chart's; the query patch is outlined; heads "
                                    "averaged. VanillaK's fused map is the normalised geometric mean of its charts'.")
 
@@ -219,7 +221,7 @@ def _chart_statistics(report: Any, models: dict[str, LoadedModel], images: torch
         with torch.no_grad(), record_attention(model, layers=[layer]) as rec:
             model(images)
         report.add_figure(f"Chart similarity, {name} ({layer})",
-                          _figures().similarity_heatmap(rec.chart_similarity(layer, "cosine"), kind="cosine"),
+                          figures.similarity_heatmap(rec.chart_similarity(layer, "cosine"), kind="cosine"),
                           note=f"Cosine similarity of the chart keys K_c, averaged over tokens and {len(images)} "
                                "test images. Under a mean fusion every chart gets the same gradient, so VanillaK's "
                                "charts stay near-copies of each other (docs/design.md §3).")
@@ -228,9 +230,9 @@ def _chart_statistics(report: Any, models: dict[str, LoadedModel], images: torch
                                                          for c in range(len(maps) - 1)]
         distance[name] = [mean_attention_distance(a, grid.grid_size, grid.num_prefix_tokens).mean().item()
                           for a in maps]
-    report.add_figure("Attention entropy per chart", _figures().chart_stat_bars(entropy, "entropy (nats)"),
+    report.add_figure("Attention entropy per chart", figures.chart_stat_bars(entropy, "entropy (nats)"),
                       note=f"{layer}, mean over queries, heads and images; 'fused' is the attention the model uses.")
-    report.add_figure("Mean attention distance per chart", _figures().chart_stat_bars(distance, "distance (patches)"),
+    report.add_figure("Mean attention distance per chart", figures.chart_stat_bars(distance, "distance (patches)"),
                       note=f"{layer}: how far (in patches) each query's attention reaches, as in the ViT paper.")
 
 
@@ -239,18 +241,17 @@ def fashion_section(report: Any, checkpoints: Path, out: Path, num_images: int, 
     """The Fashion-MNIST part of the report; returns its summary."""
     _log(f"Fashion-MNIST models from {checkpoints / 'fashion-mnist'}")
     models = {name: load_or_train("fashion-mnist", name, checkpoints, out, allow_training) for name in NAMES}
-    test = _test_split(models)
-    if num_test_images is not None:
-        test = torch.utils.data.Subset(test, range(min(num_test_images, len(test))))
-        test.image_size, test.class_names = test.dataset.image_size, test.dataset.class_names
+    full_test = _test_split(models)
+    test = full_test if num_test_images is None else \
+        torch.utils.data.Subset(full_test, range(min(num_test_images, len(full_test))))
     _log(f"evaluating {len(models)} models on {len(test)} Fashion-MNIST test images")
     report.add_text("Fashion-MNIST", "<p>Zalando's Fashion-MNIST (28&times;28 grey article images, 10 classes; "
                     "60,000 training and 10,000 test images). Each model is a 4-block ViT of width 64 on 7&times;7 "
                     "patches of 4 px, trained from scratch by <code>mkviz train</code> (data/README.md).</p>")
-    numbers = _model_table(report, models, test, f"Accuracy, parameters and FLOPs ({len(test)} test images)",
+    numbers = _model_table(report, models, test, full_test.image_size,
+                           f"Accuracy, parameters and FLOPs ({len(test)} test images)",
                            "Chance is 0.10 (10 classes). FLOPs: one image, nominal per-chart cost (mkviz.count_flops); "
                            "the fast path computes less. train s: the training time on one CPU thread.")
-    full_test = getattr(test, "dataset", test)
     layer = f"blocks.{len(models['baseline'].model.blocks) - 1}.attn"
     _log("recording fused and per-chart attention")
     _chart_pictures(report, models, full_test, _distinct_classes(full_test.labels, num_images), layer,
@@ -258,7 +259,7 @@ def fashion_section(report: Any, checkpoints: Path, out: Path, num_images: int, 
     _chart_statistics(report, models, full_test.batch(range(32)).image, layer)
     histories = {n: models[n].config["history"] for n in MAIN_MODELS if models[n].config.get("history")}
     if histories:
-        report.add_figure("Training curves (Fashion-MNIST)", _figures().training_curves(histories))
+        report.add_figure("Training curves (Fashion-MNIST)", figures.training_curves(histories))
     return {"models": numbers}
 
 
@@ -271,12 +272,8 @@ def shapes_section(report: Any, checkpoints: Path, out: Path, num_eval_images: i
     report.add_text("Shapes: attention on the evidence", "<p>On the project's procedural shapes (32 px, 4&times;4 "
                     "patches) the label is where the red object is relative to the blue one, so the two objects are "
                     "the evidence, and their masks are known. Does the red object's query attend to them?</p>")
-    numbers = {}
-    loader = torch.utils.data.DataLoader(test, batch_size=500)
-    from .train import evaluate
-    for name, lm in models.items():
-        numbers[name] = {"test_acc": evaluate(lm.model, loader)["acc"], "params": count_params(lm.model),
-                         "source": lm.source}
+    numbers = {name: {"test_acc": acc, "params": count_params(models[name].model), "source": models[name].source}
+               for name, acc in _accuracies(models, test).items()}
     layer = f"blocks.{len(models['baseline'].model.blocks) - 1}.attn"
     batch = test.batch(range(num_eval_images))
     evidence = {name: evidence_shares(models[name].model, batch.image, batch.masks, layer) for name in MAIN_MODELS}
@@ -284,7 +281,7 @@ def shapes_section(report: Any, checkpoints: Path, out: Path, num_eval_images: i
         ev = evidence[name]
         values = ev["charts"] if ev["charts"] else {"fused": ev["fused"]}
         report.add_figure(f"Attention on evidence, {name} (shapes test accuracy {numbers[name]['test_acc']:.3f})",
-                          _figures().evidence_bars(values, fused=ev["fused"] if ev["charts"] else None,
+                          figures.evidence_bars(values, fused=ev["fused"] if ev["charts"] else None,
                                                    chance=ev["chance"]),
                           note=f"Share of the red-object query's attention on the red and blue objects, {layer}, "
                                f"{num_eval_images} test images, heads averaged. Chance (dashed) = the share of "
