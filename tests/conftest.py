@@ -41,6 +41,18 @@ def assert_fast_matches_reference(key: torch.nn.Module, x: torch.Tensor) -> None
         torch.testing.assert_close(g_fast, g_ref, rtol=1e-9, atol=1e-10)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a test module: small models and many small ops run fastest that way, and the
+    numbers are reproducible. With the CPU oversubscribed (other jobs on a 2-core machine) torch's OpenMP
+    threads spin at barriers: the data tests went from ~3 s to ~60 s with two threads. Use it with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def seeded():
     torch.manual_seed(0)

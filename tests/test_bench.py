@@ -24,6 +24,7 @@ def records():
                            latency_img_size=32, model_kwargs=TINY, log=lambda s: None)
 
 
+@pytest.mark.slow
 def test_suite_records_schema(records, tmp_path):
     assert [(r["variant"], r["num_charts"]) for r in records] == \
         [("vanillak", 1), ("vanillak", 2), ("simplek", 2), ("spatialk", 2), ("kua", 2)]
@@ -56,6 +57,7 @@ def test_suite_records_schema(records, tmp_path):
             assert r["reforward_ms"] is None
 
 
+@pytest.mark.slow
 def test_suite_tables(records, tmp_path):
     text = bench.format_suite(records)
     assert "efficiency" in text and "Re-forward" in text and "kua" in text

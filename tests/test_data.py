@@ -10,15 +10,7 @@ from mkviz.data import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Rendering is many small elementwise ops; when the CPU is oversubscribed (other jobs on a 2-core
-    machine) torch's OpenMP threads spin at barriers and this file went from ~3 s to ~60 s. One thread
-    keeps it at a few seconds either way."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # rendering is many small elementwise ops
 
 
 @pytest.fixture(scope="module")

@@ -84,6 +84,7 @@ def test_demo_report_renders_in_chromium(demo_run, browser):
     page.close()
 
 
+@pytest.mark.slow
 def test_demo_errors_are_one_line(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

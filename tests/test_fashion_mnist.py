@@ -24,12 +24,7 @@ needs_data = pytest.mark.skipif(not HAVE_DATA, reason="Fashion-MNIST not install
                                 "dataset-fashion-mnist; `make install` does it as root)")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _write_idx(path, array: np.ndarray, gz: bool = True) -> None:

@@ -3,7 +3,6 @@ nothing a user saved is overwritten. Each case is driven through the CLI (in pro
 few as real subprocesses) or the API; the user's files are compared byte for byte before and after."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -27,12 +26,7 @@ MICRO = ["--preset", "micro", "--num-train", "64", "--num-val", "32", "--num-tes
          "--epochs", "2", "--quiet"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mkviz(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str]:
@@ -221,6 +215,7 @@ def test_cases_already_handled_stay_handled(tmp_path, capsys, runs):
     assert snapshot(out) == before
 
 
+@pytest.mark.slow
 def test_train_errors_as_a_real_subprocess(tmp_path):
     user = tmp_path / "notes.txt"
     user.write_text("mine\n")
@@ -289,7 +284,7 @@ configs: {{baseline: {{variant: baseline}}, vk: {{variant: {variant}, num_charts
 def test_sweep_file_errors_are_one_clear_line(tmp_path, capsys, common, variant, words):
     path = _sweep_file(tmp_path, SWEEP.format(tmp=tmp_path, common=common, variant=variant))
     code, err = mkviz(capsys, "sweep", str(path), "--list")
-    line = assert_one_line(code, err, f"mkviz sweep: error: sweep", *words)
+    line = assert_one_line(code, err, "mkviz sweep: error: sweep", *words)
     assert "common.common" not in line
 
 
@@ -349,6 +344,7 @@ def _fake_summary() -> tuple[dict, dict]:
     return sweep, summary
 
 
+@pytest.mark.slow
 def test_sweep_svg_plots_are_byte_identical_across_renders():
     from mkviz import sweep_report
     sweep, summary = _fake_summary()

@@ -22,12 +22,7 @@ HAVE_DATA = (FASHION_MNIST_SYSTEM_DIR / "t10k-images-idx3-ubyte.gz").is_file()
 FASHION = [n for n in NAMES if (shipped_checkpoints_dir() / "fashion-mnist" / n / "model.safetensors").is_file()]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_every_checkpoint_is_shipped_small_and_complete():

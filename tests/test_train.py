@@ -110,13 +110,7 @@ def test_rng_state_roundtrip_is_json():
 
 
 # ----------------------------------------------------------------------------- training
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Training tests use one thread: reproducible numbers, and no oversubscription on shared cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # reproducible numbers, no oversubscription
 
 
 @pytest.mark.slow
