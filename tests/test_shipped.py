@@ -14,7 +14,7 @@ from PIL import Image
 
 from mkviz.checkpoint import shipped_checkpoints_dir
 from mkviz.data import FASHION_MNIST_SYSTEM_DIR, ShapesDataset, load_fashion_mnist
-from mkviz.shipped import MAIN_MODELS, NAMES, checkpoint_dir, train_args
+from mkviz.shipped import NAMES, SHIPPED_NAMES, checkpoint_dir, train_args
 from mkviz.checkpoint import load_checkpoint
 from mkviz.train import TrainConfig, config_from_args, train
 
@@ -26,7 +26,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_every_checkpoint_is_shipped_small_and_complete():
-    for dataset, names in (("fashion-mnist", NAMES), ("shapes", MAIN_MODELS)):
+    for dataset, names in SHIPPED_NAMES.items():
+        assert sorted(p.name for p in (checkpoint_dir(dataset, names[0]).parent).iterdir()) == sorted(names)
         for name in names:
             d = checkpoint_dir(dataset, name)
             assert (d / "model.safetensors").is_file(), f"missing {d}: run `make checkpoints DATASET={dataset}`"
@@ -45,6 +46,8 @@ def test_recipes_parse_and_name_their_variant():
     assert config_from_args(train_args("fashion-mnist", "kua-8")).ua_weight == 0.1
     with pytest.raises(ValueError, match="checkpoint name must be one of"):
         train_args("fashion-mnist", "kua-3")
+    with pytest.raises(ValueError, match="checkpoint name must be one of"):
+        train_args("shapes", "vanillak-16")  # shapes ships the five main models only
 
 
 @pytest.fixture(scope="module")
