@@ -82,8 +82,30 @@ class ManifoldQKV(nn.Module):
         """timm's fused `qkv` for a foldable key: weight (3A, C_in) with rows [q; k; v], bias (3A,) or None.
 
         Formed in parameter space every forward while autograd records (training); without autograd
-        (eval under no_grad / inference_mode) the result is cached until a parameter changes (tracked by
-        the parameters' storage and in-place version counters), so inference costs what timm's does.
+        (eval under no_grad / inference_mode) the result is cached until a parameter changes, so inference
+        costs what timm's does (docs/design.md §6, plan "weight").
+
+        The cache. `_qkv_cache = (stamp, weight, bias)` is written and read only while
+        `torch.is_grad_enabled()` is False, so a cached tensor never carries autograd history and a
+        forward that records gradients always rebuilds (its gradients reach every parameter). The stamp
+        is `(p.data_ptr(), p._version)` for every parameter the result is built from (`qv.weight`,
+        `qv.bias`, then `self.key.parameters()` in order); `_version` is the (private, long-stable) torch
+        version counter that autograd uses to detect in-place changes to saved tensors. Equal stamps mean:
+        the same number of parameters, each still backed by the same memory and not modified in place
+        through itself or a view sharing its counter since the cache was built. So the cache is
+        invalidated (the next call rebuilds it) by
+          * any in-place update of a parameter: `optimizer.step()`, `p.add_()`/`p.copy_()`/`p.mul_()` also
+            under `torch.no_grad()` or `torch.inference_mode()`, `load_state_dict` (copies in place),
+            `reset_parameters`, `load_base_key`;
+          * new storage for a parameter: `module.to(device/dtype)`, `.half()`, `p.data = t`,
+            `load_state_dict(assign=True)`, a parameter replaced by another;
+        (tests/test_key.py::test_inference_cache_follows_parameter_changes: an optimiser step and a
+        `load_state_dict`). The key's configuration (variant, charts, kernel size) is fixed at construction,
+        and `effective_linear` runs outside autocast, so nothing else enters the result. It does NOT see
+        writes that bypass the parameter's version counter: in-place ops on `p.data` (a tensor with its
+        own counter), on its `untyped_storage()` or on a numpy view; nor, in principle, a storage
+        replaced by one the allocator places at the very address the cache saw, with an equal version.
+        After such a change, `del module._qkv_cache` (or any in-place op on the parameter itself).
         """
         params = [p for p in (self.qv.weight, self.qv.bias) if p is not None] + list(self.key.parameters())
         stamp = tuple((p.data_ptr(), p._version) for p in params)

@@ -265,7 +265,19 @@ class ManifoldKey(nn.Module):
         if bias is not None and self.chart_maps.bias is not None:
             self.chart_maps.bias.copy_(((torch.eye(C).to(weight) + delta) @ bias.to(weight)).reshape(-1))
 
-    # ------------------------------------------------------------------ reference computation
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, N, C_in) -> fused key (B, N, C).
+
+        impl "reference": every chart, then the fusion, as written (`chart_keys`, `fuse`); impl "fast" (the
+        default): the same key in the order `plan` picks (`_fast`). Both give the same outputs and gradients.
+        """
+        self._check_input(x)
+        if self.impl == "reference":
+            return self.fuse(self.chart_keys(x), x)
+        return self._fast(x)
+
+    # ------------------------------------------------------------------ reference computation (docs/design.md §2)
     def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 3 or x.shape[-1] != self.in_dim:
             raise ValueError(
@@ -317,7 +329,30 @@ class ManifoldKey(nn.Module):
             uniform = 1.0 / self.num_charts
             self.ua_loss = -self.ua_weight * (probs - uniform).pow(2).sum(-1).mean()
 
-    # ------------------------------------------------------------------ fast computation
+    # ------------------------------------------------------------------ fast computation (docs/design.md §6)
+    # The key of the reference path above, computed in another order. Invariants:
+    #   * same outputs and same gradients (of every parameter and of x) as the reference path, for every
+    #     variant, kernel_size, expand_from and bias setting; tested in float64 by tests/test_key.py
+    #     (test_fast_path_equals_reference; chart_keys: test_chart_keys_fast_equals_reference). It is the
+    #     same composition of linear maps, associated differently: the chart maps, scales and fusion are
+    #     multiplied together in parameter space (chart_operators -> fused_operator -> effective_linear,
+    #     §6's table) before they meet the tokens, so autograd through those products gives exactly the
+    #     per-chart gradients.
+    #   * products of parameters alone run with autocast off, in the parameters' dtype (_parameter_space);
+    #   * everything is formed from the current parameters on every call: nothing is cached here (the one
+    #     cache, of the fused qkv without autograd, is ManifoldQKV.qkv_linear's in mkviz/attention.py).
+    # When it applies: impl == "fast" (the default; "reference" or mkviz.key_impl(model, "reference")
+    # switches it off). forward then asks plan(B·N) for the order:
+    #   "weight"  linear variant, kernel_size 1: the whole key path is one (C, C_in) matrix (effective_linear),
+    #             one matmul per token; ManifoldQKV.project_qkv runs it in the same matmul as q and v, like timm;
+    #   "token"   linear variant, kernel_size > 1: the fused map (fused_operator, (C, cin, k)) as one dense
+    #             convolution over the base keys;
+    #   "chart"   SimpleK on so few tokens that forming its fused map (H·C²·cin·k multiply-adds, whatever the
+    #             tokens) and applying it costs more multiply-adds than the per-token charts and fusion: the
+    #             reference order (chart_keys, fuse);
+    #   "kua"     KUA, not linear in x: the base key, all charts in one matmul (_stacked_charts), the
+    #             membership-weighted sum; with kernel_size > 1 KUA takes the reference order.
+    # chart_keys itself (impl "fast", kernel_size 1) also stacks the chart operators into one matmul.
     def _parameter_space(self) -> contextlib.AbstractContextManager:
         """Products of parameters run outside autocast, in the parameters' dtype: they are tiny (no batch or
         token dimension) and their rounding would otherwise be multiplied into every token's key."""
@@ -409,6 +444,7 @@ class ManifoldKey(nn.Module):
         return "chart" if chart < fast else order
 
     def _fast(self, x: torch.Tensor) -> torch.Tensor:
+        """The fast path: x (B, N, C_in) -> fused key (B, N, C) in the order `plan(B·N)` picks."""
         B, N, _ = x.shape
         order = self.plan(B * N)
         if order == "weight":
@@ -438,13 +474,6 @@ class ManifoldKey(nn.Module):
         H, C = self.num_charts, self.key_dim
         charts = F.linear(base, ops.reshape(H * C, -1), bias.reshape(-1) if bias is not None else None)
         return charts.view(B, N, H, C)  # (B, N, H, C)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, N, C_in) -> fused key (B, N, C)."""
-        self._check_input(x)
-        if self.impl == "reference":
-            return self.fuse(self.chart_keys(x), x)
-        return self._fast(x)
 
 
 @contextlib.contextmanager

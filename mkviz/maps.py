@@ -327,6 +327,30 @@ def swin_window_attention_to_image(
     Returns:
         ``(H, W)`` map on the stage token grid, or ``(H_img, W_img)`` with ``image_size``.
     """
+    H, W, wh, ww, sh, sw, n_wh, n_ww = _check_window_attention(attn, resolution, window_size, shift_size,
+                                                                 batch_index)
+    query = _swin_query(query, query_pixel, image_size, H, W)
+    window, local = swin_token_window(query, (H, W), (wh, ww), (sh, sw), batch_index)
+    row = _window_query_row(attn[window], local, head, wh, ww)
+
+    n_win = n_wh * n_ww
+    rr, rc = (window % n_win) // n_ww, (window % n_win) % n_ww
+    grid = row.new_zeros((n_wh * wh, n_ww * ww))
+    grid[rr * wh:(rr + 1) * wh, rc * ww:(rc + 1) * ww] = row
+    grid = grid[:H, :W]
+    if sh or sw:
+        grid = torch.roll(grid, shifts=(sh, sw), dims=(0, 1))
+    if image_size is not None:
+        return upsample_map(grid, image_size, mode)
+    return grid
+
+
+def _check_window_attention(attn, resolution: Size2, window_size: Size2, shift_size: Size2,
+                            batch_index: int) -> Tuple[int, int, int, int, int, int, int, int]:
+    """Validate a Swin window-attention tensor against its stage geometry.
+
+    Returns ``(H, W, wh, ww, sh, sw, nWh, nWw)``: the stage grid, the window, the
+    shift and the number of windows along each axis (padding included)."""
     if not isinstance(attn, torch.Tensor) or attn.dim() not in (3, 4) or attn.shape[-1] != attn.shape[-2]:
         raise ValueError(
             f"`attn` must be a tensor of shape (B*nW, heads, Nw, Nw) or (B*nW, Nw, Nw), "
@@ -351,7 +375,13 @@ def swin_window_attention_to_image(
     n_batch = attn.shape[0] // n_win
     if not 0 <= batch_index < n_batch:
         raise ValueError(f"`batch_index`={batch_index} out of range for batch size {n_batch}")
+    return H, W, wh, ww, sh, sw, n_wh, n_ww
 
+
+def _swin_query(query: Optional[Tuple[int, int]], query_pixel: Optional[Tuple[float, float]],
+                image_size: Optional[Size2], H: int, W: int) -> Tuple[int, int]:
+    """The query token ``(r, c)`` on the ``(H, W)`` stage grid: ``query`` itself, or the token under
+    ``query_pixel`` ``(y, x)`` of an ``image_size`` image; exactly one of the two must be given."""
     if (query is None) == (query_pixel is None):
         raise ValueError("pass exactly one of `query` (r, c) or `query_pixel` (y, x)")
     if query_pixel is not None:
@@ -362,10 +392,12 @@ def swin_window_attention_to_image(
         if not (0 <= y < ih and 0 <= x < iw):
             raise ValueError(f"`query_pixel`=({y}, {x}) outside image {(ih, iw)}")
         query = (min(int(y * H / ih), H - 1), min(int(x * W / iw), W - 1))
+    return query
 
-    window, local = swin_token_window(query, (H, W), (wh, ww), (sh, sw), batch_index)
 
-    a = attn[window]
+def _window_query_row(a: torch.Tensor, local: int, head: Optional[int], wh: int, ww: int) -> torch.Tensor:
+    """Query ``local``'s attention row over its window's keys as a ``(wh, ww)`` tile; ``a`` is one window's
+    ``(heads, Nw, Nw)`` (one head, or their mean with ``head=None``) or head-reduced ``(Nw, Nw)``."""
     if a.dim() == 3:  # (heads, Nw, Nw)
         if head is None:
             a = a.mean(dim=0)
@@ -375,14 +407,4 @@ def swin_window_attention_to_image(
             a = a[head]
     elif head is not None:
         raise ValueError("`head` given but `attn` has no head dim (shape (B*nW, Nw, Nw))")
-    row = a[local].reshape(wh, ww)
-
-    rr, rc = (window % n_win) // n_ww, (window % n_win) % n_ww
-    grid = row.new_zeros((n_wh * wh, n_ww * ww))
-    grid[rr * wh:(rr + 1) * wh, rc * ww:(rc + 1) * ww] = row
-    grid = grid[:H, :W]
-    if sh or sw:
-        grid = torch.roll(grid, shifts=(sh, sw), dims=(0, 1))
-    if image_size is not None:
-        return upsample_map(grid, image_size, mode)
-    return grid
+    return a[local].reshape(wh, ww)

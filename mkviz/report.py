@@ -61,7 +61,7 @@ class Report:
         """The whole document as a string."""
         from plotly.offline import get_plotlyjs
 
-        parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
                  f"<title>{html.escape(self.title)}</title><style>{_STYLE}</style>",
                  f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body>",
                  f"<h1>{html.escape(self.title)}</h1>"]

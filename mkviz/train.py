@@ -490,30 +490,138 @@ def train(config: TrainConfig) -> dict[str, Any]:
             torch.distributed.destroy_process_group()
 
 
+def _new_running() -> dict[str, float]:
+    """The running sums of an epoch's training metrics (a checkpoint saves them mid-epoch)."""
+    return {"loss_sum": 0.0, "ua_sum": 0.0, "correct": 0.0, "count": 0.0, "time": 0.0}
+
+
+@dataclass
+class _Run:
+    """A training run between steps: what `_setup_run` builds and the progress a checkpoint saves
+    (epoch, batch reached within it, global step, the epoch's running metrics, the per-epoch history)."""
+
+    cfg: TrainConfig
+    d: _Dist
+    device: torch.device
+    amp: bool
+    out: Path
+    meta: dict[str, Any]                      # config.json of every checkpoint
+    model: nn.Module
+    train_model: nn.Module                    # `model`, or its DDP / torch.compile wrapper
+    optimizer: torch.optim.Optimizer
+    anchored_decay: Any                       # mkviz.optim's decay towards the chart maps' anchors
+    train_data: Dataset
+    val_loader: DataLoader
+    steps_per_epoch: int
+    total_steps: int
+    warmup: int
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    step: int = 0
+    running: dict[str, float] = field(default_factory=_new_running)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def global_batch(self) -> int:
+        return self.cfg.batch_size * self.d.world
+
+    def lr(self, step: int) -> float:
+        return lr_at(step, self.total_steps, self.cfg.lr, self.cfg.min_lr, self.warmup)
+
+    def save(self, epoch: int, batch: int) -> None:
+        """Checkpoint the run at `batch` of `epoch` (every rank's RNG state; only rank 0 writes)."""
+        cfg, d = self.cfg, self.d
+        rngs = [ckpt.rng_state()]
+        if d.enabled:
+            rngs = [None] * d.world
+            torch.distributed.all_gather_object(rngs, ckpt.rng_state())
+        if not d.main:
+            return
+        otensors, ometa = ckpt.optimizer_to_tensors(self.optimizer) if cfg.optimizer_state else ({}, {})
+        st = {"epoch": epoch, "batch": batch, "step": self.step, "steps_per_epoch": self.steps_per_epoch,
+              "total_steps": self.total_steps, "warmup_steps": self.warmup, "world_size": d.world,
+              "global_batch_size": self.global_batch, "optimizer": ometa, "rng": rngs, "running": self.running,
+              "history": self.history,
+              "scheduler": {"type": "warmup_cosine", "base_lr": cfg.lr, "min_lr": cfg.min_lr}}
+        ckpt.write_checkpoint_dir(self.out, f"step-{self.step:08d}", self.model.state_dict(), self.meta, st,
+                                  otensors if cfg.optimizer_state else None, keep_last=cfg.keep_last)
+
+
 def _train(cfg: TrainConfig, d: _Dist, device: torch.device) -> dict[str, Any]:
-    out = Path(cfg.out)
+    run = _setup_run(cfg, d, device)
+    use_bar = not cfg.quiet and d.main and sys.stderr.isatty()
+    run.model.train()
+    while run.epoch < cfg.epochs:
+        if _train_epoch(run, use_bar):
+            break  # --max-steps reached inside the epoch (checkpointed there)
+        _end_epoch(run)
+        if cfg.max_steps is not None and run.step >= cfg.max_steps:
+            break
+    return _finish(run)
+
+
+def _setup_run(cfg: TrainConfig, d: _Dist, device: torch.device) -> _Run:
+    """Check --out (and --resume), build the model, data, optimiser and schedule, restore a resumed run's
+    progress, and (rank 0) write run.json and the logs kept so far."""
     resume_from = _check_out_dir(cfg, d)
     d.barrier()
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
     amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
-
-    state: Optional[dict[str, Any]] = None
-    if resume_from is not None:
-        saved = ckpt.read_json(resume_from / ckpt.CONFIG_FILE)
-        _check_resume_config(saved.get("train", {}), cfg, resume_from)
-        state = ckpt.read_json(resume_from / ckpt.STATE_FILE) if (resume_from / ckpt.STATE_FILE).is_file() else None
-        if state is None or not (resume_from / ckpt.OPTIM_FILE).is_file():
-            raise CheckpointError(f"--resume: checkpoint {resume_from} has no optimizer/progress state "
-                                  "(exported or saved with --no-optimizer-state); use --init-from to fine-tune it")
-        if state.get("world_size", 1) != d.world:
-            raise CheckpointError(f"--resume: checkpoint {resume_from} was made with {state.get('world_size')} "
-                                  f"processes, this run has {d.world}")
+    state = _resume_state(cfg, d, resume_from) if resume_from is not None else None
 
     torch.manual_seed(cfg.seed)
+    model, spec, data, meta = _build_model_and_data(cfg, device, resuming=resume_from is not None)
+    # AdamW; chart scales undecayed, chart maps decayed towards the identity (mkviz.optim)
+    optimizer, anchored_decay = build_optimizer(model, cfg.lr, cfg.weight_decay)
+    steps_per_epoch, total_steps, warmup = _schedule(cfg, d, len(data["train"]))
+    progress: dict[str, Any] = {}
+    if resume_from is not None:
+        assert state is not None
+        progress = _restore(resume_from, state, model, optimizer, spec, device, d)
+
+    train_model: nn.Module = model
+    if d.enabled:
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                          else None)
+    if cfg.compile:
+        train_model = torch.compile(train_model)
+    val_loader = DataLoader(data["val"], batch_size=2 * cfg.batch_size, num_workers=cfg.num_workers,
+                            sampler=list(range(d.rank, len(data["val"]), d.world)))
+    run = _Run(cfg, d, device, amp, Path(cfg.out), meta, model, train_model, optimizer, anchored_decay,
+               data["train"], val_loader, steps_per_epoch, total_steps, warmup, **progress)
+    if d.main:
+        run.out.mkdir(parents=True, exist_ok=True)
+        ckpt.atomic_write_json(run.out / "run.json", meta)
+        steps_rows = [r for r in _read_jsonl(run.out / "steps.jsonl") if r.get("step", 0) <= run.step]
+        if cfg.log_every:
+            _write_jsonl(run.out / "steps.jsonl", steps_rows)
+        _write_jsonl(run.out / "metrics.jsonl", run.history)
+    return run
+
+
+def _resume_state(cfg: TrainConfig, d: _Dist, resume_from: Path) -> dict[str, Any]:
+    """The progress state of the checkpoint --resume continues, after checking that it was made with the
+    same arguments and number of processes and holds the optimiser state."""
+    saved = ckpt.read_json(resume_from / ckpt.CONFIG_FILE)
+    _check_resume_config(saved.get("train", {}), cfg, resume_from)
+    state = ckpt.read_json(resume_from / ckpt.STATE_FILE) if (resume_from / ckpt.STATE_FILE).is_file() else None
+    if state is None or not (resume_from / ckpt.OPTIM_FILE).is_file():
+        raise CheckpointError(f"--resume: checkpoint {resume_from} has no optimizer/progress state "
+                              "(exported or saved with --no-optimizer-state); use --init-from to fine-tune it")
+    if state.get("world_size", 1) != d.world:
+        raise CheckpointError(f"--resume: checkpoint {resume_from} was made with {state.get('world_size')} "
+                              f"processes, this run has {d.world}")
+    return state
+
+
+def _build_model_and_data(cfg: TrainConfig, device: torch.device, resuming: bool
+                          ) -> tuple[nn.Module, dict[str, Any], dict[str, Dataset], dict[str, Any]]:
+    """The model on `device` (from --init-from unless `resuming`, else built), its spec with the data config,
+    the train and val datasets, and the run's checkpoint config (meta)."""
     num_classes = num_classes_of(cfg)
     spec = model_spec(cfg, num_classes)
-    if cfg.init_from and resume_from is None:
+    if cfg.init_from and not resuming:
         model = _init_from(spec, cfg.init_from, cfg.seed)
     else:
         model = build_model(spec, pretrained=cfg.pretrained, seed=cfg.seed)
@@ -528,171 +636,161 @@ def _train(cfg: TrainConfig, d: _Dist, device: torch.device) -> dict[str, Any]:
         class_names = [str(i) for i in range(num_classes)]
     meta = {"train": cfg.to_dict(), "model_spec": spec, "class_names": class_names,
             "image_size": cfg.image_size or model_input_size(model), "dataset": cfg.dataset, "format_version": 1}
+    return model, spec, data, meta
 
-    # AdamW; chart scales undecayed, chart maps decayed towards the identity (mkviz.optim)
-    optimizer, anchored_decay = build_optimizer(model, cfg.lr, cfg.weight_decay)
 
+def _schedule(cfg: TrainConfig, d: _Dist, n_train: int) -> tuple[int, int, int]:
+    """(steps per epoch, total steps, warmup steps) of global batches of batch_size × world size."""
     G = cfg.batch_size * d.world
-    n_train = len(data["train"])
     steps_per_epoch = n_train // G
     if steps_per_epoch == 0:
         raise ValueError(f"batch size {cfg.batch_size} x {d.world} process(es) = {G} exceeds the {n_train} "
                          "training images")
     total_steps = cfg.epochs * steps_per_epoch
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(0.05 * total_steps)
+    return steps_per_epoch, total_steps, warmup
 
-    epoch, batch_in_epoch, step = 0, 0, 0
-    running = {"loss_sum": 0.0, "ua_sum": 0.0, "correct": 0.0, "count": 0.0, "time": 0.0}
-    history: list[dict[str, Any]] = []
-    if resume_from is not None:
-        assert state is not None
-        tensors, _ = ckpt.load_tensors(resume_from / ckpt.MODEL_FILE)
-        otensors, _ = ckpt.load_tensors(resume_from / ckpt.OPTIM_FILE)
-        try:
-            model.load_state_dict(tensors)
-            ckpt.optimizer_from_tensors(optimizer, {k: v.to(device) for k, v in otensors.items()}, state["optimizer"])
-        except (RuntimeError, CheckpointError) as err:
-            raise CheckpointError(f"--resume: checkpoint {resume_from} does not fit this run's model "
-                                  f"({describe_spec(spec)}): {state_dict_mismatch(err)}"[:400]) from None
-        epoch, batch_in_epoch, step = state["epoch"], state["batch"], state["step"]
-        running, history = dict(state["running"]), list(state["history"])
-        ckpt.set_rng_state(state["rng"][d.rank])
 
-    train_model: nn.Module = model
-    if d.enabled:
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                                          else None)
-    if cfg.compile:
-        train_model = torch.compile(train_model)
-    is_kua = cfg.variant == "kua"
-    val_loader = DataLoader(data["val"], batch_size=2 * cfg.batch_size, num_workers=cfg.num_workers,
-                            sampler=list(range(d.rank, len(data["val"]), d.world)))
+def _restore(resume_from: Path, state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
+             spec: dict[str, Any], device: torch.device, d: _Dist) -> dict[str, Any]:
+    """Load a checkpoint's weights, optimiser state and this rank's RNG state; returns the progress fields
+    of `_Run` (epoch, batch_in_epoch, step, running, history)."""
+    tensors, _ = ckpt.load_tensors(resume_from / ckpt.MODEL_FILE)
+    otensors, _ = ckpt.load_tensors(resume_from / ckpt.OPTIM_FILE)
+    try:
+        model.load_state_dict(tensors)
+        ckpt.optimizer_from_tensors(optimizer, {k: v.to(device) for k, v in otensors.items()}, state["optimizer"])
+    except (RuntimeError, CheckpointError) as err:
+        raise CheckpointError(f"--resume: checkpoint {resume_from} does not fit this run's model "
+                              f"({describe_spec(spec)}): {state_dict_mismatch(err)}"[:400]) from None
+    ckpt.set_rng_state(state["rng"][d.rank])
+    return dict(epoch=state["epoch"], batch_in_epoch=state["batch"], step=state["step"],
+                running=dict(state["running"]), history=list(state["history"]))
 
-    if d.main:
-        out.mkdir(parents=True, exist_ok=True)
-        ckpt.atomic_write_json(out / "run.json", meta)
-        steps_rows = [r for r in _read_jsonl(out / "steps.jsonl") if r.get("step", 0) <= step]
-        _write_jsonl(out / "steps.jsonl", steps_rows) if cfg.log_every else None
-        _write_jsonl(out / "metrics.jsonl", history)
 
-    def save(epoch_: int, batch_: int) -> None:
-        rngs = [ckpt.rng_state()]
-        if d.enabled:
-            rngs = [None] * d.world
-            torch.distributed.all_gather_object(rngs, ckpt.rng_state())
-        if not d.main:
-            return
-        otensors, ometa = ckpt.optimizer_to_tensors(optimizer) if cfg.optimizer_state else ({}, {})
-        st = {"epoch": epoch_, "batch": batch_, "step": step, "steps_per_epoch": steps_per_epoch,
-              "total_steps": total_steps, "warmup_steps": warmup, "world_size": d.world,
-              "global_batch_size": G, "optimizer": ometa, "rng": rngs, "running": running, "history": history,
-              "scheduler": {"type": "warmup_cosine", "base_lr": cfg.lr, "min_lr": cfg.min_lr}}
-        ckpt.write_checkpoint_dir(out, f"step-{step:08d}", model.state_dict(), meta, st,
-                                  otensors if cfg.optimizer_state else None, keep_last=cfg.keep_last)
-
-    use_bar = not cfg.quiet and d.main and sys.stderr.isatty()
+def _train_epoch(run: _Run, use_bar: bool) -> bool:
+    """Train from batch `run.batch_in_epoch` of epoch `run.epoch` to its end (checkpointing every
+    --save-every-steps); True when --max-steps stopped the run inside the epoch (checkpointed there)."""
+    cfg, d = run.cfg, run.d
+    sampler = EpochBatchSampler(len(run.train_data), cfg.batch_size, cfg.seed, run.epoch, d.rank, d.world,
+                                run.batch_in_epoch)
+    loader = DataLoader(run.train_data, batch_sampler=sampler, num_workers=cfg.num_workers,
+                        generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + run.epoch),
+                        pin_memory=run.device.type == "cuda")
+    bar = _progress(len(sampler), f"epoch {run.epoch + 1}/{cfg.epochs}", use_bar)
     stopped = False
-    model.train()
-    while epoch < cfg.epochs and not stopped:
-        sampler = EpochBatchSampler(n_train, cfg.batch_size, cfg.seed, epoch, d.rank, d.world, batch_in_epoch)
-        loader = DataLoader(data["train"], batch_sampler=sampler, num_workers=cfg.num_workers,
-                            generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch),
-                            pin_memory=device.type == "cuda")
-        bar = _progress(len(sampler), f"epoch {epoch + 1}/{cfg.epochs}", use_bar)
-        t0 = time.perf_counter()
-        b = batch_in_epoch
-        for x, y in loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            lr = lr_at(step, total_steps, cfg.lr, cfg.min_lr, warmup)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            with _autocast(device, amp):
-                logits = train_model(x)
-                task = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-            loss = task + unbalanced_atlas_loss(model) if is_kua else task
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            anchored_decay.apply(lr)
-            optimizer.step()
-            step += 1
-            b += 1
-            with torch.no_grad():
-                task_v = task.detach()
-                running["loss_sum"] += float(task_v) * y.numel()
-                running["ua_sum"] += float(loss.detach() - task_v) * y.numel()
-                running["correct"] += float((logits.argmax(-1) == y).sum())
-                running["count"] += y.numel()
-            if cfg.log_every and step % cfg.log_every == 0:
-                lv = task_v.double().reshape(1)
-                if d.enabled:
-                    torch.distributed.all_reduce(lv)
-                    lv /= d.world
-                if d.main:
-                    with open(out / "steps.jsonl", "a") as f:
-                        f.write(json.dumps({"step": step, "epoch": epoch, "loss": lv.item(), "lr": lr}) + "\n")
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{float(task_v):.4f}", lr=f"{lr:.2e}")
-            stop_now = cfg.max_steps is not None and step >= cfg.max_steps
-            if b < steps_per_epoch and (stop_now or (cfg.save_every_steps and step % cfg.save_every_steps == 0)):
-                running["time"] += time.perf_counter() - t0
-                t0 = time.perf_counter()
-                save(epoch, b)
-            if stop_now:
-                stopped = b < steps_per_epoch
-                break
+    t0 = time.perf_counter()
+    b = run.batch_in_epoch
+    for x, y in loader:
+        lr, task_v = _train_step(run, x, y)
+        b += 1
+        if cfg.log_every and run.step % cfg.log_every == 0:
+            _log_step(run, task_v, lr)
         if bar is not None:
-            bar.close()
-        running["time"] += time.perf_counter() - t0
-        if stopped:
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(task_v):.4f}", lr=f"{lr:.2e}")
+        stop_now = cfg.max_steps is not None and run.step >= cfg.max_steps
+        if b < run.steps_per_epoch and (stop_now or (cfg.save_every_steps and run.step % cfg.save_every_steps == 0)):
+            run.running["time"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            run.save(run.epoch, b)
+        if stop_now:
+            stopped = b < run.steps_per_epoch
             break
-        # end of epoch: global train metrics, validation, checkpoint, log
-        sums = torch.tensor([running["loss_sum"], running["ua_sum"], running["correct"], running["count"]],
-                            dtype=torch.float64, device=device)
-        if d.enabled:
-            torch.distributed.all_reduce(sums)
-        val = evaluate(model, val_loader, device, amp, d.enabled)
-        n = max(sums[3].item(), 1.0)
-        row = {"epoch": epoch + 1, "step": step, "train_loss": sums[0].item() / n, "train_acc": sums[2].item() / n,
-               "val_loss": val["loss"], "val_acc": val["acc"], "lr": lr_at(step - 1, total_steps, cfg.lr, cfg.min_lr,
-                                                                           warmup),
-               "time": running["time"]}
-        if is_kua:
-            row["ua_loss"] = sums[1].item() / n
-        history.append(row)
-        epoch, batch_in_epoch = epoch + 1, 0
-        running = {"loss_sum": 0.0, "ua_sum": 0.0, "correct": 0.0, "count": 0.0, "time": 0.0}
-        save(epoch, 0)
-        if d.main:
-            _write_jsonl(out / "metrics.jsonl", history)
-            if not cfg.quiet:
-                print(f"epoch {row['epoch']}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f}"
-                      f"  val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f}  lr {row['lr']:.2e}"
-                      f"  {row['time']:.1f}s", file=sys.stderr, flush=True)
-        if cfg.max_steps is not None and step >= cfg.max_steps:
-            stopped = epoch < cfg.epochs
-            break
+    if bar is not None:
+        bar.close()
+    run.running["time"] += time.perf_counter() - t0
+    return stopped
 
-    result: dict[str, Any] = {"out": str(out), "history": history, "step": step, "epoch": epoch,
-                              "finished": epoch >= cfg.epochs, "world_size": d.world}
-    if history:
-        result["val"] = {"loss": history[-1]["val_loss"], "acc": history[-1]["val_acc"]}
-    if epoch >= cfg.epochs:
-        test = _evaluate_test(cfg, model, device, amp, d)
+
+def _train_step(run: _Run, x: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """One optimiser step on this rank's batch (x, y); returns its learning rate and (detached) task loss."""
+    cfg, model = run.cfg, run.model
+    x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
+    lr = run.lr(run.step)
+    for g in run.optimizer.param_groups:
+        g["lr"] = lr
+    with _autocast(run.device, run.amp):
+        logits = run.train_model(x)
+        task = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+    loss = task + unbalanced_atlas_loss(model) if cfg.variant == "kua" else task
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    run.anchored_decay.apply(lr)  # the decay towards the anchors, at this step's lr, right before the step
+    run.optimizer.step()
+    run.step += 1
+    with torch.no_grad():
+        task_v = task.detach()
+        run.running["loss_sum"] += float(task_v) * y.numel()
+        run.running["ua_sum"] += float(loss.detach() - task_v) * y.numel()
+        run.running["correct"] += float((logits.argmax(-1) == y).sum())
+        run.running["count"] += y.numel()
+    return lr, task_v
+
+
+def _log_step(run: _Run, task_v: torch.Tensor, lr: float) -> None:
+    """Append the global batch's mean task loss (all ranks' mean) to steps.jsonl (rank 0)."""
+    lv = task_v.double().reshape(1)
+    if run.d.enabled:
+        torch.distributed.all_reduce(lv)
+        lv /= run.d.world
+    if run.d.main:
+        with open(run.out / "steps.jsonl", "a") as f:
+            f.write(json.dumps({"step": run.step, "epoch": run.epoch, "loss": lv.item(), "lr": lr}) + "\n")
+
+
+def _end_epoch(run: _Run) -> None:
+    """End of an epoch: global train metrics, validation, the metrics row, a checkpoint at the start of the
+    next epoch, metrics.jsonl and the epoch line."""
+    cfg, d = run.cfg, run.d
+    r = run.running
+    sums = torch.tensor([r["loss_sum"], r["ua_sum"], r["correct"], r["count"]], dtype=torch.float64,
+                        device=run.device)
+    if d.enabled:
+        torch.distributed.all_reduce(sums)
+    val = evaluate(run.model, run.val_loader, run.device, run.amp, d.enabled)
+    n = max(sums[3].item(), 1.0)
+    row = {"epoch": run.epoch + 1, "step": run.step, "train_loss": sums[0].item() / n,
+           "train_acc": sums[2].item() / n, "val_loss": val["loss"], "val_acc": val["acc"],
+           "lr": run.lr(run.step - 1), "time": r["time"]}
+    if cfg.variant == "kua":
+        row["ua_loss"] = sums[1].item() / n
+    run.history.append(row)
+    run.epoch, run.batch_in_epoch = run.epoch + 1, 0
+    run.running = _new_running()
+    run.save(run.epoch, 0)
+    if d.main:
+        _write_jsonl(run.out / "metrics.jsonl", run.history)
+        if not cfg.quiet:
+            print(f"epoch {row['epoch']}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f}"
+                  f"  val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f}  lr {row['lr']:.2e}"
+                  f"  {row['time']:.1f}s", file=sys.stderr, flush=True)
+
+
+def _finish(run: _Run) -> dict[str, Any]:
+    """The run's result; after the last epoch also the test metrics, results.json, the final export
+    (out/final) and --export."""
+    cfg, d, out = run.cfg, run.d, run.out
+    result: dict[str, Any] = {"out": str(out), "history": run.history, "step": run.step, "epoch": run.epoch,
+                              "finished": run.epoch >= cfg.epochs, "world_size": d.world}
+    if run.history:
+        result["val"] = {"loss": run.history[-1]["val_loss"], "acc": run.history[-1]["val_acc"]}
+    if run.epoch >= cfg.epochs:
+        test = _evaluate_test(cfg, run.model, run.device, run.amp, d)
         if test is not None:
             result["test"] = test
         if d.main:
-            extra = {"metrics": {"val": result.get("val"), "test": test, "epochs": cfg.epochs, "steps": step},
-                     "history": history}  # per-epoch curves travel with the exported weights
+            extra = {"metrics": {"val": result.get("val"), "test": test, "epochs": cfg.epochs, "steps": run.step},
+                     "history": run.history}  # per-epoch curves travel with the exported weights
             ckpt.atomic_write_json(out / "results.json", extra)
             final = ckpt.export_checkpoint(out, out / "final", extra=extra)
             result["final"] = str(final)
             if cfg.export:
                 result["export"] = str(ckpt.export_checkpoint(out, cfg.export, half=cfg.export_half, extra=extra))
     d.barrier()
-    result["model"] = model
+    result["model"] = run.model
     return result
 
 
@@ -729,70 +827,113 @@ def _kv(text: str) -> tuple[str, Any]:
 
 
 def make_parser() -> argparse.ArgumentParser:
+    """The parser of `mkviz train`. Every option's help says what it does and, where it takes a value, its
+    default (written out, or `%(default)s`), exactly once; flags are off unless given."""
     p = ArgumentParser(prog="mkviz train", description="Train or fine-tune a baseline or manifold-key timm model "
-                "(one process, or several with torchrun).", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    m = p.add_argument_group("model")
-    m.add_argument("--model", help="timm model name (default: the preset's)")
+                       "(one process, or several with torchrun).")
+    _model_options(p.add_argument_group("model"))
+    _data_options(p.add_argument_group("data"))
+    _optimisation_options(p.add_argument_group("optimisation"))
+    _output_options(p.add_argument_group("output"))
+    return p
+
+
+def _model_options(m: argparse._ArgumentGroup) -> None:
+    m.add_argument("--model", help="timm model name (default: the preset's model)")
     m.add_argument("--preset", choices=sorted(PRESETS),
-                   help="a small ViT: " + "; ".join(f"{k}: {v}" for k, v in PRESETS.items()))
+                   help="a small ViT, timm kwargs on top of its model; the timm-kwarg options below override them "
+                   "(default: tiny, unless --model is given): "
+                   + "; ".join(f"{k}: {v}" for k, v in PRESETS.items()))
     for flag, typ in (("--img-size", int), ("--patch-size", int), ("--embed-dim", int), ("--depth", int),
                       ("--num-heads", int), ("--mlp-ratio", float), ("--drop-rate", float),
                       ("--drop-path-rate", float)):
-        m.add_argument(flag, type=typ, help="timm kwarg " + flag[2:].replace("-", "_"))
+        also = ", else --image-size" if flag == "--img-size" else ""
+        m.add_argument(flag, type=typ, help="timm kwarg " + flag[2:].replace("-", "_")
+                       + f" (default: the preset's{also}, else the timm model's)")
     m.add_argument("--timm-kwarg", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other timm.create_model kwarg (VALUE parsed as JSON if possible)")
-    m.add_argument("--variant", default="baseline", type=str.lower, choices=VARIANT_CHOICES)
-    m.add_argument("--num-charts", type=int, default=8)
-    m.add_argument("--context-broadcast", action="store_true")
-    m.add_argument("--kernel-size", type=int, default=1)
-    m.add_argument("--expand-from", default="key", choices=("key", "input"))
-    m.add_argument("--ua-weight", type=float, default=0.0, help="KUA unbalanced-atlas weight (added to the loss)")
+                   help="any other timm.create_model kwarg (VALUE parsed as JSON if possible); repeatable")
+    m.add_argument("--variant", default="baseline", type=str.lower, choices=VARIANT_CHOICES,
+                   help="timm's attention (baseline) or a manifold-key variant, case-insensitive "
+                   "(default: %(default)s)")
+    m.add_argument("--num-charts", type=int, default=8, help="number of charts H (default: %(default)s)")
+    m.add_argument("--context-broadcast", action="store_true",
+                   help="add context broadcasting (γ ⊙ the token mean) to the attention output")
+    m.add_argument("--kernel-size", type=int, default=1,
+                   help="chart-map kernel size, odd; > 1 also mixes neighbouring tokens (default: %(default)s)")
+    m.add_argument("--expand-from", default="key", choices=("key", "input"),
+                   help="what the charts expand: the projected base key or the tokens themselves "
+                   "(default: %(default)s)")
+    m.add_argument("--ua-weight", type=float, default=0.0,
+                   help="KUA unbalanced-atlas weight λ, added to the loss; 0: off (default: %(default)s)")
     m.add_argument("--pretrained", action="store_true", help="timm pretrained weights (downloads), converted "
                    "function-preservingly")
     m.add_argument("--init-from", metavar="CKPT", help="start from an mkviz checkpoint (a baseline one is "
                    "converted function-preservingly to --variant)")
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="shapes", type=str.lower, choices=DATASET_NAMES)
-    g.add_argument("--data-root", help="CIFAR / ImageFolder / Fashion-MNIST folder (fashion-mnist default: Debian's "
-                   "/usr/share/datasets/fashion-mnist)")
+
+
+def _data_options(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--dataset", default="shapes", type=str.lower, choices=DATASET_NAMES,
+                   help="dataset, case-insensitive (default: %(default)s)")
+    g.add_argument("--data-root", help="CIFAR / ImageFolder / Fashion-MNIST folder (default for fashion-mnist: "
+                   "Debian's /usr/share/datasets/fashion-mnist)")
     g.add_argument("--download", action="store_true", help="download CIFAR / Fashion-MNIST into --data-root if missing")
-    g.add_argument("--image-size", type=int, help="input size (default: the model's)")
+    g.add_argument("--image-size", type=int, help="input size in pixels (default: the model's)")
     g.add_argument("--num-train", type=int, default=None,
-                   help="shapes: training images (default 8000); fashion-mnist: use the first N (default all)")
-    g.add_argument("--num-val", type=int, default=1000, help="shapes: validation images")
-    g.add_argument("--num-test", type=int, default=1000, help="shapes: test images (0: no test evaluation)")
-    g.add_argument("--difficulty", default="easy", choices=("easy", "medium", "hard"))
+                   help="training images: shapes renders N, fashion-mnist uses the first N of its 54,000 "
+                   "(default: 8000 for shapes, all for fashion-mnist)")
+    g.add_argument("--num-val", type=int, default=1000, help="shapes: validation images (default: %(default)s)")
+    g.add_argument("--num-test", type=int, default=1000,
+                   help="shapes: test images; 0: no test evaluation (default: %(default)s)")
+    g.add_argument("--difficulty", default="easy", choices=("easy", "medium", "hard"),
+                   help="shapes: scene difficulty (from medium on, distractor objects) (default: %(default)s)")
     g.add_argument("--augment", action="store_true", help="fashion-mnist: random flips and 2-px shifts in training")
-    o = p.add_argument_group("optimisation")
-    o.add_argument("--epochs", type=int, default=10)
-    o.add_argument("--batch-size", type=int, default=64, help="per process")
-    o.add_argument("--lr", type=float, default=1e-3)
-    o.add_argument("--min-lr", type=float, default=1e-5)
-    o.add_argument("--weight-decay", type=float, default=0.05)
-    o.add_argument("--warmup-steps", type=int, help="default: 5%% of the steps")
-    o.add_argument("--label-smoothing", type=float, default=0.1)
-    o.add_argument("--grad-clip", type=float, default=1.0)
+
+
+def _optimisation_options(o: argparse._ArgumentGroup) -> None:
+    o.add_argument("--epochs", type=int, default=10, help="epochs to train (default: %(default)s)")
+    o.add_argument("--batch-size", type=int, default=64,
+                   help="per process; the global batch is this × the number of processes (default: %(default)s)")
+    o.add_argument("--lr", type=float, default=1e-3,
+                   help="peak learning rate: linear warmup to it, then cosine to --min-lr (default: %(default)s)")
+    o.add_argument("--min-lr", type=float, default=1e-5,
+                   help="learning rate at the end of the cosine schedule (default: %(default)s)")
+    o.add_argument("--weight-decay", type=float, default=0.05,
+                   help="AdamW weight decay; chart maps and SimpleK's fusion decay towards their function-"
+                   "preserving values, chart scales not at all (mkviz.optim) (default: %(default)s)")
+    o.add_argument("--warmup-steps", type=int, help="linear warmup steps (default: 5%% of the total steps)")
+    o.add_argument("--label-smoothing", type=float, default=0.1,
+                   help="label smoothing of the cross-entropy (default: %(default)s)")
+    o.add_argument("--grad-clip", type=float, default=1.0,
+                   help="max global gradient norm; 0: no clipping (default: %(default)s)")
     o.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="bf16 autocast (default: on for CUDA)")
+                   help="bf16 autocast (default: on for CUDA, off otherwise)")
     o.add_argument("--compile", action="store_true", help="torch.compile the model")
-    o.add_argument("--seed", type=int, default=0)
-    o.add_argument("--num-workers", type=int, default=0)
-    o.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    o.add_argument("--seed", type=int, default=0,
+                   help="seed of the initialisation, the data and its order (default: %(default)s)")
+    o.add_argument("--num-workers", type=int, default=0,
+                   help="DataLoader worker processes; 0: load in the main process (default: %(default)s)")
+    o.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: this process's GPU if CUDA is available, "
+                   "else cpu)")
     o.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms(True)")
-    r = p.add_argument_group("output")
-    r.add_argument("--out", default="outputs/train", help="run directory")
+
+
+def _output_options(r: argparse._ArgumentGroup) -> None:
+    r.add_argument("--out", default="outputs/train", help="run directory (default: %(default)s)")
     r.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     r.add_argument("--overwrite", action="store_true", help="start again in an --out that holds a run")
-    r.add_argument("--save-every-steps", type=int, default=0, help="also checkpoint every N steps mid-epoch")
-    r.add_argument("--keep-last", type=int, default=2, help="training checkpoints kept")
-    r.add_argument("--log-every", type=int, default=0, help="log the loss to steps.jsonl every N steps")
-    r.add_argument("--max-steps", type=int, help="stop (with a checkpoint) after N steps")
+    r.add_argument("--save-every-steps", type=int, default=0,
+                   help="also checkpoint every N steps mid-epoch; 0: at epoch ends only (default: %(default)s)")
+    r.add_argument("--keep-last", type=int, default=2, help="training checkpoints kept (default: %(default)s)")
+    r.add_argument("--log-every", type=int, default=0,
+                   help="append the loss to steps.jsonl every N steps; 0: off (default: %(default)s)")
+    r.add_argument("--max-steps", type=int,
+                   help="stop (with a checkpoint) after N steps in total (default: no limit: all --epochs)")
     r.add_argument("--no-optimizer-state", dest="optimizer_state", action="store_false",
-                   help="checkpoints without optimiser state (smaller; cannot be resumed)")
-    r.add_argument("--export", metavar="DIR", help="write the final weights + config (no optimiser) to DIR")
-    r.add_argument("--export-half", action="store_true", help="export in float16")
+                   help="write checkpoints without the optimiser state (smaller, but the run cannot be resumed); "
+                   "without this flag they hold it")
+    r.add_argument("--export", metavar="DIR", help="also write the final weights + config (no optimiser) to DIR")
+    r.add_argument("--export-half", action="store_true", help="with --export: export in float16")
     r.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
-    return p
 
 
 def config_from_args(argv: Optional[Sequence[str]] = None) -> TrainConfig:

@@ -289,3 +289,41 @@ def test_init_from_baseline_converts_function_preservingly(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(res["model"].eval()(x), model(x), atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- help
+def test_help_says_each_default_once_and_truly(capsys, monkeypatch):
+    """`mkviz train --help`: every option has help; no default is printed twice or as a bare None; the
+    store_false --no-optimizer-state does not claim a True/False default that contradicts its effect."""
+    import re
+
+    from mkviz.cli import main as cli_main
+    from mkviz.train import make_parser
+
+    monkeypatch.setenv("COLUMNS", "100")  # a fixed width: the help wraps the same way everywhere
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["train", "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    lines = text.splitlines()
+    assert not [ln for ln in lines if ln.lower().count("default") > 1]
+    assert "(default: None)" not in " ".join(text.split())  # also when wrapped between "default:" and "None)"
+    # each option's help as one string: its first line (starting "  -") and the more indented ones after it
+    blocks: dict[str, str] = {}
+    current = None
+    for ln in lines:
+        if re.match(r"^  -", ln):
+            current = ln.split()[0].rstrip(",")
+            blocks[current] = ln
+        elif current is not None and re.match(r"^ {6,}\S", ln):
+            blocks[current] += " " + ln.strip()
+        else:
+            current = None
+    assert all(block.lower().count("default") <= 1 for block in blocks.values()), blocks
+    no_state = " ".join(blocks["--no-optimizer-state"].split())
+    assert not re.search(r"default:?\s*(True|False)", no_state, re.I), no_state
+    assert "resumed" in no_state
+    for action in make_parser()._actions:
+        for option in action.option_strings:
+            assert action.help and action.help.strip() and action.help != "==SUPPRESS==", option
+            assert option in text, option
