@@ -192,3 +192,17 @@ def test_the_library_never_imports_the_applications():
         if name not in APPLICATIONS:
             wrong = _mkviz_imports(path) & APPLICATIONS
             assert not wrong, f"library module {name} imports application modules {wrong}"
+
+
+def test_no_function_in_the_package_is_longer_than_100_lines():
+    """Functions a reader can hold in their head: from `def` to the last line, docstring included."""
+    import ast
+
+    long = []
+    for path in sorted((ROOT / "mkviz").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > 100:
+                    long.append(f"{path.name}:{node.lineno} {node.name} ({length} lines)")
+    assert not long, long
