@@ -48,7 +48,7 @@ def test_demo_prints_summary_and_writes_report(demo_run):
         assert match, f"no Fashion-MNIST summary line for {name}:\n{stdout}"
         accuracies[name] = float(match.group(1))
     # the shipped models learned Fashion-MNIST (chance is 0.10; data/README.md gives their full-test accuracy)
-    assert min(accuracies.values()) > 0.8, accuracies
+    assert min(accuracies.values()) > 0.75, accuracies
     for name in MAIN_MODELS:  # and the shapes models the relation task (chance 0.25)
         match = re.search(rf"^{re.escape(name)}\s+([0-9.]+)\s+([0-9.]+)$", shapes, flags=re.M)
         assert match and float(match.group(1)) > 0.9, shapes

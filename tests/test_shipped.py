@@ -76,7 +76,7 @@ def test_fashion_checkpoint_gives_its_claimed_accuracy_through_timms_transform(n
     accuracy = (predictions == y).double().mean().item()
     claimed = config["metrics"]["test"]["acc"]
     assert accuracy == pytest.approx(claimed, abs=0.005), (accuracy, claimed)
-    assert accuracy > 0.85
+    assert accuracy > 0.8  # chance is 0.1; data/README.md has each one
 
 
 @pytest.mark.parametrize("name", ["baseline", "vanillak-8"])
