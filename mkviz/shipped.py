@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -105,21 +106,13 @@ def table(dataset: str, names: Sequence[str], export_root: Path) -> str:
         from safetensors import safe_open
 
         with safe_open(str(d / "model.safetensors"), "pt") as f:
-            params = sum(f.get_slice(k).get_shape().numel() if hasattr(f.get_slice(k).get_shape(), "numel")
-                         else _prod(f.get_slice(k).get_shape()) for k in f.keys())
+            params = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
         seconds = sum(row.get("time", 0.0) for row in cfg.get("history", []))
         charts = spec["num_charts"] if spec["variant"] != "baseline" else "-"
         rows.append(f"| `{name}` | {spec['variant']} | {charts} | {params / 1000:.0f}k | "
                     f"{(d / 'model.safetensors').stat().st_size / 1024:.0f} | {m['val']['acc']:.3f} | "
                     f"{m['test']['acc']:.4f} | {seconds:.0f} |")
     return "\n".join(rows)
-
-
-def _prod(shape: Sequence[int]) -> int:
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
