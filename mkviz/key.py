@@ -34,6 +34,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .modes import temporarily
+
 __all__ = [
     "VARIANTS",
     "ManifoldKey",
@@ -481,12 +483,5 @@ def key_impl(model: nn.Module, impl: str) -> Iterator[nn.Module]:
     """Temporarily run every `ManifoldKey` in `model` with impl "fast" or "reference"."""
     if impl not in ("fast", "reference"):
         raise ValueError(f"impl must be 'fast' or 'reference'; got {impl!r}")
-    keys = [m for m in model.modules() if isinstance(m, ManifoldKey)]
-    saved = [k.impl for k in keys]
-    try:
-        for k in keys:
-            k.impl = impl
+    with temporarily([m for m in model.modules() if isinstance(m, ManifoldKey)], "impl", impl):
         yield model
-    finally:
-        for k, s in zip(keys, saved):
-            k.impl = s

@@ -45,6 +45,7 @@ from timm.layers import Attention
 from timm.models.swin_transformer import WindowAttention
 
 from .attention import ManifoldQKV
+from .modes import temporarily
 from .maps import (patch_grid, query_index, swin_block_geometry, swin_window_attention_to_image,
                    vit_attention_to_image)
 from . import metrics as _metrics
@@ -176,18 +177,11 @@ def eager_attention(model: nn.Module, layers: LayerSpec = None, in_eval: bool = 
     """
     names = ([n for n, m in model.named_modules() if hasattr(m, "fused_attn")] if layers is None
              else select_layers(model, layers))
-    modules = [model.get_submodule(n) for n in names]
-    saved = [m.fused_attn for m in modules]
     with contextlib.ExitStack() as stack:
         if in_eval:
             stack.enter_context(eval_mode(model))
-        try:
-            for m in modules:
-                m.fused_attn = False
-            yield names
-        finally:
-            for m, s in zip(modules, saved):
-                m.fused_attn = s
+        stack.enter_context(temporarily([model.get_submodule(n) for n in names], "fused_attn", False))
+        yield names
 
 
 # --------------------------------------------------------------------------- the recording
