@@ -48,7 +48,7 @@ __all__ = [
     "MODEL_FILE", "CONFIG_FILE", "OPTIM_FILE", "STATE_FILE", "LATEST_FILE", "CKPT_DIR",
     "shipped_checkpoints_dir",
     "load_checkpoint", "build_model", "apply_data_config", "describe_spec", "state_dict_mismatch",
-    "model_input_size",
+    "model_input_size", "derive_data_config",
 ]
 
 MODEL_FILE, CONFIG_FILE, OPTIM_FILE, STATE_FILE = "model.safetensors", "config.json", "optimizer.safetensors", "state.json"
@@ -418,6 +418,15 @@ def apply_data_config(model: nn.Module, cfg: dict[str, Any]) -> None:
     model.pretrained_cfg = pretrained_cfg
 
 
+def derive_data_config(model: nn.Module, dataset: str, image_size: Optional[int]) -> dict[str, Any]:
+    """The data config of `model` trained by mkviz on `dataset` at `image_size` (None: the model's own input
+    size), applied to the model (`apply_data_config`) and returned."""
+    size = image_size or model_input_size(model) or 224
+    cfg = data_config(dataset, size, resolve_data_config({}, model=model))
+    apply_data_config(model, cfg)
+    return cfg
+
+
 def describe_spec(spec: dict[str, Any]) -> str:
     v = spec["variant"]
     return v if v == "baseline" else f"{v} with {spec['num_charts']} charts"
@@ -446,8 +455,7 @@ def load_checkpoint(path: str | os.PathLike, model: Optional[nn.Module] = None,
     if model is None:
         model = build_model(spec)
     if not spec.get("data_config") and "dataset" in config:  # saved before data configs were recorded
-        size = config.get("image_size") or model_input_size(model) or 224
-        apply_data_config(model, data_config(config["dataset"], size, resolve_data_config({}, model=model)))
+        derive_data_config(model, config["dataset"], config.get("image_size"))
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as err:

@@ -40,15 +40,14 @@ from typing import Any, Iterator, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from timm.data import resolve_data_config
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from . import checkpoint as ckpt
 from .cli import ArgumentParser
-from .checkpoint import (CheckpointError, apply_data_config, build_model, describe_spec, load_checkpoint,
+from .checkpoint import (CheckpointError, build_model, derive_data_config, describe_spec, load_checkpoint,
                          model_input_size, state_dict_mismatch)
 from .convert import convert, manifold_modules, unbalanced_atlas_loss
-from .data import DATASET_NAMES, data_config
+from .data import DATASET_NAMES
 from .key import VARIANTS, resolve_variant
 from .optim import build_optimizer
 
@@ -627,9 +626,7 @@ def _build_model_and_data(cfg: TrainConfig, device: torch.device, resuming: bool
         model = build_model(spec, pretrained=cfg.pretrained, seed=cfg.seed)
     model.to(device)
     # the preprocessing this run feeds the model, the timm way (timm.data.resolve_model_data_config)
-    spec["data_config"] = data_config(cfg.dataset, cfg.image_size or model_input_size(model) or 224,
-                                      resolve_data_config({}, model=model))
-    apply_data_config(model, spec["data_config"])
+    spec["data_config"] = derive_data_config(model, cfg.dataset, cfg.image_size)
     data = build_datasets(cfg, model, ("train", "val"))
     class_names = list(getattr(data["train"], "class_names", []))
     if len(class_names) != num_classes:
