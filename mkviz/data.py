@@ -540,7 +540,8 @@ def _read_idx(path: Path) -> np.ndarray:
     """An IDX file (gzipped or not) as a numpy array: magic 0x0000 0x08 ndim, then ndim big-endian sizes."""
     import gzip
 
-    raw = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+        raw = f.read()
     ndim = raw[3]
     if raw[:3] != b"\x00\x00\x08" or not 1 <= ndim <= 3:
         raise ValueError(f"{path} is not an IDX file of unsigned bytes")
