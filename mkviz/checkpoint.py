@@ -405,6 +405,9 @@ def build_model(spec: dict[str, Any], pretrained: bool = False, seed: int = 0) -
     except TypeError as err:  # a timm kwarg this model does not take
         raise ValueError(f"model {spec['model']!r} does not accept these arguments {spec['timm_kwargs']}: {err}") \
             from None
+    if spec.get("key_hidden"):
+        from .overparam import factorise_key
+        factorise_key(model, spec["key_hidden"], seed=seed)
     if spec.get("data_config"):
         apply_data_config(model, spec["data_config"])
     return model
@@ -429,6 +432,8 @@ def derive_data_config(model: nn.Module, dataset: str, image_size: Optional[int]
 
 def describe_spec(spec: dict[str, Any]) -> str:
     v = spec["variant"]
+    if spec.get("key_hidden"):
+        return f"baseline with a factorised key of hidden width {spec['key_hidden']}"
     return v if v == "baseline" else f"{v} with {spec['num_charts']} charts"
 
 

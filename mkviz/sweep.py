@@ -41,11 +41,13 @@ from typing import Any, Optional, Sequence
 
 from . import checkpoint as ckpt
 
-__all__ = ["Run", "load_sweep", "expand_runs", "run_state", "run_sweep", "match_mlp_ratio", "main"]
+__all__ = ["Run", "load_sweep", "expand_runs", "run_state", "run_sweep", "match_mlp_ratio", "match_key_hidden",
+           "MATCH_BY", "main"]
 
 _SWEEP_KEYS = {"name", "description", "results_dir", "runs_dir", "page", "plots_dir", "baseline", "seeds", "jobs",
                "threads_per_job", "save_every_steps", "common", "datasets", "configs", "report"}
-_CONFIG_ONLY_KEYS = {"match_params"}           # configuration keys that are not TrainConfig fields
+_CONFIG_ONLY_KEYS = {"match_params", "match_by"}  # configuration keys that are not TrainConfig fields
+MATCH_BY = ("mlp", "key")                      # widen the baseline's MLP, or factorise its key (key_hidden)
 _RUN_FIELDS = {"out", "resume", "overwrite", "quiet", "export", "export_half"}  # set by the sweep itself
 
 
@@ -115,6 +117,8 @@ def load_sweep(path: str | os.PathLike) -> dict[str, Any]:
             if "__" in str(entry) or "/" in str(entry):
                 _fail(path, f"{group} name {entry!r} may not contain '__' or '/'")
     for entry, kw in sweep["configs"].items():
+        if kw.get("match_by", "mlp") not in MATCH_BY:
+            _fail(path, f"configs.{entry}.match_by must be one of {list(MATCH_BY)}, got {kw['match_by']!r}")
         target = kw.get("match_params")
         if target is not None and (target not in sweep["configs"] or "match_params" in sweep["configs"][target]):
             _fail(path, f"configs.{entry}.match_params must name another config without match_params, "
@@ -132,6 +136,7 @@ def _train_kwargs(sweep: dict[str, Any], dataset: str, config: str, seed: int) -
     if "dataset" not in kw:
         kw["dataset"] = dataset
     kw.pop("match_params", None)
+    kw.pop("match_by", None)
     if sweep["save_every_steps"]:
         kw["save_every_steps"] = sweep["save_every_steps"]
     return kw
@@ -139,7 +144,8 @@ def _train_kwargs(sweep: dict[str, Any], dataset: str, config: str, seed: int) -
 
 def expand_runs(sweep: dict[str, Any], only: Optional[str] = None) -> list[Run]:
     """Every run of the sweep, seed-major (all configurations of seed 0 first), optionally filtered by a
-    glob on the run id; `match_params` is resolved into the widened MLP's `mlp_ratio`."""
+    glob on the run id; `match_params` is resolved into the widened MLP's `mlp_ratio` (`match_by: mlp`, the
+    default) or the factorised key's `key_hidden` (`match_by: key`)."""
     from .train import TrainConfig
 
     matched: dict[tuple[str, str], float] = {}
@@ -153,10 +159,14 @@ def expand_runs(sweep: dict[str, Any], only: Optional[str] = None) -> list[Run]:
                 kw = _train_kwargs(sweep, dataset, config, seed)
                 if ckw.get("match_params"):
                     key = (dataset, config)
+                    by_key = ckw.get("match_by", "mlp") == "key"
                     if key not in matched:
-                        target = TrainConfig(**_train_kwargs(sweep, dataset, ckw["match_params"], seed))
-                        matched[key] = match_mlp_ratio(TrainConfig(**kw), _params_of(target))
-                    kw["timm_kwargs"] = {**kw.get("timm_kwargs", {}), "mlp_ratio": matched[key]}
+                        target = _params_of(TrainConfig(**_train_kwargs(sweep, dataset, ckw["match_params"], seed)))
+                        matched[key] = (match_key_hidden if by_key else match_mlp_ratio)(TrainConfig(**kw), target)
+                    if by_key:
+                        kw["key_hidden"] = matched[key]
+                    else:
+                        kw["timm_kwargs"] = {**kw.get("timm_kwargs", {}), "mlp_ratio": matched[key]}
                 try:
                     TrainConfig(**kw).resolved()
                 except (TypeError, ValueError) as err:
@@ -195,6 +205,17 @@ def match_mlp_ratio(cfg: Any, target_params: int) -> float:
     p0, p1 = params(h0), params(h0 + 1)
     hidden = max(1, h0 + round((target_params - p0) / (p1 - p0)))
     return (hidden + 0.5) / width
+
+
+def match_key_hidden(cfg: Any, target_params: int) -> int:
+    """The `key_hidden` that gives the model of `cfg` (a baseline TrainConfig) the parameter count closest to
+    `target_params`: the over-parameterised key control. Parameters grow linearly with the hidden width, so
+    two probes give the slope."""
+    c = cfg.resolved()
+    if c.variant != "baseline":
+        raise ValueError(f"match_by: key factorises a baseline's key; config has variant {c.variant!r}")
+    p1, p2 = (_params_of(dataclasses.replace(c, key_hidden=e)) for e in (1, 2))
+    return max(1, 1 + round((target_params - p1) / (p2 - p1)))
 
 
 # ----------------------------------------------------------------------------- running

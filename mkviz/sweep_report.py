@@ -69,18 +69,31 @@ def paired_p(a: dict[int, float], b: dict[int, float]) -> float:
     return float(stats.ttest_1samp(d, 0.0).pvalue)
 
 
+METRICS = ("test_acc", "val_acc")
+
+
+def report_metric(sweep: dict[str, Any]) -> str:
+    """The accuracy a sweep's report compares: `report.metric`, "test_acc" (default) or "val_acc" (a sweep that
+    selects settings, such as a learning-rate check, must not look at the test set)."""
+    metric = (sweep.get("report") or {}).get("metric", "test_acc")
+    if metric not in METRICS:
+        raise ValueError(f"sweep {sweep['name']}: report.metric must be one of {list(METRICS)}, got {metric!r}")
+    return metric
+
+
 def summarize(records: list[dict[str, Any]], sweep: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
     """{dataset: {config: stats}} in the sweep file's order; stats: n, seeds, accs (by seed), mean, std,
     params, flops, and (except for the baseline) the Welch comparison and paired p against the baseline."""
     out: dict[str, dict[str, dict[str, Any]]] = {}
     base = sweep["baseline"]
+    metric = report_metric(sweep)
     for dataset in sweep["datasets"]:
         rows: dict[str, dict[str, Any]] = {}
         for config in sweep["configs"]:
             recs = [r for r in records if r["dataset"] == dataset and r["config"] == config]
             if not recs:
                 continue
-            accs = {r["seed"]: float(r["test_acc"]) for r in recs}
+            accs = {r["seed"]: float(r[metric]) for r in recs}
             v = np.array(list(accs.values()))
             rows[config] = {"n": len(v), "accs": dict(sorted(accs.items())), "mean": float(v.mean()),
                             "std": float(v.std(ddof=1)) if len(v) > 1 else math.nan,
@@ -112,8 +125,8 @@ def _p(p: float) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def _results_table(rows: dict[str, dict[str, Any]], base: str) -> str:
-    lines = ["| configuration | variant | charts | params | ×params | MFLOPs | test acc % (mean ± std) | n "
+def _results_table(rows: dict[str, dict[str, Any]], base: str, label: str = "test acc") -> str:
+    lines = [f"| configuration | variant | charts | params | ×params | MFLOPs | {label} % (mean ± std) | n "
              "| Δ vs baseline, pp [95 % CI] | Welch p | paired p | per seed (%) |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     bp = rows[base]["params"] if base in rows else None
@@ -203,7 +216,8 @@ def render_blocks(sweep: dict[str, Any], records: Optional[list[dict[str, Any]]]
     blocks = {"setup": _setup(records, sweep)}
     for dataset in sweep["datasets"]:
         rows = summary.get(dataset)
-        blocks[f"results-{dataset}"] = _results_table(rows, base) if rows else "No finished runs yet.\n"
+        label = report_metric(sweep).replace("_acc", " acc")
+        blocks[f"results-{dataset}"] = _results_table(rows, base, label) if rows else "No finished runs yet.\n"
     blocks["verdicts"] = _verdicts(summary, base) if summary else "No finished runs yet.\n"
     blocks["controls"] = _controls(summary, sweep)
     if sweep.get("plots_dir"):

@@ -74,7 +74,8 @@ RUNTIME_FIELDS = {"out", "resume", "overwrite", "quiet", "compile", "num_workers
 # files in --out that a fresh run does not replace without --overwrite (a run's results, an exported checkpoint)
 _KEPT_FILES = ("results.json", "final", ckpt.MODEL_FILE, ckpt.CONFIG_FILE)
 # fields that define the model (checked against --init-from checkpoints)
-_MODEL_FIELDS = ("model", "timm_kwargs", "variant", "num_charts", "context_broadcast", "kernel_size", "expand_from")
+_MODEL_FIELDS = ("model", "timm_kwargs", "variant", "num_charts", "context_broadcast", "kernel_size", "expand_from",
+                 "key_hidden")
 
 
 @dataclass
@@ -91,6 +92,7 @@ class TrainConfig:
     kernel_size: int = 1
     expand_from: str = "key"
     ua_weight: float = 0.0                    # KUA unbalanced-atlas weight λ (added to the loss)
+    key_hidden: int = 0                       # baseline only: key factorised C_in -> key_hidden -> C (0: off)
     pretrained: bool = False                  # timm pretrained weights (needs internet), converted function-preservingly
     init_from: Optional[str] = None           # start from this mkviz checkpoint's weights
     # data
@@ -115,7 +117,8 @@ class TrainConfig:
     grad_clip: float = 1.0                    # max global grad norm (0: off)
     amp: Optional[bool] = None                # bf16 autocast; None: on for CUDA, off on CPU
     compile: bool = False
-    seed: int = 0
+    seed: int = 0                             # the initialisation (and, unless data_seed is set, the data)
+    data_seed: Optional[int] = None           # the data: shapes rendered, val split, subset, order
     num_workers: int = 0
     device: Optional[str] = None              # None: cuda (this rank's GPU) if available, else cpu
     deterministic: bool = False               # torch.use_deterministic_algorithms(True)
@@ -160,6 +163,13 @@ class TrainConfig:
             _positive(name, getattr(c, name))
         if c.num_train is not None:
             _positive("num_train", c.num_train)
+        _positive("key_hidden", c.key_hidden, allow_zero=True)
+        if c.key_hidden and (c.variant != "baseline" or c.init_from or c.pretrained):
+            raise ValueError(f"key-hidden (the over-parameterised key control) applies to a from-scratch baseline "
+                             f"only; got variant {c.variant!r}" + (", --init-from" if c.init_from else "")
+                             + (", --pretrained" if c.pretrained else ""))
+        if c.data_seed is not None:
+            _positive("data_seed", c.data_seed, allow_zero=True)
         for name in ("num_test", "save_every_steps", "log_every", "num_workers", "seed"):
             _positive(name, getattr(c, name), allow_zero=True)
         if c.max_steps is not None:
@@ -220,7 +230,7 @@ def _positive(name: str, value: Any, allow_zero: bool = False) -> None:
 def model_spec(cfg: TrainConfig, num_classes: int) -> dict[str, Any]:
     return dict(model=cfg.model, timm_kwargs={**cfg.timm_kwargs, "num_classes": num_classes}, variant=cfg.variant,
                 num_charts=cfg.num_charts, context_broadcast=cfg.context_broadcast, kernel_size=cfg.kernel_size,
-                expand_from=cfg.expand_from, ua_weight=cfg.ua_weight)
+                expand_from=cfg.expand_from, ua_weight=cfg.ua_weight, key_hidden=cfg.key_hidden)
 
 
 def _init_from(model_spec: dict[str, Any], path: str, seed: int) -> nn.Module:
@@ -266,6 +276,11 @@ def num_classes_of(cfg: TrainConfig) -> int:
     return build_dataset(cfg.dataset, cfg.data_root, "train", 32, cfg.download, seed=cfg.seed).num_classes
 
 
+def data_seed_of(cfg: TrainConfig) -> int:
+    """The seed of everything about the data of a run: `data_seed`, or `seed` when it is None."""
+    return cfg.seed if cfg.data_seed is None else cfg.data_seed
+
+
 def build_datasets(cfg: TrainConfig, model: Optional[nn.Module] = None, splits: Sequence[str] = ("train", "val")
                    ) -> dict[str, Dataset]:
     """The datasets of a (resolved) config, transformed for `model` (mean/std, input size)."""
@@ -279,7 +294,7 @@ def build_datasets(cfg: TrainConfig, model: Optional[nn.Module] = None, splits: 
         elif cfg.dataset == "fashion-mnist" and split == "train":
             kw = dict(num_samples=cfg.num_train, augment=cfg.augment)
         out[split] = build_dataset(cfg.dataset, cfg.data_root, split, cfg.image_size, cfg.download, model=model,
-                                   seed=cfg.seed, **kw)
+                                   seed=data_seed_of(cfg), **kw)
         if len(out[split]) == 0:
             raise ValueError(f"dataset {cfg.dataset!r} split {split!r} has no images")
     return out
@@ -669,10 +684,10 @@ def _train_epoch(run: _Run, use_bar: bool) -> bool:
     """Train from batch `run.batch_in_epoch` of epoch `run.epoch` to its end (checkpointing every
     --save-every-steps); True when --max-steps stopped the run inside the epoch (checkpointed there)."""
     cfg, d = run.cfg, run.d
-    sampler = EpochBatchSampler(len(run.train_data), cfg.batch_size, cfg.seed, run.epoch, d.rank, d.world,
+    sampler = EpochBatchSampler(len(run.train_data), cfg.batch_size, data_seed_of(cfg), run.epoch, d.rank, d.world,
                                 run.batch_in_epoch)
     loader = DataLoader(run.train_data, batch_sampler=sampler, num_workers=cfg.num_workers,
-                        generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + run.epoch),
+                        generator=torch.Generator().manual_seed(data_seed_of(cfg) * 1_000_003 + run.epoch),
                         pin_memory=run.device.type == "cuda")
     bar = _progress(len(sampler), f"epoch {run.epoch + 1}/{cfg.epochs}", use_bar)
     stopped = False
@@ -862,6 +877,9 @@ def _model_options(m: argparse._ArgumentGroup) -> None:
                    "(default: %(default)s)")
     m.add_argument("--ua-weight", type=float, default=0.0,
                    help="KUA unbalanced-atlas weight λ, added to the loss; 0: off (default: %(default)s)")
+    m.add_argument("--key-hidden", type=int, default=0, metavar="E",
+                   help="baseline only: factorise each key projection into two linear layers C_in -> E -> C, the "
+                   "over-parameterised key control (mkviz.overparam); 0: off (default: %(default)s)")
     m.add_argument("--pretrained", action="store_true", help="timm pretrained weights (downloads), converted "
                    "function-preservingly")
     m.add_argument("--init-from", metavar="CKPT", help="start from an mkviz checkpoint (a baseline one is "
@@ -907,6 +925,9 @@ def _optimisation_options(o: argparse._ArgumentGroup) -> None:
     o.add_argument("--compile", action="store_true", help="torch.compile the model")
     o.add_argument("--seed", type=int, default=0,
                    help="seed of the initialisation, the data and its order (default: %(default)s)")
+    o.add_argument("--data-seed", type=int, default=None,
+                   help="seed of the data alone (shapes rendered, val split, order), so that runs can share the "
+                   "data and differ in initialisation or the reverse (default: --seed)")
     o.add_argument("--num-workers", type=int, default=0,
                    help="DataLoader worker processes; 0: load in the main process (default: %(default)s)")
     o.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: this process's GPU if CUDA is available, "
