@@ -44,6 +44,8 @@ __all__ = [
     "check_kernel_size",
     "max_charts",
     "key_impl",
+    "membership_mode",
+    "MEMBERSHIP_MODES",
     "check_choice",
 ]
 
@@ -51,6 +53,7 @@ VARIANTS: tuple[str, ...] = ("vanillak", "simplek", "spatialk", "kua")
 LINEAR_VARIANTS: tuple[str, ...] = ("vanillak", "simplek", "spatialk")
 EXPAND_FROM: tuple[str, ...] = ("key", "input")
 INITS: tuple[str, ...] = ("preserve", "scratch")
+MEMBERSHIP_MODES: tuple[str, ...] = ("soft", "one_hot")
 
 
 def resolve_variant(variant: str) -> str:
@@ -150,6 +153,7 @@ class ManifoldKey(nn.Module):
         self.in_dim, self.key_dim = in_dim, key_dim
         self.ua_weight = float(ua_weight)
         self.impl: Literal["fast", "reference"] = "fast"
+        self.membership_mode: Literal["soft", "one_hot"] = "soft"  # KUA at inference; see `membership_mode`
         self.ua_loss: Optional[torch.Tensor] = None  # set by forward when ua_weight > 0 and training
         H, C, k = self.num_charts, key_dim, self.kernel_size
 
@@ -312,7 +316,10 @@ class ManifoldKey(nn.Module):
         """KUA's chart membership p(c|n): (B, N, C_in) -> (B, N, H), rows sum to 1."""
         if self.membership is None:
             raise ValueError(f"membership exists for variant 'kua' only; this key is {self.variant!r}")
-        return self.membership(x).softmax(dim=-1)
+        probs = self.membership(x).softmax(dim=-1)
+        if self.membership_mode == "one_hot" and not self.training:  # the chart of highest membership alone
+            return F.one_hot(probs.argmax(dim=-1), self.num_charts).to(probs.dtype)
+        return probs
 
     def fuse(self, charts: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Fuse chart keys (B, H, N, C) into the key (B, N, C); x (B, N, C_in) feeds KUA's membership."""
@@ -476,6 +483,16 @@ class ManifoldKey(nn.Module):
         H, C = self.num_charts, self.key_dim
         charts = F.linear(base, ops.reshape(H * C, -1), bias.reshape(-1) if bias is not None else None)
         return charts.view(B, N, H, C)  # (B, N, H, C)
+
+
+@contextlib.contextmanager
+def membership_mode(model: nn.Module, mode: str) -> Iterator[nn.Module]:
+    """Temporarily fuse every KUA key of `model` at inference (eval mode) with memberships "soft" (p(c|n), the
+    default) or "one_hot" (each token takes the key of its most probable chart alone, as the unbalanced-atlas
+    authors' code does at inference). Training always uses the soft memberships."""
+    check_choice("mode", mode, MEMBERSHIP_MODES)
+    with temporarily([m for m in model.modules() if isinstance(m, ManifoldKey)], "membership_mode", mode):
+        yield model
 
 
 @contextlib.contextmanager

@@ -46,7 +46,7 @@ __all__ = ["Run", "load_sweep", "expand_runs", "run_state", "run_sweep", "match_
 
 _SWEEP_KEYS = {"name", "description", "results_dir", "runs_dir", "page", "plots_dir", "baseline", "seeds", "jobs",
                "threads_per_job", "save_every_steps", "common", "datasets", "configs", "report"}
-_CONFIG_ONLY_KEYS = {"match_params", "match_by"}  # configuration keys that are not TrainConfig fields
+_CONFIG_ONLY_KEYS = {"match_params", "match_by", "seeds", "stage"}  # configuration keys, not TrainConfig fields
 MATCH_BY = ("mlp", "key")                      # widen the baseline's MLP, or factorise its key (key_hidden)
 _RUN_FIELDS = {"out", "resume", "overwrite", "quiet", "export", "export_half"}  # set by the sweep itself
 
@@ -117,6 +117,12 @@ def load_sweep(path: str | os.PathLike) -> dict[str, Any]:
             if "__" in str(entry) or "/" in str(entry):
                 _fail(path, f"{group} name {entry!r} may not contain '__' or '/'")
     for entry, kw in sweep["configs"].items():
+        own = kw.get("seeds", seeds)
+        if not (isinstance(own, list) and own and all(isinstance(s, int) and s >= 0 for s in own)
+                and len(set(own)) == len(own)):
+            _fail(path, f"configs.{entry}.seeds must be a list of distinct integers >= 0, got {own!r}")
+        if isinstance(kw.get("stage", 0), bool) or not isinstance(kw.get("stage", 0), int):
+            _fail(path, f"configs.{entry}.stage must be an integer, got {kw['stage']!r}")
         if kw.get("match_by", "mlp") not in MATCH_BY:
             _fail(path, f"configs.{entry}.match_by must be one of {list(MATCH_BY)}, got {kw['match_by']!r}")
         target = kw.get("match_params")
@@ -135,26 +141,28 @@ def _train_kwargs(sweep: dict[str, Any], dataset: str, config: str, seed: int) -
     kw["seed"] = seed
     if "dataset" not in kw:
         kw["dataset"] = dataset
-    kw.pop("match_params", None)
-    kw.pop("match_by", None)
+    for key in _CONFIG_ONLY_KEYS:
+        kw.pop(key, None)
     if sweep["save_every_steps"]:
         kw["save_every_steps"] = sweep["save_every_steps"]
     return kw
 
 
 def expand_runs(sweep: dict[str, Any], only: Optional[str] = None) -> list[Run]:
-    """Every run of the sweep, seed-major (all configurations of seed 0 first), optionally filtered by a
-    glob on the run id; `match_params` is resolved into the widened MLP's `mlp_ratio` (`match_by: mlp`, the
+    """Every run of the sweep, by stage (a configuration's `stage`, default 0: e.g. the primary comparison
+    first), then seed-major (all configurations of seed 0 first); a configuration runs the sweep's seeds or its
+    own `seeds`; optionally filtered by a glob on the run id; `match_params` is resolved into the widened MLP's `mlp_ratio` (`match_by: mlp`, the
     default) or the factorised key's `key_hidden` (`match_by: key`)."""
     from .train import TrainConfig
 
     matched: dict[tuple[str, str], float] = {}
     runs = []
-    for seed in sweep["seeds"]:
+    all_seeds = sorted({s for ckw in sweep["configs"].values() for s in ckw.get("seeds", sweep["seeds"])})
+    for seed in all_seeds:
         for dataset in sweep["datasets"]:
             for config, ckw in sweep["configs"].items():
                 run_id = f"{dataset}__{config}__s{seed}"
-                if only and not fnmatch.fnmatch(run_id, only):
+                if seed not in ckw.get("seeds", sweep["seeds"]) or (only and not fnmatch.fnmatch(run_id, only)):
                     continue
                 kw = _train_kwargs(sweep, dataset, config, seed)
                 if ckw.get("match_params"):
@@ -172,7 +180,8 @@ def expand_runs(sweep: dict[str, Any], only: Optional[str] = None) -> list[Run]:
                 except (TypeError, ValueError) as err:
                     raise ValueError(f"sweep {sweep['name']}: run {run_id}: {err}") from None
                 runs.append(Run(run_id, dataset, config, seed, kw))
-    return runs
+    stage = {config: ckw.get("stage", 0) for config, ckw in sweep["configs"].items()}
+    return sorted(runs, key=lambda r: stage[r.config])  # stable: seed-major within a stage
 
 
 def _params_of(cfg: Any) -> int:
@@ -288,8 +297,24 @@ def _run_one(sweep: dict[str, Any], run: Run, state: str) -> dict[str, Any]:
     }
     for key in ("out", "resume", "quiet"):
         record["train"].pop(key, None)
+    if res.get("chart_init"):
+        record["chart_init"] = res["chart_init"]
+    if resolved.variant == "kua":
+        record["test_acc_one_hot"] = one_hot_test_accuracy(resolved, model)
     ckpt.atomic_write_json(result_path, record)
     return {**record, "_state": state}
+
+
+def one_hot_test_accuracy(cfg: Any, model: Any) -> float:
+    """Test accuracy of a trained KUA model when each token takes its most probable chart's key alone."""
+    from torch.utils.data import DataLoader
+
+    from .key import membership_mode
+    from .train import build_datasets, evaluate
+
+    test = build_datasets(cfg, model, ("test",))["test"]
+    with membership_mode(model, "one_hot"):
+        return float(evaluate(model, DataLoader(test, batch_size=256))["acc"])
 
 
 def run_sweep(sweep: dict[str, Any], jobs: Optional[int] = None, only: Optional[str] = None,

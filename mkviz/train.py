@@ -50,6 +50,7 @@ from .convert import convert, manifold_modules, unbalanced_atlas_loss
 from .data import DATASET_NAMES
 from .key import VARIANTS, resolve_variant
 from .optim import build_optimizer
+from .specialisation import chart_statistics, probe_images
 
 __all__ = ["TrainConfig", "PRESETS", "train", "evaluate", "build_datasets",
            "changed_settings", "model_spec", "num_classes_of", "RUNTIME_FIELDS",
@@ -534,6 +535,8 @@ class _Run:
     step: int = 0
     running: dict[str, float] = field(default_factory=_new_running)
     history: list[dict[str, Any]] = field(default_factory=list)
+    probe: Optional[torch.Tensor] = None      # manifold models: the first 256 val images, for chart statistics
+    chart_init: dict[str, Any] = field(default_factory=dict)  # chart statistics before the first step
 
     @property
     def global_batch(self) -> int:
@@ -555,7 +558,7 @@ class _Run:
         st = {"epoch": epoch, "batch": batch, "step": self.step, "steps_per_epoch": self.steps_per_epoch,
               "total_steps": self.total_steps, "warmup_steps": self.warmup, "world_size": d.world,
               "global_batch_size": self.global_batch, "optimizer": ometa, "rng": rngs, "running": self.running,
-              "history": self.history,
+              "history": self.history, "chart_init": self.chart_init,
               "scheduler": {"type": "warmup_cosine", "base_lr": cfg.lr, "min_lr": cfg.min_lr}}
         ckpt.write_checkpoint_dir(self.out, f"step-{self.step:08d}", self.model.state_dict(), self.meta, st,
                                   otensors if cfg.optimizer_state else None, keep_last=cfg.keep_last)
@@ -604,6 +607,9 @@ def _setup_run(cfg: TrainConfig, d: _Dist, device: torch.device) -> _Run:
                             sampler=list(range(d.rank, len(data["val"]), d.world)))
     run = _Run(cfg, d, device, amp, Path(cfg.out), meta, model, train_model, optimizer, anchored_decay,
                data["train"], val_loader, steps_per_epoch, total_steps, warmup, **progress)
+    if cfg.variant != "baseline":  # follow the charts over training (mkviz.specialisation)
+        run.probe = probe_images(data["val"])
+        run.chart_init = state.get("chart_init", {}) if state is not None else chart_statistics(model, run.probe)
     if d.main:
         run.out.mkdir(parents=True, exist_ok=True)
         ckpt.atomic_write_json(run.out / "run.json", meta)
@@ -769,6 +775,8 @@ def _end_epoch(run: _Run) -> None:
            "lr": run.lr(run.step - 1), "time": r["time"]}
     if cfg.variant == "kua":
         row["ua_loss"] = sums[1].item() / n
+    if run.probe is not None:
+        row.update(chart_statistics(run.model, run.probe))
     run.history.append(row)
     run.epoch, run.batch_in_epoch = run.epoch + 1, 0
     run.running = _new_running()
@@ -786,7 +794,8 @@ def _finish(run: _Run) -> dict[str, Any]:
     (out/final) and --export."""
     cfg, d, out = run.cfg, run.d, run.out
     result: dict[str, Any] = {"out": str(out), "history": run.history, "step": run.step, "epoch": run.epoch,
-                              "finished": run.epoch >= cfg.epochs, "world_size": d.world}
+                              "finished": run.epoch >= cfg.epochs, "world_size": d.world,
+                              "chart_init": run.chart_init}
     if run.history:
         result["val"] = {"loss": run.history[-1]["val_loss"], "acc": run.history[-1]["val_acc"]}
     if run.epoch >= cfg.epochs:
@@ -795,7 +804,7 @@ def _finish(run: _Run) -> dict[str, Any]:
             result["test"] = test
         if d.main:
             extra = {"metrics": {"val": result.get("val"), "test": test, "epochs": cfg.epochs, "steps": run.step},
-                     "history": run.history}  # per-epoch curves travel with the exported weights
+                     "history": run.history, "chart_init": run.chart_init}  # per-epoch curves travel with the exported weights
             ckpt.atomic_write_json(out / "results.json", extra)
             final = ckpt.export_checkpoint(out, out / "final", extra=extra)
             result["final"] = str(final)
