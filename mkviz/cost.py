@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .key import key_impl
 from .record import eager_attention
 
-__all__ = ["count_params", "count_flops"]
+__all__ = ["count_params", "count_flops", "count_train_flops"]
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
@@ -33,4 +33,21 @@ def count_flops(model: nn.Module, input_size: Sequence[int] = (1, 3, 224, 224), 
     with torch.no_grad(), key_impl(model, "reference" if reference else "fast"), eager_attention(model), \
             FlopCounterMode(display=False) as counter:
         model(x)
+    return int(counter.get_total_flops())
+
+
+def count_train_flops(model: nn.Module, input_size: Sequence[int] = (64, 3, 224, 224)) -> int:
+    """FLOPs of one training step's forward and backward (of the summed logits) on a zero batch of `input_size`,
+    as training executes them: the manifold key's fast path (for the linear variants the key matrix is formed
+    in parameter space once per step), attention matmuls counted on the eager path. The optimiser is not
+    counted. The model's parameter gradients are left as they were."""
+    if len(input_size) != 4 or any(int(s) < 1 for s in input_size):
+        raise ValueError(f"input_size must be (batch, channels, height, width) of positive ints; got {input_size!r}")
+    ref = next(model.parameters())
+    x = torch.zeros(*input_size, device=ref.device, dtype=ref.dtype)
+    saved = [(p, p.grad) for p in model.parameters()]
+    with key_impl(model, "fast"), eager_attention(model, in_eval=False), FlopCounterMode(display=False) as counter:
+        model(x).sum().backward()
+    for p, grad in saved:
+        p.grad = grad
     return int(counter.get_total_flops())

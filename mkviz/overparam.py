@@ -10,7 +10,7 @@ scales, no fusion) and a hidden width E chosen to match a manifold key's paramet
     K = W_2 (W_1 x + b_1) + b_2,   W_1: (E, C_in),  W_2: (C, E)           x: (B, N, C_in) -> K: (B, N, C)
 
 The product is formed in parameter space every forward, W = W_2 W_1 (C, C_in) and b = W_2 b_1 + b_2, so a
-step costs what a plain ViT's does, as for the manifold key's fast path (`docs/design.md` §6, §8.3).
+step costs what a plain ViT's does, as for the manifold key's fast path (`docs/design.md` §6, §11).
 
 `factorise_key(model, hidden_dim)` swaps the `qkv` projection of every timm `Attention` / Swin
 `WindowAttention` for a `FactorisedKeyQKV` (queries and values keep one linear layer); `fold_key` undoes it

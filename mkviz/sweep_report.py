@@ -23,7 +23,11 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["load_results", "summarize", "welch", "render_blocks", "write_report", "check_page", "make_plots"]
+from . import sweep_analysis as analysis
+from .stats import welch
+
+__all__ = ["load_results", "summarize", "welch", "render_blocks", "specialisation_blocks", "pages", "write_report",
+           "check_page", "make_plots"]
 
 _PLOTLY_UID = re.compile(rb'<defs id="defs-([0-9a-f]+)"')
 _BLOCK = re.compile(r"<!-- mkviz:begin (?P<name>[\w-]+) -->\n(?P<body>.*?)<!-- mkviz:end (?P=name) -->", re.S)
@@ -36,27 +40,6 @@ def load_results(results_dir: str | Path) -> list[dict[str, Any]]:
     if not d.is_dir():
         return []
     return [json.loads(p.read_text()) for p in sorted(d.glob("*.json"))]
-
-
-def welch(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
-    """Welch's unequal-variance comparison of mean(a) − mean(b).
-
-    diff = ā − b̄;  se = √(s_a²/n_a + s_b²/n_b);  df = se⁴ / ((s_a²/n_a)²/(n_a−1) + (s_b²/n_b)²/(n_b−1));
-    95 % interval diff ± t_{0.975, df}·se;  p = 2·P(T_df > |diff|/se). NaN where undefined (n < 2, se = 0).
-    """
-    from scipy import stats
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    diff = float(a.mean() - b.mean()) if len(a) and len(b) else math.nan
-    if len(a) < 2 or len(b) < 2:
-        return {"diff": diff, "lo": math.nan, "hi": math.nan, "p": math.nan, "df": math.nan}
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    se = math.sqrt(va + vb)
-    if se == 0:
-        return {"diff": diff, "lo": diff, "hi": diff, "p": math.nan if diff == 0 else 0.0, "df": math.nan}
-    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
-    half = float(stats.t.ppf(0.975, df)) * se
-    p = float(2 * stats.t.sf(abs(diff) / se, df))
-    return {"diff": diff, "lo": diff - half, "hi": diff + half, "p": p, "df": float(df)}
 
 
 def paired_p(a: dict[int, float], b: dict[int, float]) -> float:
@@ -193,10 +176,14 @@ def _setup(records: list[dict[str, Any]], sweep: dict[str, Any]) -> str:
             t = recs[0]["train"]
             size = t["timm_kwargs"].get("img_size", t.get("image_size"))
             extra = (f", {t['num_train']} training images, difficulty {t['difficulty']}" if t["dataset"] == "shapes"
-                     else "")
-            per.append(f"- `{dataset}`: {t['dataset']} at {size} px{extra}; {t['epochs']} epochs, batch "
-                       f"{t['batch_size']}, lr {t['lr']:g}, {len(recs)} runs, mean training time "
-                       f"{np.mean([r['train_time_s'] for r in recs]):.0f} s per run")
+                     else f", the first {t['num_train']} training images" if t["dataset"] == "fashion-mnist"
+                     and t.get("num_train") else "")
+            lrs = sorted({r["train"]["lr"] for r in recs})
+            epochs = sorted({r["train"]["epochs"] for r in recs})
+            lr = f"lr {lrs[0]:g}" if len(lrs) == 1 else "peak lr " + "/".join(f"{v:g}" for v in lrs) + " by family"
+            per.append(f"- `{dataset}`: {t['dataset']} at {size} px{extra}; "
+                       f"{'/'.join(map(str, epochs))} epochs, batch {t['batch_size']}, {lr}, {len(recs)} runs, "
+                       f"mean training time {np.mean([r['train_time_s'] for r in recs]):.0f} s per run")
     seeds = sorted({r["seed"] for r in records})
     lines = [f"- {len(records)} finished runs ({len(sweep['configs'])} configurations × {len(sweep['datasets'])} "
              f"datasets × seeds {seeds}), finished {dates[0]}" + (f" to {dates[-1]}" if dates[-1] != dates[0] else ""),
@@ -218,13 +205,48 @@ def render_blocks(sweep: dict[str, Any], records: Optional[list[dict[str, Any]]]
         rows = summary.get(dataset)
         label = report_metric(sweep).replace("_acc", " acc")
         blocks[f"results-{dataset}"] = _results_table(rows, base, label) if rows else "No finished runs yet.\n"
-    blocks["verdicts"] = _verdicts(summary, base) if summary else "No finished runs yet.\n"
-    blocks["controls"] = _controls(summary, sweep)
+    rep = sweep.get("report") or {}
+    if rep.get("primary"):  # a sweep that stated its comparisons: the full analysis
+        for dataset, rows in summary.items():
+            blocks[f"comparisons-{dataset}"] = analysis.comparisons_block(sweep, rows)
+            blocks[f"cost-{dataset}"] = analysis.cost_block(sweep, rows, [r for r in records
+                                                                         if r["dataset"] == dataset])
+        if rep.get("lr_check"):
+            from .sweep import load_sweep
+            lr_sweep = load_sweep(rep["lr_check"])
+            blocks["lr-check"] = analysis.lr_check_block(lr_sweep, load_results(lr_sweep["results_dir"]))
+    else:
+        blocks["verdicts"] = _verdicts(summary, base) if summary else "No finished runs yet.\n"
+        blocks["controls"] = _controls(summary, sweep)
     if sweep.get("plots_dir"):
         rel = Path(sweep["plots_dir"]).relative_to(Path(sweep["page"]).parent) if sweep.get("page") else None
         blocks["plots"] = (f"![test accuracy vs number of charts]({rel}/acc_vs_charts.svg)\n\n"
                            f"![test accuracy per configuration]({rel}/configs.svg)\n")
+        if rep.get("primary"):
+            blocks["plots"] += f"\n![training curves]({rel}/curves.svg)\n"
     return blocks
+
+
+def specialisation_blocks(sweep: dict[str, Any], records: Optional[list[dict[str, Any]]] = None) -> dict[str, str]:
+    """The generated blocks of the chart-specialisation page (`report.specialisation_page`)."""
+    records = load_results(sweep["results_dir"]) if records is None else records
+    page = sweep["report"]["specialisation_page"]
+    blocks = {"chart-setup": _setup(records, sweep), **analysis.specialisation_blocks(sweep, records)}
+    if sweep.get("plots_dir"):
+        svg = analysis.page_link(page, Path(sweep["plots_dir"]) / "chart_similarity.svg")
+        blocks["chart-plot"] = f"![chart similarity over training]({svg})\n"
+    return blocks
+
+
+def pages(sweep: dict[str, Any], records: Optional[list[dict[str, Any]]] = None,
+          summary: Optional[dict[str, dict[str, dict[str, Any]]]] = None) -> dict[Path, dict[str, str]]:
+    """{page path: its generated blocks}: the sweep's page and, if the report names one, its chart-specialisation
+    page."""
+    records = load_results(sweep["results_dir"]) if records is None else records
+    out = {Path(sweep["page"]): render_blocks(sweep, records, summary)}
+    if (sweep.get("report") or {}).get("specialisation_page"):
+        out[Path(sweep["report"]["specialisation_page"])] = specialisation_blocks(sweep, records)
+    return out
 
 
 def _template(sweep: dict[str, Any], blocks: dict[str, str]) -> str:
@@ -252,22 +274,24 @@ def _replace_blocks(text: str, blocks: dict[str, str]) -> str:
 
 def check_page(sweep: dict[str, Any]) -> list[str]:
     """Blocks of the page that differ from what the results give ([] when in sync)."""
-    page = Path(sweep["page"])
-    if not page.is_file():
-        return [f"{page} does not exist; run: mkviz sweep {sweep['path']} --report-only"]
-    found = {m.group("name"): m.group("body") for m in _BLOCK.finditer(page.read_text())}
     stale = []
-    for name, body in render_blocks(sweep).items():
-        if name not in found:
-            stale.append(f"{page}: block {name!r} is missing; run: mkviz sweep {sweep['path']} --report-only")
-        elif found[name] != body:
-            stale.append(f"{page}: block {name!r} differs from {sweep['results_dir']}; run: mkviz sweep "
-                         f"{sweep['path']} --report-only")
+    for page, blocks in pages(sweep).items():
+        if not page.is_file():
+            stale.append(f"{page} does not exist; run: mkviz sweep {sweep['path']} --report-only")
+            continue
+        found = {m.group("name"): m.group("body") for m in _BLOCK.finditer(page.read_text())}
+        for name, body in blocks.items():
+            if name not in found:
+                stale.append(f"{page}: block {name!r} is missing; run: mkviz sweep {sweep['path']} --report-only")
+            elif found[name] != body:
+                stale.append(f"{page}: block {name!r} differs from {sweep['results_dir']}; run: mkviz sweep "
+                             f"{sweep['path']} --report-only")
     return stale
 
 
 # ----------------------------------------------------------------------------- plots
-def make_plots(sweep: dict[str, Any], summary: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+def make_plots(sweep: dict[str, Any], summary: dict[str, dict[str, dict[str, Any]]],
+               records: Optional[list[dict[str, Any]]] = None) -> dict[str, Any]:
     """Two plotly figures: accuracy vs chart count (the `report.chart_series` configs, default: every
     VanillaK config) and accuracy per configuration (`report.bars`, default: all), one panel per dataset,
     mean ± std with each seed as a dot; the baseline (and a param-matched control) as reference lines."""
@@ -331,6 +355,13 @@ def make_plots(sweep: dict[str, Any], summary: dict[str, dict[str, dict[str, Any
     fig.update_layout(title="Test accuracy per configuration (bars: mean ± std; dots: seeds)",
                       width=450 * max(1, len(datasets)) + 100, height=420, template="plotly_white")
     figs["configs"] = fig
+    if rep.get("primary") and records:
+        figs["curves"] = analysis.curves_figure(sweep, records,
+                                               [c for c in dict.fromkeys(bars + series) if c in sweep["configs"]])
+    if rep.get("specialisation_page") and records:
+        chart_fig = analysis.specialisation_figure(sweep, records)
+        if chart_fig is not None:
+            figs["chart_similarity"] = chart_fig
     return figs
 
 
@@ -352,19 +383,19 @@ def write_report(sweep: dict[str, Any], plots: bool = True) -> list[Path]:
     """Rewrite the page's generated blocks (create the page if missing) and, with `plots`, the SVGs
     (needs kaleido and a Chrome/Chromium; skipped with a message otherwise). Returns the written paths."""
     import sys
-    page = Path(sweep["page"])
     records = load_results(sweep["results_dir"])
     summary = summarize(records, sweep)
-    blocks = render_blocks(sweep, records, summary)
-    text = _replace_blocks(page.read_text(), blocks) if page.is_file() else _template(sweep, blocks)
-    page.parent.mkdir(parents=True, exist_ok=True)
-    page.write_text(text)
-    written = [page]
+    written = []
+    for page, blocks in pages(sweep, records, summary).items():
+        text = _replace_blocks(page.read_text(), blocks) if page.is_file() else _template(sweep, blocks)
+        page.parent.mkdir(parents=True, exist_ok=True)
+        page.write_text(text)
+        written.append(page)
     if plots and sweep.get("plots_dir") and records:
         out = Path(sweep["plots_dir"])
         out.mkdir(parents=True, exist_ok=True)
         try:
-            for name, fig in make_plots(sweep, summary).items():
+            for name, fig in make_plots(sweep, summary, records).items():
                 svg, path = svg_bytes(fig), out / f"{name}.svg"
                 if not path.is_file() or path.read_bytes() != svg:  # unchanged plots are not touched
                     path.write_bytes(svg)

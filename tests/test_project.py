@@ -166,7 +166,8 @@ def test_design_document_cross_references_and_named_tests_exist():
         assert re.search(rf"^def {func}\(", source, re.M), f"docs/design.md names {file}::{func}; no such test"
 
 
-APPLICATIONS = {"demo", "demo_pretrained", "report", "bench", "bench_record", "sweep", "sweep_report", "shipped"}
+APPLICATIONS = {"demo", "demo_pretrained", "report", "bench", "bench_record", "sweep", "sweep_report", "sweep_analysis",
+                "shipped"}
 
 
 def _mkviz_imports(path: Path) -> set[str]:
