@@ -159,3 +159,48 @@ def test_committed_reproduction_page_is_in_sync_with_its_json(tmp_path: Path, mo
     f.write_text(json.dumps(rec))
     stale = sweep_report.check_page({**sweep, "results_dir": str(tmp_path / "res")})
     assert any("'results-shapes'" in s for s in stale) and any("'verdicts'" in s for s in stale)
+
+
+STATED = {
+    **MICRO, "seeds": [0, 1, 2],
+    "configs": {"baseline": {"variant": "baseline"},
+                "vanillak-2": {"variant": "vanillak", "num_charts": 2, "stage": 1},
+                "overparam-key": {"variant": "baseline", "match_params": "vanillak-2", "match_by": "key",
+                                  "seeds": [0, 1]},
+                "kua-2": {"variant": "kua", "num_charts": 2, "ua_weight": 0.1, "seeds": [0], "stage": 2}},
+    "report": {"primary": [["vanillak-2", "baseline"]], "controls": [["vanillak-2", "overparam-key"]]},
+}
+
+
+def test_a_sweep_with_stated_comparisons_reports_every_reading(tmp_path: Path) -> None:
+    sweep = load_sweep(_write(tmp_path, {**STATED, "report": {**STATED["report"],
+                                                               "specialisation_page": str(tmp_path / "charts.md")}}))
+    runs = expand_runs(sweep)
+    # stage 0 first (seed-major), then stage 1, then stage 2; configurations with their own seeds
+    assert [r.run_id.split("__", 1)[1] for r in runs] == [
+        "baseline__s0", "overparam-key__s0", "baseline__s1", "overparam-key__s1", "baseline__s2",
+        "vanillak-2__s0", "vanillak-2__s1", "vanillak-2__s2", "kua-2__s0"]
+    over = next(r for r in runs if r.config == "overparam-key").train
+    assert over["key_hidden"] >= 1 and "match_by" not in over and "seeds" not in over
+    records, failures = run_sweep(sweep, jobs=1)
+    assert not failures and len(records) == 9
+    kua = next(r for r in records if r["config"] == "kua-2")
+    assert 0 <= kua["test_acc_one_hot"] <= 1 and set(kua["chart_init"]) >= {"chart_cosine", "membership_max"}
+    sweep_report.write_report(sweep, plots=False)
+    page = Path(sweep["page"]).read_text()
+    table = page.split("<!-- mkviz:begin comparisons-shapes -->")[1].split("<!-- mkviz:end")[0]
+    assert "| `vanillak-2` − `baseline` | primary | 3/3 |" in table
+    assert "| `vanillak-2` − `overparam-key` | control | 3/2 |" in table
+    assert "(0.25)" in table  # the exact paired permutation floor with 3 seeds: 2 / 2^3
+    assert "Family: 4 comparisons (1 primary)" in table
+    assert "training-step GFLOPs" in page and "<!-- mkviz:begin cost-shapes -->" in page
+    charts = Path(tmp_path / "charts.md").read_text()
+    assert "| `vanillak-2` | vanillak | 2 | 1 | key | 3 |" in charts and "| `kua-2` | 1 |" in charts
+    assert sweep_report.check_page(sweep) == []
+
+
+def test_committed_fashion_mnist_pages_are_in_sync_with_their_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    sweep = load_sweep(ROOT / "configs" / "repro_fmnist.yaml")
+    assert sweep_report.check_page(sweep) == []
+    assert sweep["report"]["primary"] == [["vanillak-8", "baseline"], ["vanillak-8", "overparam-key"]]
