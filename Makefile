@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install data chromium demo test test-fast lab bench-params checkpoints repro sync-notebooks clean
+.PHONY: install data chromium demo test test-fast lab bench-params checkpoints repro repro-small sync-notebooks clean
 
 install: $(STAMP) data
 
@@ -60,8 +60,14 @@ NAMES ?=
 checkpoints: install
 	$(BIN)/python -m mkviz.shipped --dataset $(DATASET) $(NAMES)
 
-# the CPU reproduction sweep behind docs/reproduction.md (about an hour on 2 cores; resumable)
+# the Fashion-MNIST reproduction behind docs/reproduction_fmnist.md and docs/chart_specialisation.md:
+# the learning-rate check, then the study (about 3 hours on 2 cores in all; resumable: run it again after a stop)
 repro: install
+	$(BIN)/mkviz sweep configs/fmnist_lr.yaml
+	$(BIN)/mkviz sweep configs/repro_fmnist.yaml
+
+# the first, superseded study on shapes and digits (docs/reproduction.md; about 40 minutes)
+repro-small: install
 	$(BIN)/mkviz sweep configs/repro_small.yaml
 
 bench-params: install
