@@ -34,6 +34,12 @@ __all__ = ["ContextBroadcast", "ManifoldQKV", "ManifoldAttention", "ManifoldWind
 Recorder = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]], None]
 
 
+def _is_compiling() -> bool:
+    """True while torch.compile or torch.export traces (torch >= 2.3 can tell; older torch: False)."""
+    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(is_compiling()) if is_compiling is not None else False
+
+
 class ContextBroadcast(nn.Module):
     """Context broadcasting (Hyeon-Woo et al., ICCV 2023): y + γ ⊙ mean_n(y).
 
@@ -96,8 +102,8 @@ class ManifoldQKV(nn.Module):
         costs what timm's does (docs/design.md §6, plan "weight").
 
         The cache. `_qkv_cache = (stamp, weight, bias)` is written and read only while
-        `torch.is_grad_enabled()` is False, so a cached tensor never carries autograd history and a
-        forward that records gradients always rebuilds (its gradients reach every parameter). The stamp
+        `torch.is_grad_enabled()` is False and no torch.compile / torch.export trace runs, so a cached tensor
+        never carries autograd history and a forward that records gradients always rebuilds (its gradients reach every parameter). The stamp
         is `(p.data_ptr(), p._version)` for every parameter the result is built from (`qv.weight`,
         `qv.bias`, then `self.key.parameters()` in order); `_version` is the (private, long-stable) torch
         version counter that autograd uses to detect in-place changes to saved tensors. Equal stamps mean:
@@ -117,11 +123,14 @@ class ManifoldQKV(nn.Module):
         replaced by one the allocator places at the very address the cache saw, with an equal version.
         After such a change, `del module._qkv_cache` (or any in-place op on the parameter itself).
         """
-        params = [p for p in (self.qv.weight, self.qv.bias) if p is not None] + list(self.key.parameters())
-        stamp = tuple((p.data_ptr(), p._version) for p in params)
-        cached = getattr(self, "_qkv_cache", None)
-        if not torch.is_grad_enabled() and cached is not None and cached[0] == stamp:
-            return cached[1], cached[2]
+        # no cache while autograd records, nor under torch.compile / torch.export (fake tensors have no storage)
+        use_cache = not torch.is_grad_enabled() and not _is_compiling()
+        if use_cache:
+            params = [p for p in (self.qv.weight, self.qv.bias) if p is not None] + list(self.key.parameters())
+            stamp = tuple((p.data_ptr(), p._version) for p in params)
+            cached = getattr(self, "_qkv_cache", None)
+            if cached is not None and cached[0] == stamp:
+                return cached[1], cached[2]
         A = self.attn_dim
         k_weight, k_bias = self.key.effective_linear()
         weight = torch.cat([self.qv.weight[:A], k_weight, self.qv.weight[A:]])  # (3A, C_in)
@@ -132,7 +141,7 @@ class ManifoldQKV(nn.Module):
             bias = torch.cat([self.qv.bias[:A], k_bias, self.qv.bias[A:]])  # (3A,)
         elif k_bias is not None:
             bias = torch.cat([k_bias.new_zeros(A), k_bias, k_bias.new_zeros(A)])  # (3A,)
-        if not torch.is_grad_enabled():
+        if use_cache:
             self._qkv_cache = (stamp, weight, bias)
         return weight, bias
 
