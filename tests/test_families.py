@@ -132,3 +132,18 @@ def test_fold_refuses_context_broadcast_on_families(seeded):
     with pytest.raises(ValueError, match=r"fold\(\): a BEiT layer with context_broadcast=True .* \(blocks\.0\.attn\)"):
         mkviz.fold(model)
     assert len(list(mkviz.manifold_modules(model))) == 2
+
+
+@pytest.mark.parametrize("name", ["beit", "eva", "rope", "relpos"])
+def test_chart_explorer_on_vit_like_families(name, seeded):
+    """The explorer shows a converted BEiT / EVA / RoPE / RelPos ViT: its fused panel is the recorded map."""
+    from mkviz.explorers import ChartExplorer
+
+    model = mkviz.convert(small_family(name), "vanillak", 2).eval()
+    images = torch.rand(2, 3, 32, 32)
+    explorer = ChartExplorer(model, images, query=(1, 2))
+    with torch.no_grad(), mkviz.record_attention(model) as rec:
+        model(images[:1])
+    fused = next(t for t in explorer.maps_figure.data if t.name == "fused")
+    expected = rec.image_map(explorer.layer, query=(1, 2))  # (4, 4) patch grid, heads averaged
+    assert torch.allclose(torch.tensor(fused.z, dtype=torch.float32), expected, atol=1e-5)
