@@ -34,6 +34,12 @@ __all__ = ["ContextBroadcast", "ManifoldQKV", "ManifoldAttention", "ManifoldWind
 Recorder = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]], None]
 
 
+def _is_compiling() -> bool:
+    """True while torch.compile or torch.export traces (torch >= 2.3 can tell; older torch: False)."""
+    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(is_compiling()) if is_compiling is not None else False
+
+
 class ContextBroadcast(nn.Module):
     """Context broadcasting (Hyeon-Woo et al., ICCV 2023): y + γ ⊙ mean_n(y).
 
@@ -60,18 +66,28 @@ class ManifoldQKV(nn.Module):
     scale: float
     fused_attn: bool
 
-    def _build_manifold(
+    def build_manifold(
             self, dim: int, qkv_bias: bool, variant: str, num_charts: int, kernel_size: int,
-            expand_from: str, ua_weight: float, dd: dict,
+            expand_from: str, ua_weight: float, dd: dict, key_bias: Optional[bool] = None,
     ) -> None:
+        """Create `qv` (rows [q; v], bias `qkv_bias`) and the manifold `key` (bias `key_bias`, default
+        `qkv_bias`; False where timm's key has none: BEiT, EVA, Swin V2 keep a zero k_bias buffer)."""
         self.qv = nn.Linear(dim, self.attn_dim * 2, bias=qkv_bias, **dd)  # rows [q; v]
         self.key = ManifoldKey(
             dim, self.attn_dim, variant=variant, num_charts=num_charts, kernel_size=kernel_size,
-            expand_from=expand_from, bias=qkv_bias, ua_weight=ua_weight, **dd,
+            expand_from=expand_from, bias=qkv_bias if key_bias is None else key_bias, ua_weight=ua_weight, **dd,
         )
         self.recorder: Optional[Recorder] = None
 
-    def _check_width(self, x: torch.Tensor) -> None:
+    def logit_keys(self, chart_keys: torch.Tensor) -> torch.Tensor:
+        """Chart keys (B, H, N, heads·d) as they enter the logits, (B, H, N, heads, d): split into heads and
+        passed through `k_norm` (if any), exactly what the forward does to the fused key. Families with more
+        on the key path (rotary embedding, cosine attention: `mkviz/families.py`) override it."""
+        k = chart_keys.unflatten(-1, (self.num_heads, self.head_dim))  # (B, H, N, heads, d)
+        k_norm = getattr(self, "k_norm", None)
+        return k_norm(k) if k_norm is not None else k
+
+    def check_width(self, x: torch.Tensor) -> None:
         if x.dim() != 3 or x.shape[-1] != self.key.in_dim:
             raise ValueError(
                 f"x: expected shape (batch, tokens, {self.key.in_dim}) for an attention of width "
@@ -86,8 +102,8 @@ class ManifoldQKV(nn.Module):
         costs what timm's does (docs/design.md §6, plan "weight").
 
         The cache. `_qkv_cache = (stamp, weight, bias)` is written and read only while
-        `torch.is_grad_enabled()` is False, so a cached tensor never carries autograd history and a
-        forward that records gradients always rebuilds (its gradients reach every parameter). The stamp
+        `torch.is_grad_enabled()` is False and no torch.compile / torch.export trace runs, so a cached tensor
+        never carries autograd history and a forward that records gradients always rebuilds (its gradients reach every parameter). The stamp
         is `(p.data_ptr(), p._version)` for every parameter the result is built from (`qv.weight`,
         `qv.bias`, then `self.key.parameters()` in order); `_version` is the (private, long-stable) torch
         version counter that autograd uses to detect in-place changes to saved tensors. Equal stamps mean:
@@ -107,18 +123,25 @@ class ManifoldQKV(nn.Module):
         replaced by one the allocator places at the very address the cache saw, with an equal version.
         After such a change, `del module._qkv_cache` (or any in-place op on the parameter itself).
         """
-        params = [p for p in (self.qv.weight, self.qv.bias) if p is not None] + list(self.key.parameters())
-        stamp = tuple((p.data_ptr(), p._version) for p in params)
-        cached = getattr(self, "_qkv_cache", None)
-        if not torch.is_grad_enabled() and cached is not None and cached[0] == stamp:
-            return cached[1], cached[2]
+        # no cache while autograd records, nor under torch.compile / torch.export (fake tensors have no storage)
+        use_cache = not torch.is_grad_enabled() and not _is_compiling()
+        if use_cache:
+            params = [p for p in (self.qv.weight, self.qv.bias) if p is not None] + list(self.key.parameters())
+            stamp = tuple((p.data_ptr(), p._version) for p in params)
+            cached = getattr(self, "_qkv_cache", None)
+            if cached is not None and cached[0] == stamp:
+                return cached[1], cached[2]
         A = self.attn_dim
         k_weight, k_bias = self.key.effective_linear()
         weight = torch.cat([self.qv.weight[:A], k_weight, self.qv.weight[A:]])  # (3A, C_in)
         bias = None
         if self.qv.bias is not None:
+            if k_bias is None:  # a key without bias next to biased q and v (BEiT, EVA, Swin V2)
+                k_bias = self.qv.bias.new_zeros(A)
             bias = torch.cat([self.qv.bias[:A], k_bias, self.qv.bias[A:]])  # (3A,)
-        if not torch.is_grad_enabled():
+        elif k_bias is not None:
+            bias = torch.cat([k_bias.new_zeros(A), k_bias, k_bias.new_zeros(A)])  # (3A,)
+        if use_cache:
             self._qkv_cache = (stamp, weight, bias)
         return weight, bias
 
@@ -137,18 +160,22 @@ class ManifoldQKV(nn.Module):
         k = self.key(x).reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # (B, heads, N, d)
         return q, k, v
 
-    def _attend(
+    def attend(
             self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             attn_bias: Optional[torch.Tensor], is_causal: bool = False,
     ) -> torch.Tensor:
         """Attention core. q, k, v: (B, heads, N, d); attn_bias additive, broadcastable to
-        (B, heads, N, N). Returns (B, N, heads·d)."""
+        (B, heads, N, N). Returns (B, N, heads·d). `self.scale` is a float, or a tensor broadcastable to q
+        (Swin V2's learned per-head logit scale (heads, 1, 1))."""
         B, _, N, _ = q.shape
         if self.fused_attn and self.recorder is None:
+            extra = {}
+            if isinstance(self.scale, torch.Tensor):  # a per-head scale goes into the queries
+                q, extra = q * self.scale, {"scale": 1.0}
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=attn_bias,
                 dropout_p=self.attn_drop.p if self.training else 0.,
-                is_causal=is_causal and attn_bias is None,
+                is_causal=is_causal and attn_bias is None, **extra,
             )
         else:
             logits = (q * self.scale) @ k.transpose(-2, -1)  # (B, heads, N, N)
@@ -224,7 +251,7 @@ class ManifoldAttention(ManifoldQKV):
         self.scale = head_dim ** -0.5
         self.fused_attn = use_fused_attn()
 
-        self._build_manifold(dim, qkv_bias, variant, num_charts, kernel_size, expand_from, ua_weight, dd)
+        self.build_manifold(dim, qkv_bias, variant, num_charts, kernel_size, expand_from, ua_weight, dd)
         self.q_norm = norm_layer(head_dim, **dd) if qk_norm else nn.Identity()
         self.k_norm = norm_layer(head_dim, **dd) if qk_norm else nn.Identity()
         self.attn_drop = nn.Dropout(attn_drop)
@@ -240,7 +267,7 @@ class ManifoldAttention(ManifoldQKV):
             attn_mask: Optional[torch.Tensor] = None,
             is_causal: bool = False,
     ) -> torch.Tensor:
-        self._check_width(x)
+        self.check_width(x)
         B, N, _ = x.shape
         gate = self.gate(x).sigmoid() if self.gate is not None else None
         q, k, v = self.project_qkv(x)  # each (B, heads, N, d)
@@ -248,7 +275,7 @@ class ManifoldAttention(ManifoldQKV):
         bias = None
         if attn_mask is not None and not is_causal:
             bias = resolve_self_attn_mask(N, q, attn_mask, False) if attn_mask.dtype == torch.bool else attn_mask
-        out = self._attend(x, q, k, v, bias, is_causal)  # (B, N, A)
+        out = self.attend(x, q, k, v, bias, is_causal)  # (B, N, A)
         out = self.norm(out)
         if gate is not None:
             out = out * gate
@@ -297,11 +324,11 @@ class ManifoldWindowAttention(ManifoldQKV, WindowAttention):
         del self.qkv
         self.head_dim = head_dim or dim // num_heads
         self.attn_dim = self.head_dim * num_heads
-        self._build_manifold(dim, qkv_bias, variant, num_charts, kernel_size, expand_from, ua_weight, dd)
+        self.build_manifold(dim, qkv_bias, variant, num_charts, kernel_size, expand_from, ua_weight, dd)
         self.context_broadcast = ContextBroadcast(dim, **dd) if context_broadcast else None
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        self._check_width(x)
+        self.check_width(x)
         B_, N, _ = x.shape
         q, k, v = self.project_qkv(x)  # each (B·nW, heads, N, d)
         bias = self._get_rel_pos_bias()  # (1, heads, N, N)
@@ -309,7 +336,7 @@ class ManifoldWindowAttention(ManifoldQKV, WindowAttention):
             num_win = mask.shape[0]
             bias = bias.view(1, 1, self.num_heads, N, N) + mask.view(1, num_win, 1, N, N)
             bias = bias.expand(B_ // num_win, -1, -1, -1, -1).reshape(B_, self.num_heads, N, N)
-        out = self._attend(x, q, k, v, bias)  # (B·nW, N, A)
+        out = self.attend(x, q, k, v, bias)  # (B·nW, N, A)
         out = self.proj_drop(self.proj(out))
         if self.context_broadcast is not None:
             out = self.context_broadcast(out)

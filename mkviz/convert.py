@@ -17,9 +17,27 @@ from timm.layers import Attention
 from timm.models.swin_transformer import WindowAttention
 
 from .attention import ContextBroadcast, ManifoldAttention, ManifoldWindowAttention, ManifoldQKV
+from .families import FAMILIES
 from .key import INITS, check_choice, check_perturbation, resolve_variant
 
 __all__ = ["convert", "create_model", "fold", "manifold_modules", "unbalanced_atlas_loss"]
+
+
+SUPPORTED = ("timm.layers.Attention (ViT, DeiT, CLIP, DINOv2, ...), timm.models.swin_transformer.WindowAttention "
+             "(Swin), timm.models.beit.Attention (BEiT), timm.models.eva.EvaAttention and timm.layers.AttentionRope "
+             "(EVA-02, RoPE ViTs), timm.models.swin_transformer_v2.WindowAttention (Swin V2) and "
+             "timm.models.vision_transformer_relpos.RelPosAttention (ViT with relative position)")
+
+# attention classes refused on purpose, with the reason (README's support table repeats them)
+REFUSALS = {
+    "timm.models.cait.TalkingHeadAttn": "CaiT: not implemented. Its talking heads mix the heads' logits before the "
+    "softmax and the heads' maps after it, so a per-chart map would be a mix of all heads' maps rather than one "
+    "chart's attention, and CaiT's class-attention layers (ClassAttn, a query from the class token only) need "
+    "their own key path; a partial conversion would leave a model that is half plain",
+    "timm.models.cait.ClassAttn": "CaiT's class attention: not implemented (see TalkingHeadAttn)",
+    "timm.layers.attention_pool.AttentionPoolLatent": "attention pooling with learned latent queries is a pooling "
+    "head, not self-attention over the tokens; use a model with global_pool='avg' or 'token'",
+}
 
 
 def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
@@ -96,22 +114,28 @@ def _convert_window_attention(old: WindowAttention, preserve: bool, std: float,
     return new
 
 
+def _timm_key(old: nn.Module, new: ManifoldQKV) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The key projection of a timm attention: weight (A, C_in), bias (A,) or None."""
+    if type(old) in FAMILIES:
+        return FAMILIES[type(old)].timm_projections(old)[1]
+    A = new.attn_dim
+    return old.qkv.weight[A:2 * A], (old.qkv.bias[A:2 * A] if old.qkv.bias is not None else None)
+
+
 @torch.no_grad()
 def _check_preserved(path: str, old: nn.Module, new: ManifoldQKV, perturbation: float) -> None:
     """ValueError when the converted key does not compute the original key on a probe input (a perturbation
     so large that rounding swamps the zero-sum cancellation)."""
-    weight = old.qkv.weight
+    weight, bias = _timm_key(old, new)
     if weight.is_meta:
         return
-    A = new.attn_dim
-    bias = old.qkv.bias[A:2 * A] if old.qkv.bias is not None else None
     x = torch.randn(1, 4, weight.shape[1], generator=torch.Generator().manual_seed(0)).to(weight)
     training, new.key.training = new.key.training, False  # no KUA atlas term from the probe
     try:
         got = new.key(x)
     finally:
         new.key.training = training
-    ref = nn.functional.linear(x, weight[A:2 * A], bias)
+    ref = nn.functional.linear(x, weight, bias)
     err = ((got - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
     tol = max(1e-4, 8 * torch.finfo(weight.dtype).eps) if weight.is_floating_point() else 1e-4
     if err > tol:
@@ -134,7 +158,8 @@ def convert(
         perturbation: float = 0.1,
         seed: Optional[int] = 0,
 ) -> nn.Module:
-    """Replace every timm ViT/DeiT `Attention` and Swin `WindowAttention` by a manifold-key module.
+    """Replace every timm attention of a supported family by a manifold-key module: ViT/DeiT `Attention`, Swin
+    `WindowAttention`, and (`mkviz/families.py`) BEiT, EVA / RoPE, Swin V2 and RelPos ViT attention.
 
     With init="preserve" (default) the converted model computes exactly what `model` computed
     (q, v, proj and the key copied; s_c = 1, φ_c = I + δ_c with Σ_c δ_c = 0 and relative size
@@ -166,12 +191,13 @@ def convert(
             new = _convert_vit_attention(module, init == "preserve", perturbation, generator, **options)
         elif type(module) is WindowAttention:
             new = _convert_window_attention(module, init == "preserve", perturbation, generator, **options)
+        elif type(module) in FAMILIES:  # BEiT, EVA / RoPE, Swin V2, RelPos ViT (mkviz/families.py)
+            new = FAMILIES[type(module)].from_timm(module, init == "preserve", perturbation, generator, **options)
         elif _looks_like_attention(module) and not any(True for _ in module.children() if _looks_like_attention(_)):
-            raise ValueError(
-                f"{path or '<model>'}: cannot convert attention of class {type(module).__module__}."
-                f"{type(module).__qualname__}; supported: timm.layers.Attention (ViT, DeiT) and "
-                "timm.models.swin_transformer.WindowAttention (Swin)"
-            )
+            name = f"{type(module).__module__}.{type(module).__qualname__}"
+            why = f" ({REFUSALS[name]})" if name in REFUSALS else ""
+            raise ValueError(f"{path or '<model>'}: cannot convert attention of class {name}{why}; supported: "
+                             f"{SUPPORTED}")
         else:
             continue
         if init == "preserve":
@@ -180,7 +206,7 @@ def convert(
         _set_submodule(model, path, new)
         found += 1
     if not found:
-        raise ValueError(f"model ({type(model).__name__}) has no timm Attention or Swin WindowAttention to convert")
+        raise ValueError(f"model ({type(model).__name__}) has no timm Attention (or other supported attention) to convert; supported: {SUPPORTED}")
     model.mkviz_config = dict(options)
     return model
 
@@ -246,6 +272,11 @@ def _fold_module(path: str, module: ManifoldQKV) -> nn.Module:
                else f"kernel_size={module.key.kernel_size} mixes neighbouring tokens")
         raise ValueError(f"fold(): {path} uses variant {module.key.variant!r} and cannot be folded into a "
                          f"plain linear key: {why}. Keep the unfolded model for inference.")
+    if hasattr(module, "to_timm"):  # the families of mkviz/families.py fold themselves
+        try:
+            return module.to_timm()
+        except ValueError as err:
+            raise ValueError(f"{err} ({path})") from None
     ref = module.qv.weight
     dd = dict(device=ref.device, dtype=ref.dtype)
     cb = module.context_broadcast is not None
@@ -293,7 +324,7 @@ def fold(model: nn.Module, inplace: bool = False) -> nn.Module:
     if not modules:
         raise ValueError(f"model ({type(model).__name__}) has no manifold-key attention to fold")
     for path, module in modules:  # check everything before changing anything
-        if not module.key.foldable:
+        if not module.key.foldable or hasattr(module, "to_timm") and module.context_broadcast is not None:
             _fold_module(path, module)
     if not inplace:
         model = copy.deepcopy(model)

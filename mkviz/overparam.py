@@ -10,7 +10,7 @@ scales, no fusion) and a hidden width E chosen to match a manifold key's paramet
     K = W_2 (W_1 x + b_1) + b_2,   W_1: (E, C_in),  W_2: (C, E)           x: (B, N, C_in) -> K: (B, N, C)
 
 The product is formed in parameter space every forward, W = W_2 W_1 (C, C_in) and b = W_2 b_1 + b_2, so a
-step costs what a plain ViT's does, as for the manifold key's fast path (`docs/design.md` §6, §11).
+step costs what a plain ViT's does, as for the manifold key's fast path (`docs/design.md` §6, §12).
 
 `factorise_key(model, hidden_dim)` swaps the `qkv` projection of every timm `Attention` / Swin
 `WindowAttention` for a `FactorisedKeyQKV` (queries and values keep one linear layer); `fold_key` undoes it
@@ -24,6 +24,8 @@ from typing import Optional
 import torch
 from torch import nn
 from torch.nn import functional as F
+from timm.layers import Attention
+from timm.models.swin_transformer import WindowAttention
 
 __all__ = ["FactorisedKeyQKV", "factorise_key", "fold_key", "key_hidden_for_params", "INITS"]
 
@@ -114,9 +116,8 @@ class FactorisedKeyQKV(nn.Module):
 
 
 def _attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(path, module) of every module with a timm-style fused `qkv` projection (an nn.Linear or ours)."""
-    return [(name, m) for name, m in model.named_modules()
-            if isinstance(getattr(m, "qkv", None), (nn.Linear, FactorisedKeyQKV)) and hasattr(m, "num_heads")]
+    """(path, module) of every timm `Attention` / Swin `WindowAttention` (whose forward only calls `qkv(x)`)."""
+    return [(name, m) for name, m in model.named_modules() if type(m) in (Attention, WindowAttention)]
 
 
 def factorise_key(model: nn.Module, hidden_dim: int, init: str = "scratch", seed: Optional[int] = 0) -> nn.Module:
@@ -127,7 +128,7 @@ def factorise_key(model: nn.Module, hidden_dim: int, init: str = "scratch", seed
         raise ValueError(f"init must be one of {', '.join(map(repr, INITS))}; got {init!r}")
     found = [(n, m) for n, m in _attention_modules(model) if isinstance(m.qkv, nn.Linear)]
     if not found:
-        raise ValueError("model: no timm attention with a fused qkv projection (timm ViT/DeiT/Swin) to factorise")
+        raise ValueError("model: no timm Attention or Swin WindowAttention (timm ViT/DeiT/Swin V1) to factorise")
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     for _, module in found:
         old = module.qkv

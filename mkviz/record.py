@@ -43,6 +43,7 @@ import torch
 from torch import nn
 from timm.layers import Attention
 from timm.models.swin_transformer import WindowAttention
+from timm.models.swin_transformer_v2 import WindowAttention as WindowAttentionV2
 
 from .attention import ManifoldQKV
 from .modes import temporarily
@@ -120,9 +121,7 @@ def chart_attention_of(module: ManifoldQKV, q: torch.Tensor, chart_keys: torch.T
     """
     B, H, N, _ = chart_keys.shape
     heads, d = module.num_heads, module.head_dim
-    k = chart_keys.unflatten(-1, (heads, d))  # (B, H, N, heads, d)
-    if hasattr(module, "k_norm"):
-        k = module.k_norm(k)
+    k = module.logit_keys(chart_keys)  # (B, H, N, heads, d): k_norm (rotary embedding, cosine) as the forward
     k = k.permute(0, 3, 1, 2, 4)  # (B, heads, H, N, d)
     if keys_buffer is None:
         k = k.reshape(B * heads, H * N, d)  # (B·heads, H·N, d): every chart's keys, rows (chart, token), a copy
@@ -215,7 +214,7 @@ class AttentionRecording:
         self._keys_buffer: Optional[torch.Tensor] = None  # (B·heads, H·N, d), reused by every layer
         self._active = False
         for name in self.layers:
-            if isinstance(model.get_submodule(name), WindowAttention):
+            if isinstance(model.get_submodule(name), (WindowAttention, WindowAttentionV2)):
                 parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else None
                 try:
                     self.layout[name] = swin_block_geometry(parent)
