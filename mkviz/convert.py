@@ -161,7 +161,8 @@ def convert(
         seed: Optional[int] = 0,
 ) -> nn.Module:
     """Replace every timm attention of a supported family by a manifold-key module: ViT/DeiT `Attention`, Swin
-    `WindowAttention`, and (`mkviz/families.py`) BEiT, EVA / RoPE, Swin V2 and RelPos ViT attention.
+    `WindowAttention`, and (`mkviz/families.py`) BEiT, EVA / RoPE, Swin V2 and RelPos ViT attention; in Hugging
+    Face ViT, DeiT, Swin and DINOv2 models, the `k_proj` of every attention (`mkviz/hf.py`, `docs/design.md` §11.6).
 
     With init="preserve" (default) the converted model computes exactly what `model` computed
     (q, v, proj and the key copied; s_c = 1, φ_c = I + δ_c with Σ_c δ_c = 0 and relative size

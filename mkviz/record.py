@@ -419,7 +419,7 @@ def record_attention(model: nn.Module, layers: LayerSpec = None, charts: bool = 
     """Context manager recording attention of `model`'s attention layers during forwards inside it.
 
     Args:
-        model: a converted (mkviz) or plain timm ViT / DeiT / Swin.
+        model: a converted (mkviz) or plain timm ViT / DeiT / Swin, or Hugging Face ViT / DeiT / Swin / DINOv2.
         layers: selection, see `select_layers` (None = all; names, fnmatch patterns, ints).
         charts: also record chart keys, per-chart attention and (KUA) memberships of manifold layers.
         to_cpu: move recorded tensors to the CPU as they are recorded.

@@ -87,8 +87,10 @@ def test_hf_conversion_under_sdpa_trains(family):
     converted.train()
     for key in (m.k_proj for _, m in hf_attentions(converted)):
         key.membership.weight.data.normal_(0, 0.5)  # memberships away from uniform: a nonzero atlas term
-    loss = output(converted(pixel_values=x)).square().mean() + mkviz.unbalanced_atlas_loss(converted)
-    loss.backward()
+    y_train = output(converted(pixel_values=x))
+    atlas = mkviz.unbalanced_atlas_loss(converted)
+    assert atlas.item() < 0, "KUA's atlas term is read from the Hugging Face k_proj keys"
+    (y_train.square().mean() + atlas).backward()
     grads = {n: p.grad for n, p in converted.named_parameters() if p.requires_grad and "mask_token" not in n}
     missing = [n for n, g in grads.items() if g is None or not torch.isfinite(g).all()]
     assert not missing, f"{name}: parameters without a finite gradient: {missing[:5]}"
@@ -198,3 +200,30 @@ def test_hf_refusals():
     with pytest.raises(ValueError, match=r"cannot convert attention of class transformers\.models\.beit.*"
                                          r"Hugging Face transformers: mkviz converts ViTAttention"):
         mkviz.convert(beit)
+
+
+def test_hf_gradient_checkpointing_and_folded_checkpoint_round_trip(tmp_path, monkeypatch):
+    """A converted model trains with transformers' gradient checkpointing (same outputs and gradients); a folded
+    one saves with `save_pretrained` and loads back into the plain class with `from_pretrained`."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    torch.manual_seed(0)
+    model, x = small_hf("vit"), torch.randn(2, 3, 32, 32)
+    converted = mkviz.convert(model, "simplek", 3).train()
+    results = []
+    for checkpointing in (False, True):
+        if checkpointing:
+            converted.activation_checkpointing_enable()
+        converted.zero_grad()
+        y = output(converted(pixel_values=x))
+        y.square().mean().backward()
+        results.append((y.detach(), [p.grad.clone() for p in converted.parameters() if p.grad is not None]))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=0, atol=1e-6)
+    assert len(results[1][1]) == len(results[0][1])
+    for g1, g0 in zip(results[1][1], results[0][1]):
+        torch.testing.assert_close(g1, g0, rtol=1e-5, atol=1e-6)
+    folded = mkviz.fold(converted.eval())
+    folded.save_pretrained(tmp_path)
+    loaded = transformers.ViTForImageClassification.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        diff = (output(loaded(pixel_values=x)) - output(converted(pixel_values=x))).abs().max().item()
+    assert diff <= 1e-5
