@@ -9,6 +9,7 @@ PYTEST_ARGS ?=
 
 install: $(STAMP) data
 
+# the dev extra: notebooks, tests, docs and hf (Hugging Face transformers, for tests/test_hf.py)
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt -e ".[dev]"

@@ -17,8 +17,9 @@ from timm.layers import Attention
 from timm.models.swin_transformer import WindowAttention
 
 from .attention import ContextBroadcast, ManifoldAttention, ManifoldWindowAttention, ManifoldQKV
+from . import hf
 from .families import FAMILIES
-from .key import INITS, check_choice, check_perturbation, resolve_variant
+from .key import INITS, ManifoldKey, check_choice, check_perturbation, resolve_variant
 
 __all__ = ["convert", "create_model", "fold", "manifold_modules", "unbalanced_atlas_loss"]
 
@@ -26,7 +27,8 @@ __all__ = ["convert", "create_model", "fold", "manifold_modules", "unbalanced_at
 SUPPORTED = ("timm.layers.Attention (ViT, DeiT, CLIP, DINOv2, ...), timm.models.swin_transformer.WindowAttention "
              "(Swin), timm.models.beit.Attention (BEiT), timm.models.eva.EvaAttention and timm.layers.AttentionRope "
              "(EVA-02, RoPE ViTs), timm.models.swin_transformer_v2.WindowAttention (Swin V2) and "
-             "timm.models.vision_transformer_relpos.RelPosAttention (ViT with relative position)")
+             "timm.models.vision_transformer_relpos.RelPosAttention (ViT with relative position); Hugging Face "
+             "transformers ViT, DeiT, Swin and DINOv2 attention (mkviz/hf.py)")
 
 # attention classes refused on purpose, with the reason (README's support table repeats them)
 REFUSALS = {
@@ -159,7 +161,8 @@ def convert(
         seed: Optional[int] = 0,
 ) -> nn.Module:
     """Replace every timm attention of a supported family by a manifold-key module: ViT/DeiT `Attention`, Swin
-    `WindowAttention`, and (`mkviz/families.py`) BEiT, EVA / RoPE, Swin V2 and RelPos ViT attention.
+    `WindowAttention`, and (`mkviz/families.py`) BEiT, EVA / RoPE, Swin V2 and RelPos ViT attention; in Hugging
+    Face ViT, DeiT, Swin and DINOv2 models, the `k_proj` of every attention (`mkviz/hf.py`, `docs/design.md` §11.6).
 
     With init="preserve" (default) the converted model computes exactly what `model` computed
     (q, v, proj and the key copied; s_c = 1, φ_c = I + δ_c with Σ_c δ_c = 0 and relative size
@@ -193,9 +196,14 @@ def convert(
             new = _convert_window_attention(module, init == "preserve", perturbation, generator, **options)
         elif type(module) in FAMILIES:  # BEiT, EVA / RoPE, Swin V2, RelPos ViT (mkviz/families.py)
             new = FAMILIES[type(module)].from_timm(module, init == "preserve", perturbation, generator, **options)
+        elif hf.is_hf_attention(module):  # Hugging Face ViT, DeiT, Swin, DINOv2: k_proj becomes the manifold key
+            hf.convert_attention(path or "<model>", module, init == "preserve", perturbation, generator, **options)
+            found += 1
+            continue
         elif _looks_like_attention(module) and not any(True for _ in module.children() if _looks_like_attention(_)):
             name = f"{type(module).__module__}.{type(module).__qualname__}"
-            why = f" ({REFUSALS[name]})" if name in REFUSALS else ""
+            reason = REFUSALS.get(name) or hf.unsupported_reason(module)
+            why = f" ({reason})" if reason else ""
             raise ValueError(f"{path or '<model>'}: cannot convert attention of class {name}{why}; supported: "
                              f"{SUPPORTED}")
         else:
@@ -319,7 +327,10 @@ def fold(model: nn.Module, inplace: bool = False) -> nn.Module:
     timm attention whose `qkv` holds the effective key matrix: same outputs, baseline cost and size.
 
     Raises ValueError for KUA or kernel_size > 1 (not a single linear map), naming the layer.
+    Hugging Face models: every manifold `k_proj` becomes an `nn.Linear` again (`mkviz/hf.py`).
     """
+    if any(True for _ in hf.manifold_keys(model)):
+        return hf.fold(model, inplace)
     modules = list(manifold_modules(model))
     if not modules:
         raise ValueError(f"model ({type(model).__name__}) has no manifold-key attention to fold")
@@ -343,9 +354,11 @@ def unbalanced_atlas_loss(model: nn.Module) -> torch.Tensor:
     """
     total: Optional[torch.Tensor] = None
     device = None
-    for _, module in manifold_modules(model):
-        device = module.qv.weight.device
-        if module.key.ua_loss is not None:
-            total = module.key.ua_loss if total is None else total + module.key.ua_loss
-            module.key.ua_loss = None
+    for key in model.modules():  # every manifold key: timm families and Hugging Face k_proj alike
+        if not isinstance(key, ManifoldKey):
+            continue
+        device = key.scale.device
+        if key.ua_loss is not None:
+            total = key.ua_loss if total is None else total + key.ua_loss
+            key.ua_loss = None
     return total if total is not None else torch.zeros((), device=device)

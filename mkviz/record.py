@@ -45,6 +45,7 @@ from timm.layers import Attention
 from timm.models.swin_transformer import WindowAttention
 from timm.models.swin_transformer_v2 import WindowAttention as WindowAttentionV2
 
+from . import hf
 from .attention import ManifoldQKV
 from .modes import temporarily
 from .maps import (patch_grid, query_index, swin_block_geometry, swin_window_attention_to_image,
@@ -66,9 +67,11 @@ def attention_layers(model: nn.Module) -> List[str]:
     """Module paths of every recordable attention layer in `model`, in model order.
 
     Recordable: mkviz manifold-key attention (`ManifoldAttention`, `ManifoldWindowAttention`) and plain
-    timm `Attention` (ViT, DeiT, folded models) and Swin `WindowAttention`.
+    timm `Attention` (ViT, DeiT, folded models) and Swin `WindowAttention`; Hugging Face ViT, DeiT, Swin and
+    DINOv2 attention, plain or converted (`mkviz/hf.py`).
     """
-    return [name for name, m in model.named_modules() if isinstance(m, ManifoldQKV) or _is_plain(m)]
+    return [name for name, m in model.named_modules()
+            if isinstance(m, ManifoldQKV) or _is_plain(m) or hf.is_hf_attention(m)]
 
 
 def select_layers(model: nn.Module, layers: LayerSpec = None) -> List[str]:
@@ -235,6 +238,10 @@ class AttentionRecording:
             t = t.to("cpu")
         return t
 
+    def _store(self, kind: str, name: str, t: torch.Tensor) -> None:
+        """Keep tensor t as layer `name`'s entry of the dict `kind` ("attention", "chart_keys", ...)."""
+        getattr(self, kind)[name] = self._keep(t)
+
     def clear(self) -> None:
         """Drop every recorded tensor (the hooks stay attached while inside the context)."""
         for d in (self.attention, self.chart_attention, self.chart_keys, self.membership, self.queries,
@@ -295,6 +302,10 @@ class AttentionRecording:
                 previous = module.recorder
                 module.recorder = self._manifold_recorder(name, previous)
                 self._undo.append(lambda m=module, p=previous: setattr(m, "recorder", p))
+                continue
+            if hf.is_hf_attention(module):  # Hugging Face: any attn_implementation (mkviz/hf.py)
+                self._undo.append(hf.attach_recorder(module, lambda kind, t, name=name: self._store(kind, name, t),
+                                                     self.charts, self.keep_bias, grad=not self.detach))
                 continue
             # plain timm: eager path, attention = input of attn_drop (right after the softmax)
             eager = contextlib.ExitStack()
@@ -408,7 +419,7 @@ def record_attention(model: nn.Module, layers: LayerSpec = None, charts: bool = 
     """Context manager recording attention of `model`'s attention layers during forwards inside it.
 
     Args:
-        model: a converted (mkviz) or plain timm ViT / DeiT / Swin.
+        model: a converted (mkviz) or plain timm ViT / DeiT / Swin, or Hugging Face ViT / DeiT / Swin / DINOv2.
         layers: selection, see `select_layers` (None = all; names, fnmatch patterns, ints).
         charts: also record chart keys, per-chart attention and (KUA) memberships of manifold layers.
         to_cpu: move recorded tensors to the CPU as they are recorded.
