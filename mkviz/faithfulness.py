@@ -19,6 +19,18 @@ Baselines (`baseline=`):
 
 The target is the arg-max class of each original image unless given. Ties in the saliency keep patch order
 (a stable sort), so a constant map deletes patches row by row.
+
+Ranking maps (`saliency_maps`, `compare_saliency`, `faithfulness_table`), each on the patch grid, for the
+target class where the method has one:
+    "attention"        the last layer's attention from the output token(s) to the patches, heads averaged
+                       (what the classifier reads: the class token's row for a class-token ViT);
+    "chart c"          the same row of chart c's map (manifold-key models; docs/design.md §2.8);
+    "rollout"          the same row of `mkviz.metrics.attention_rollout` over every layer;
+    "relevance"        `mkviz.class_relevance` (Chefer et al.);
+    "ig"               captum integrated gradients on the patch embedding (`mkviz.layer_integrated_gradients`,
+                       zero baseline), summed over channels: one signed number per patch;
+    "random"           a random order (seeded): the reference every map should beat.
+ViT / DeiT only (the attention rows need a token sequence with the patch grid).
 """
 from __future__ import annotations
 
@@ -30,10 +42,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from .maps import patch_grid
-from .record import eval_mode
-from .relevance import resolve_target
+from .metrics import attention_rollout
+from .record import eval_mode, record_attention
+from .relevance import class_relevance, output_row, resolve_target
 
-__all__ = ["deletion_insertion", "patch_order", "baseline_images", "BASELINES"]
+__all__ = ["deletion_insertion", "patch_order", "baseline_images", "BASELINES", "saliency_maps", "compare_saliency",
+           "faithfulness_table"]
 
 BASELINES = ("mean", "blur")
 Baseline = Union[str, float, torch.Tensor]
@@ -144,3 +158,55 @@ def deletion_insertion(model: nn.Module, images: torch.Tensor, saliency: torch.T
     return dict(deletion=deletion, insertion=insertion, fractions=fractions,
                 deletion_auc=torch.trapezoid(deletion, fractions, dim=1),
                 insertion_auc=torch.trapezoid(insertion, fractions, dim=1), order=order.cpu(), target=t.cpu())
+
+
+def _output_attention(model: nn.Module, attn: torch.Tensor) -> torch.Tensor:
+    """The classifier's row of an attention (B, heads, N, N) or (B, N, N) over the patches: (B, P)."""
+    a = attn.float().mean(1) if attn.dim() == 4 else attn.float()  # (B, N, N)
+    B, N, _ = a.shape
+    row = output_row(model, N, B, a)  # (B, N)
+    prefix = int(getattr(model, "num_prefix_tokens", 0) or 0)
+    return (row.unsqueeze(1) @ a).squeeze(1)[:, prefix:]
+
+
+def saliency_maps(model: nn.Module, images: torch.Tensor, target=None, ig_steps: int = 32,
+                  seed: int = 0) -> Dict[str, torch.Tensor]:
+    """Every ranking map of the module docstring for `images`: {name: (B, gh, gw)}, in a fixed order."""
+    from .attribution import layer_integrated_gradients
+    grid = patch_grid(model, tuple(images.shape[-2:])).grid_size
+    with eval_mode(model), torch.no_grad(), record_attention(model, charts=True) as rec:
+        t = resolve_target(model(images), target)
+    last = rec.layers[-1]
+    if last in rec.layout:
+        raise ValueError("saliency_maps: the attention rows need a ViT / DeiT (Swin's windows have no output row)")
+    maps = {"attention": _output_attention(model, rec.attention[last])}
+    if last in rec.chart_attention:
+        for c in range(rec.chart_attention[last].shape[1]):
+            maps[f"chart {c + 1}"] = _output_attention(model, rec.chart_attention[last][:, c])
+    maps["rollout"] = _output_attention(model, attention_rollout([rec.attention[n] for n in rec.layers]))
+    maps["relevance"] = class_relevance(model, images, t)
+    maps["ig"] = layer_integrated_gradients(model, images, t, n_steps=ig_steps).detach().flatten(1)
+    g = torch.Generator().manual_seed(seed)
+    maps["random"] = torch.rand(images.shape[0], grid[0] * grid[1], generator=g)
+    return {k: v.detach().float().cpu().reshape(-1, *grid) for k, v in maps.items()}
+
+
+def compare_saliency(model: nn.Module, images: torch.Tensor, target=None, steps: Optional[int] = None,
+                     baseline: Baseline = "mean", ig_steps: int = 32, seed: int = 0) -> Dict[str, Dict[str, torch.Tensor]]:
+    """`deletion_insertion` of every map of `saliency_maps`, all for the same target: {name: result dict}."""
+    with eval_mode(model), torch.no_grad():
+        logits = model(images)
+    t = resolve_target(sum(logits) / len(logits) if isinstance(logits, (tuple, list)) else logits, target)
+    maps = saliency_maps(model, images, t, ig_steps=ig_steps, seed=seed)
+    return {name: deletion_insertion(model, images, m.to(images.device), t, steps=steps, baseline=baseline)
+            for name, m in maps.items()}
+
+
+def faithfulness_table(results: Dict[str, Dict[str, torch.Tensor]]) -> list:
+    """Rows {"method", "deletion_auc", "insertion_auc", "gap"} (means over the images; gap = insertion − deletion,
+    higher is better) of a `compare_saliency` result, in its order."""
+    rows = []
+    for name, r in results.items():
+        d, i = float(r["deletion_auc"].mean()), float(r["insertion_auc"].mean())
+        rows.append({"method": name, "deletion_auc": d, "insertion_auc": i, "gap": i - d})
+    return rows

@@ -45,7 +45,7 @@ from torch.nn import functional as F
 from .maps import patch_grid, upsample_map
 from .record import eval_mode, record_attention
 
-__all__ = ["class_relevance", "relevance_map", "resolve_target"]
+__all__ = ["class_relevance", "relevance_map", "resolve_target", "output_row"]
 
 Target = Union[None, int, Sequence[int], torch.Tensor]
 
@@ -74,7 +74,7 @@ def _logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _output_row(model: nn.Module, num_tokens: int, batch: int, ref: torch.Tensor) -> torch.Tensor:
+def output_row(model: nn.Module, num_tokens: int, batch: int, ref: torch.Tensor) -> torch.Tensor:
     """The row e of R that the classifier reads (B, N): class token, class + distillation token, or patch mean."""
     pool = getattr(model, "global_pool", "token")
     prefix = int(getattr(model, "num_prefix_tokens", 0) or 0)
@@ -147,7 +147,7 @@ def _backward_rows(model: nn.Module, rec, names: List[str], weighted: List[torch
         grid = patch_grid(model, rec.image_size).grid_size
         return _to_resolution(row, grid).flatten(-2)
     N = weighted[-1].shape[-1]
-    row = _output_row(model, N, batch, weighted[-1]).unsqueeze(1).expand(batch, K, N)
+    row = output_row(model, N, batch, weighted[-1]).unsqueeze(1).expand(batch, K, N)
     for w in reversed(weighted):
         row = _vit_row_step(row, w)
     prefix = int(getattr(model, "num_prefix_tokens", 0) or 0)

@@ -91,3 +91,29 @@ def test_patch_vectors_use_the_models_grid_and_bad_inputs_are_named():
         deletion_insertion(model, x, flat[:, :15])
     with pytest.raises(ValueError, match=r"steps: expected an int in \[1, 16\]"):
         deletion_insertion(model, x, flat, steps=17)
+
+
+def test_saliency_maps_rank_every_method_for_one_target():
+    import mkviz
+    from mkviz.faithfulness import compare_saliency, faithfulness_table, saliency_maps
+    torch.manual_seed(0)
+    plain = small_vit().eval()
+    mk = mkviz.convert(plain, "vanillak", num_charts=2, seed=1).eval()
+    x = torch.randn(2, 3, 32, 32)
+    maps = saliency_maps(mk, x, target=1)
+    assert list(maps) == ["attention", "chart 1", "chart 2", "rollout", "relevance", "ig", "random"]
+    assert all(m.shape == (2, 4, 4) for m in maps.values())
+    with torch.no_grad(), mkviz.record_attention(mk) as rec:
+        mk(x)
+    last = rec.layers[-1]
+    torch.testing.assert_close(maps["attention"].flatten(1), rec.attention[last].mean(1)[:, 0, 1:])
+    torch.testing.assert_close(maps["chart 2"].flatten(1), rec.chart_attention[last][:, 1].mean(1)[:, 0, 1:])
+    torch.testing.assert_close(maps["rollout"].flatten(1), rec.rollout()[:, 0, 1:])
+    torch.testing.assert_close(maps["relevance"].flatten(1), mkviz.class_relevance(mk, x, target=1))
+    assert list(saliency_maps(plain, x)) == ["attention", "rollout", "relevance", "ig", "random"]
+    results = compare_saliency(plain, x, target=1, steps=4)
+    rows = faithfulness_table(results)
+    assert [r["method"] for r in rows] == list(results)
+    for r in rows:
+        assert r["gap"] == pytest.approx(r["insertion_auc"] - r["deletion_auc"])
+        assert results[r["method"]]["target"].tolist() == [1, 1]
