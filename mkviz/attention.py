@@ -31,6 +31,8 @@ __all__ = ["ContextBroadcast", "ManifoldQKV", "ManifoldAttention", "ManifoldWind
 # recorder(module, x, q, attn, attn_bias): called on the eager path with the block input x (B, N, C_in),
 # the queries q (B, heads, N, d) after q_norm, attn (B, heads, N, N) after softmax, and the additive
 # logit bias (mask, causal mask, Swin's relative position bias + shift mask) broadcastable to attn, or None.
+# qk_recorder(module, x, q, k, attn_bias): called on either path with q and k (B, heads, N, d) after the q/k
+# norms, before the softmax (`record_attention(lazy=True)`); unlike `recorder` it keeps the fused path.
 Recorder = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]], None]
 
 
@@ -70,6 +72,7 @@ class ManifoldQKV(nn.Module):
             expand_from=expand_from, bias=qkv_bias, ua_weight=ua_weight, **dd,
         )
         self.recorder: Optional[Recorder] = None
+        self.qk_recorder: Optional[Recorder] = None
 
     def _check_width(self, x: torch.Tensor) -> None:
         if x.dim() != 3 or x.shape[-1] != self.key.in_dim:
@@ -144,6 +147,9 @@ class ManifoldQKV(nn.Module):
         """Attention core. q, k, v: (B, heads, N, d); attn_bias additive, broadcastable to
         (B, heads, N, N). Returns (B, N, heads·d)."""
         B, _, N, _ = q.shape
+        qk_recorder = getattr(self, "qk_recorder", None)
+        if qk_recorder is not None:  # a lazy recording keeps q and k; the fused path stays on
+            qk_recorder(self, x, q, k, attn_bias)
         if self.fused_attn and self.recorder is None:
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=attn_bias,
