@@ -464,22 +464,33 @@ class AttentionRecording:
         x = self._get(self.inputs, name, "inputs").to(qs)  # (B, N, C_in)
         B, heads, Q, d = qs.shape
         per_token = module.key.kernel_size == 1 and isinstance(getattr(module, "k_norm", nn.Identity()), nn.Identity)
+        if per_token and Q * heads <= x.shape[1]:  # few queries: W_cᵀ q_i, then one product with x (no chart keys)
+            return self._few_query_chart_logits(module.key, qs, x, chart)
         if per_token:
             weight, bias = chart_linear_map(module.key, chart)  # (C, C_in), (C,) or None
-            weight = weight.to(qs)
-            if Q * heads <= x.shape[1]:  # few queries: W_cᵀ q_i, then one product with x (no chart keys formed)
-                u = torch.einsum("bhqd,hde->bhqe", qs, weight.view(heads, d, -1))  # (B, heads, Q, C_in)
-                logits = u @ x.transpose(1, 2).unsqueeze(1)  # (B, heads, Q, N)
-                if bias is not None:
-                    logits = logits + (qs * bias.to(qs).view(heads, 1, d)).sum(-1, keepdim=True)
-                return logits
-            keys = F.linear(x, weight, None if bias is None else bias.to(qs))  # (B, N, C)
+            keys = F.linear(x, weight.to(qs), None if bias is None else bias.to(qs))  # (B, N, C)
         else:
             keys = chart_keys_of(module, x)[:, chart]  # (B, N, C)
         k = keys.unflatten(-1, (heads, d))  # (B, N, heads, d)
         if hasattr(module, "k_norm"):
             k = module.k_norm(k)
         return qs @ k.permute(0, 2, 3, 1)  # (B, heads, Q, N)
+
+    @staticmethod
+    def _few_query_chart_logits(key: nn.Module, qs: torch.Tensor, x: torch.Tensor, chart: int) -> torch.Tensor:
+        """q_i·K_c,j = (L_cᵀ q_i)·(W_k x_j + b_k) + q_i·a_c for K_c = L_c (W_k x + b_k) + a_c (kernel_size 1):
+        matrix-vector products only, O(Q·C·C_in) per head instead of forming the chart keys. -> (B, heads, Q, N)."""
+        B, heads, Q, d = qs.shape
+        ops, bias = key.chart_operators()  # (H, C, cin, 1), (H, C) or None
+        u = torch.einsum("bhqd,hde->bhqe", qs, ops[chart, :, :, 0].to(qs).view(heads, d, -1))  # (B, heads, Q, cin)
+        const = 0.0
+        if bias is not None:
+            const = (qs * bias[chart].to(qs).view(heads, 1, d)).sum(-1, keepdim=True)  # (B, heads, Q, 1)
+        if key.base is not None:  # through the base key: u ← W_kᵀ u, and u·b_k joins the constant
+            if key.base.bias is not None:
+                const = const + (u @ key.base.bias.to(qs)).unsqueeze(-1)
+            u = u @ key.base.weight.to(qs)  # (B, heads, Q, C_in)
+        return u @ x.transpose(1, 2).unsqueeze(1) + const  # (B, heads, Q, N)
 
     def chart_keys_for(self, name: str) -> torch.Tensor:
         """Chart keys K_c (B, H, N, C) of a layer: recorded, or computed from the kept input (lazy)."""

@@ -45,19 +45,24 @@ class Recorded:
     def __init__(self, model, images):
         self.model, self.images, self.recs = model, images, {}
 
-    def rec(self, i):
-        if i not in self.recs:
-            with torch.no_grad(), mkviz.record_attention(self.model) as rec:
+    def rec(self, i, lazy=False):
+        if (i, lazy) not in self.recs:
+            with torch.no_grad(), mkviz.record_attention(self.model, lazy=lazy) as rec:
                 self.model(self.images[i:i + 1])
-            self.recs[i] = rec
-        return self.recs[i]
+            self.recs[i, lazy] = rec
+        return self.recs[i, lazy]
 
     def maps(self, i, layer, query, head=None):
-        rec = self.rec(i)
-        fused = rec.image_map(layer, query, head=head)
-        charts = torch.stack([rec.image_map(layer, query, chart=c, head=head)
-                              for c in range(rec.chart_attention[layer].shape[1])])
-        return fused, charts
+        """The maps of a lazy recording (what the explorer draws, exactly), checked against the full maps."""
+        maps = []
+        for lazy in (True, False):
+            rec = self.rec(i, lazy)
+            fused = rec.image_map(layer, query, head=head)
+            H = self.model.get_submodule(layer).key.num_charts
+            maps.append((fused, torch.stack([rec.image_map(layer, query, chart=c, head=head) for c in range(H)])))
+        for lazy_map, full_map in zip(*maps):
+            torch.testing.assert_close(lazy_map, full_map, rtol=1e-5, atol=1e-7)
+        return maps[0]
 
 
 def _heat_z(fig):
@@ -357,17 +362,17 @@ def test_explorer_stats_and_similarity_match_metrics(explorer, vit4, images, mas
     # similarity: cosine of the head's key channels, JS of the head's chart attention, mean head = all
     d = rec.chart_keys[layer].shape[-1] // 4
     _exact(explorer.similarity_figure.data[0].z,
-           metrics.chart_similarity(chart_keys=rec.chart_keys[layer][..., 3 * d:4 * d], kind="cosine"))
+           metrics.chart_similarity(chart_keys=rec.chart_keys[layer][..., 3 * d:4 * d], kind="cosine"), atol=1e-6)
     explorer.similarity_toggle.value = "js"
     _exact(explorer.similarity_figure.data[0].z,
-           metrics.chart_similarity(chart_attn=rec.chart_attention[layer][:, :, 3:4], kind="js"))
+           metrics.chart_similarity(chart_attn=rec.chart_attention[layer][:, :, 3:4], kind="js"), atol=1e-6)
     assert explorer.similarity_figure.data[0].zmin == 0
     explorer.head_dropdown.value = "mean"
-    _exact(explorer.similarity_figure.data[0].z, rec.chart_similarity(layer, "js"))
-    explorer.similarity_toggle.value = "cka"
-    _exact(explorer.similarity_figure.data[0].z, rec.chart_similarity(layer, "cka"))
-    explorer.similarity_toggle.value = "cosine"
-    _exact(explorer.similarity_figure.data[0].z, rec.chart_similarity(layer, "cosine"))
+    lazy = ref.rec(1, lazy=True)  # what the explorer computes from (exactly); the full recording agrees to 1e-6
+    for kind in ("js", "cka", "cosine"):
+        explorer.similarity_toggle.value = kind
+        _exact(explorer.similarity_figure.data[0].z, lazy.chart_similarity(layer, kind))
+        _exact(explorer.similarity_figure.data[0].z, rec.chart_similarity(layer, kind), atol=1e-6)
     assert explorer.similarity_figure.data[0].z.shape == (4, 4)
 
 
