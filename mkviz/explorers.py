@@ -38,7 +38,7 @@ from . import figures as _fig
 from . import metrics as _metrics
 from .metrics import SIMILARITY_KINDS
 from .attention import ManifoldWindowAttention, ManifoldQKV
-from .maps import patch_grid, query_index, swin_block_geometry
+from .maps import patch_grid, query_index, query_position, swin_block_geometry
 from .record import record_attention
 
 __all__ = ["ChartExplorer", "ChartCountExplorer", "AttentionCache", "SIMILARITY_KINDS"]
@@ -317,6 +317,10 @@ class _ControlsMixin:
         gh, gw = self._grid()
         r = int(min(max((y + 0.5) // ch, 0), gh - 1))
         c = int(min(max((x + 0.5) // cw, 0), gw - 1))
+        return self.select_query(r, c)
+
+    def select_query(self, r: int, c: int) -> Tuple[int, int]:
+        """Move the query to grid cell (r, c) with one redraw (the sliders follow). Returns (r, c)."""
         if (r, c) == self.query:
             return r, c
         col_moves = c != self.col_slider.value
@@ -430,7 +434,9 @@ class ChartExplorer(_ControlsMixin):
     `maps_figure` (fused + H chart maps, `figures.chart_maps_figure` layout; `heat_traces`: its heat-map
     traces, fused first, whose `z` is what is drawn), `similarity_figure`,
     `stats_figure` (per-chart entropy and, with masks, share of attention on evidence, for the current
-    query); `widget` (the top-level ipywidgets.VBox); `cache` (the `AttentionCache`).
+    query), `atlas_figure` (`figures.key_atlas` of the image, layer and head: queries and every chart's keys
+    in one 2-D projection, the query ringed; a click on a point selects its patch as the query; None for
+    Swin); `widget` (the top-level ipywidgets.VBox); `cache` (the `AttentionCache`).
     """
 
     def __init__(self, model: nn.Module, images: Any, masks: Any = None, image_size=None,
@@ -466,6 +472,10 @@ class ChartExplorer(_ControlsMixin):
         self.similarity_figure = go.FigureWidget(_fig.similarity_heatmap(
             self.cache.similarity(self.image_index, self.layer, self.head, "cosine"), "cosine", height=360))
         self.stats_figure = go.FigureWidget(self._stats_layout(H))
+        self.atlas_figure = None if self.cache.is_swin else go.FigureWidget(self._atlas())
+        if self.atlas_figure is not None:  # a click on a query or key selects its patch as the query
+            for t in self.atlas_figure.data[:-1]:
+                t.on_click(self.on_atlas_click)
         self._refresh_all()
 
         for w, fn in ((self.image_slider, self._on_image), (self.layer_dropdown, self._on_layer),
@@ -477,7 +487,8 @@ class ChartExplorer(_ControlsMixin):
                            W.HBox([self.row_slider, self.col_slider, self.shared_scale_checkbox]),
                            W.HBox([self.similarity_toggle]), self.info])
         bottom = W.HBox([self.similarity_figure, self.stats_figure], layout=W.Layout(flex_flow="row wrap"))
-        self.widget = W.VBox([controls, self.maps_figure, bottom])  # the bottom row wraps on narrow screens
+        atlas = [] if self.atlas_figure is None else [self.atlas_figure]
+        self.widget = W.VBox([controls, self.maps_figure, bottom, *atlas])  # the bottom row wraps on narrow screens
 
     @classmethod
     def from_dataset(cls, model: nn.Module, dataset: Any, indices: Sequence[int] = range(8), **kwargs) -> "ChartExplorer":
@@ -535,6 +546,50 @@ class ChartExplorer(_ControlsMixin):
             out["chance"] = float(cov.mean())
         return out
 
+    # ---------------------------------------------------------------- the key atlas (ViT)
+    def _query_token(self) -> int:
+        geo = self.cache.geometry[self.layer]
+        return query_index(self.query[0], self.query[1], geo["grid"], geo["prefix"])
+
+    def _atlas(self):
+        rec = self.cache.entry(self.image_index)["recording"]
+        with torch.no_grad():
+            return _fig.key_atlas(rec, self.layer, head=self.head, query=self._query_token())
+
+    def on_atlas_click(self, trace: Any = None, points: Any = None, state: Any = None) -> Optional[Tuple[int, int]]:
+        """Atlas click handler: a click on a query or a chart key selects that token's patch as the query.
+        Returns the new (row, col), or None (no point, or a prefix token such as cls)."""
+        inds = getattr(points, "point_inds", None) or []
+        if not inds or trace is None:
+            return None
+        geo = self.cache.geometry[self.layer]
+        token = int(trace.customdata[inds[0]])
+        if token < geo["prefix"]:
+            return None
+        return self.select_query(*query_position(token, geo["grid"], geo["prefix"]))
+
+    def _update_atlas(self) -> None:
+        """Redraw the atlas for the current image, layer and head (its points move; the traces stay)."""
+        if self.atlas_figure is None:
+            return
+        new = self._atlas()
+        with self.atlas_figure.batch_update():
+            for t, n in zip(self.atlas_figure.data, new.data):
+                t.update(x=n.x, y=n.y, text=n.text, customdata=n.customdata)
+            self.atlas_figure.layout.title.text = new.layout.title.text
+
+    def _update_atlas_query(self) -> None:
+        """Move the atlas's ring to the current query."""
+        if self.atlas_figure is None:
+            return
+        token, queries = self._query_token(), self.atlas_figure.data[0]
+        with self.atlas_figure.batch_update():
+            self.atlas_figure.data[-1].update(x=[queries.x[token]], y=[queries.y[token]], customdata=[token])
+
+    def _refresh_all(self) -> None:
+        super()._refresh_all()
+        self._update_atlas()
+
     # ---------------------------------------------------------------- updates
     def _info_html(self) -> str:
         i = self.image_index
@@ -573,6 +628,8 @@ class ChartExplorer(_ControlsMixin):
                 d[2].y = st["evidence"].numpy()
                 d[3].y = [st["chance"]] * 2
         self.info.value = self._info_html()
+        if getattr(self, "atlas_figure", None) is not None:
+            self._update_atlas_query()
 
 
 # --------------------------------------------------------------------------- ChartCountExplorer

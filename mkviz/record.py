@@ -248,6 +248,7 @@ class AttentionRecording:
         self.num_forwards = 0
         self._undo: List[Callable[[], None]] = []
         self._keys_buffer: Optional[torch.Tensor] = None  # (B·heads, H·N, d), reused by every layer
+        self._operators: Dict[str, tuple] = {}  # lazy rows: each layer's chart operators, formed once
         self._active = False
         for name in self.layers:
             if isinstance(model.get_submodule(name), WindowAttention):
@@ -277,6 +278,7 @@ class AttentionRecording:
                   self.attn_bias, self.inputs, self.keys):
             d.clear()
         self._keys_buffer = None
+        self._operators.clear()
         self.num_forwards = 0
 
     # ------------------------------------------------------------------ hooks
@@ -465,7 +467,7 @@ class AttentionRecording:
         B, heads, Q, d = qs.shape
         per_token = module.key.kernel_size == 1 and isinstance(getattr(module, "k_norm", nn.Identity()), nn.Identity)
         if per_token and Q * heads <= x.shape[1]:  # few queries: W_cᵀ q_i, then one product with x (no chart keys)
-            return self._few_query_chart_logits(module.key, qs, x, chart)
+            return self._few_query_chart_logits(name, module.key, qs, x, chart)
         if per_token:
             weight, bias = chart_linear_map(module.key, chart)  # (C, C_in), (C,) or None
             keys = F.linear(x, weight.to(qs), None if bias is None else bias.to(qs))  # (B, N, C)
@@ -476,12 +478,16 @@ class AttentionRecording:
             k = module.k_norm(k)
         return qs @ k.permute(0, 2, 3, 1)  # (B, heads, Q, N)
 
-    @staticmethod
-    def _few_query_chart_logits(key: nn.Module, qs: torch.Tensor, x: torch.Tensor, chart: int) -> torch.Tensor:
+    def _few_query_chart_logits(self, name: str, key: nn.Module, qs: torch.Tensor, x: torch.Tensor,
+                                chart: int) -> torch.Tensor:
         """q_i·K_c,j = (L_cᵀ q_i)·(W_k x_j + b_k) + q_i·a_c for K_c = L_c (W_k x + b_k) + a_c (kernel_size 1):
-        matrix-vector products only, O(Q·C·C_in) per head instead of forming the chart keys. -> (B, heads, Q, N)."""
+        matrix-vector products only, O(Q·C·C_in) per head instead of forming the chart keys. -> (B, heads, Q, N).
+        The chart operators are formed once per layer and recording (`ManifoldKey.chart_operators`)."""
         B, heads, Q, d = qs.shape
-        ops, bias = key.chart_operators()  # (H, C, cin, 1), (H, C) or None
+        if name not in self._operators:
+            with torch.no_grad():
+                self._operators[name] = key.chart_operators()  # (H, C, cin, 1), (H, C) or None
+        ops, bias = self._operators[name]
         u = torch.einsum("bhqd,hde->bhqe", qs, ops[chart, :, :, 0].to(qs).view(heads, d, -1))  # (B, heads, Q, cin)
         const = 0.0
         if bias is not None:
@@ -490,7 +496,8 @@ class AttentionRecording:
             if key.base.bias is not None:
                 const = const + (u @ key.base.bias.to(qs)).unsqueeze(-1)
             u = u @ key.base.weight.to(qs)  # (B, heads, Q, C_in)
-        return u @ x.transpose(1, 2).unsqueeze(1) + const  # (B, heads, Q, N)
+        logits = torch.bmm(u.reshape(B, heads * Q, -1), x.transpose(1, 2))  # (B, heads·Q, N): one bmm
+        return logits.view(B, heads, Q, -1) + const
 
     def chart_keys_for(self, name: str) -> torch.Tensor:
         """Chart keys K_c (B, H, N, C) of a layer: recorded, or computed from the kept input (lazy)."""

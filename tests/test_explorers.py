@@ -392,6 +392,48 @@ def test_explorer_click_moves_sliders(explorer, vit4, images):
     assert all(t._click_callbacks for t in explorer.maps_figure.data if t.type == "heatmap")
 
 
+def test_explorer_key_atlas_follows_the_controls_and_a_click_moves_the_query(explorer, vit4, images):
+    ref = Recorded(vit4, images)
+    explorer.image_slider.value, explorer.layer_dropdown.value, explorer.head_dropdown.value = 1, "blocks.1.attn", 2
+    atlas = explorer.atlas_figure
+    names = [t.name for t in atlas.data]
+    assert names == ["queries"] + [f"chart {c + 1} keys" for c in range(4)] + ["current query"]
+    expected = mkviz.figures.key_atlas(ref.rec(1, lazy=True), "blocks.1.attn", head=2)
+    for t, e in zip(atlas.data[:-1], expected.data[:-1]):
+        _exact(t.x, e.x)
+        _exact(t.y, e.y)
+    assert list(atlas.data[0].text[:2]) == ["cls", "patch (0, 0)"] and len(atlas.data[0].x) == 17
+    # a click on chart 3's key of token 1 + 2·4 + 3 selects patch (2, 3); the ring moves onto that query
+    key_trace = atlas.data[3]
+    assert explorer.on_atlas_click(key_trace, SimpleNamespace(point_inds=[1 + 2 * 4 + 3], xs=[], ys=[]), None) == (2, 3)
+    assert explorer.query == (2, 3) and (explorer.row_slider.value, explorer.col_slider.value) == (2, 3)
+    ring = atlas.data[-1]
+    assert ring.x == (atlas.data[0].x[12],) and ring.y == (atlas.data[0].y[12],) and ring.customdata == (12,)
+    _check_explorer_maps(explorer, ref)
+    assert explorer.on_atlas_click(atlas.data[0], SimpleNamespace(point_inds=[0]), None) is None  # cls: no patch
+    assert explorer.on_atlas_click(atlas.data[0], SimpleNamespace(point_inds=[]), None) is None
+    assert all(t._click_callbacks for t in atlas.data[:-1])
+
+
+def test_key_atlas_projection_is_pca_of_queries_and_keys(vit4, images):
+    with torch.no_grad(), mkviz.record_attention(vit4) as rec:
+        vit4(images[:2])
+    fig = mkviz.figures.key_atlas(rec, "blocks.0.attn", head=None, image=1, query=5)
+    q = rec.queries["blocks.0.attn"][1].transpose(0, 1).reshape(17, -1) * vit4.blocks[0].attn.scale
+    points = torch.cat([q, rec.chart_keys["blocks.0.attn"][1].reshape(4 * 17, -1)]).double()
+    centred = points - points.mean(0)
+    coords = np.stack([np.concatenate([t.x for t in fig.data[:-1]]), np.concatenate([t.y for t in fig.data[:-1]])], 1)
+    # the 2-D coordinates are the projection on the top two principal axes (up to each axis's sign)
+    _, s, vh = torch.linalg.svd(centred, full_matrices=False)
+    ref = (centred @ vh[:2].T).numpy()
+    np.testing.assert_allclose(np.abs(coords), np.abs(ref), rtol=1e-4, atol=1e-5)
+    assert fig.data[-1].customdata == (5,) and fig.data[-1].x == (fig.data[0].x[5],)
+    with pytest.raises(ValueError, match="head: expected None or an int in"):
+        mkviz.figures.key_atlas(rec, "blocks.0.attn", head=4)
+    with pytest.raises(ValueError, match="`method` must be one of"):
+        mkviz.figures.key_atlas(rec, "blocks.0.attn", method="tsne")
+
+
 def test_explorer_latency_uses_cache(explorer):
     forwards = explorer.cache.forwards
     ms = explorer.update_latency_ms(n=5)

@@ -283,7 +283,12 @@ def test_bench_record_runs(capsys):
     assert main(["--model", "vit_tiny_patch16_224", "--img-size", "32", "--batch-size", "1", "--repeats", "1",
                  "--num-charts", "2"]) == 0
     out = capsys.readouterr().out
-    assert "overhead fused-only / plain" in out and "overhead charts     / plain" in out
+    for mode in ("fused_only", "charts", "lazy_one_query"):
+        assert f"overhead {mode} / plain" in out
+    assert main(["--model", "vit_tiny_patch16_224", "--img-size", "32", "--batch-size", "1", "--memory",
+                 "--num-charts", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "| full: fused + chart maps (computed) |" in out and "| lazy: x, q, k (measured) |" in out
 
 
 @pytest.mark.parametrize("variant", mkviz.VARIANTS)
