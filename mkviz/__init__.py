@@ -6,6 +6,8 @@
     count_params / count_flops         cost (mkviz.cost)
     record_attention                   fused and per-chart attention, chart keys (mkviz.record)
     integrated_gradients, ...          captum attributions: pixels, patches, attention (mkviz.attribution)
+    class_relevance, relevance_map     Chefer et al.'s class relevance per patch, per chart (mkviz.relevance)
+    deletion_insertion                 faithfulness of a saliency map: deletion / insertion curves (mkviz.faithfulness)
     ChartExplorer, ChartCountExplorer  interactive explorers, ipywidgets + plotly (mkviz.explorers)
     mkviz.figures                      plain plotly figures (overlays, chart maps, similarity, curves, tables)
     TrainConfig, load_checkpoint       training and checkpoints (mkviz.train; `mkviz train` on the command line)
@@ -33,6 +35,8 @@ _EXPORTS = {
     "integrated_gradients": "attribution", "layer_integrated_gradients": "attribution",
     "ChartCountExplorer": "explorers", "ChartExplorer": "explorers",
     "TrainConfig": "train", "load_checkpoint": "checkpoint",
+    "class_relevance": "relevance", "relevance_map": "relevance",
+    "deletion_insertion": "faithfulness",
 }
 
 __all__ = ["__version__", "figures", *_EXPORTS]

@@ -31,6 +31,8 @@ __all__ = ["ContextBroadcast", "ManifoldQKV", "ManifoldAttention", "ManifoldWind
 # recorder(module, x, q, attn, attn_bias): called on the eager path with the block input x (B, N, C_in),
 # the queries q (B, heads, N, d) after q_norm, attn (B, heads, N, N) after softmax, and the additive
 # logit bias (mask, causal mask, Swin's relative position bias + shift mask) broadcastable to attn, or None.
+# qk_recorder(module, x, q, k, attn_bias): called on either path with q and k (B, heads, N, d) after the q/k
+# norms, before the softmax (`record_attention(lazy=True)`); unlike `recorder` it keeps the fused path.
 Recorder = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]], None]
 
 
@@ -78,6 +80,7 @@ class ManifoldQKV(nn.Module):
             expand_from=expand_from, bias=qkv_bias if key_bias is None else key_bias, ua_weight=ua_weight, **dd,
         )
         self.recorder: Optional[Recorder] = None
+        self.qk_recorder: Optional[Recorder] = None
 
     def logit_keys(self, chart_keys: torch.Tensor) -> torch.Tensor:
         """Chart keys (B, H, N, heads·d) as they enter the logits, (B, H, N, heads, d): split into heads and
@@ -168,6 +171,9 @@ class ManifoldQKV(nn.Module):
         (B, heads, N, N). Returns (B, N, heads·d). `self.scale` is a float, or a tensor broadcastable to q
         (Swin V2's learned per-head logit scale (heads, 1, 1))."""
         B, _, N, _ = q.shape
+        qk_recorder = getattr(self, "qk_recorder", None)
+        if qk_recorder is not None:  # a lazy recording keeps q and k; the fused path stays on
+            qk_recorder(self, x, q, k, attn_bias)
         if self.fused_attn and self.recorder is None:
             extra = {}
             if isinstance(self.scale, torch.Tensor):  # a per-head scale goes into the queries

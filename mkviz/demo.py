@@ -236,6 +236,31 @@ def _chart_statistics(report: Any, models: dict[str, LoadedModel], images: torch
                       note=f"{layer}: how far (in patches) each query's attention reaches, as in the ViT paper.")
 
 
+FAITHFULNESS_METHODS = ("attention", "charts (mean)", "rollout", "relevance", "ig", "random")
+
+
+def _faithfulness(report: Any, models: dict[str, LoadedModel], images: torch.Tensor, steps: int = 7) -> dict[str, Any]:
+    """Deletion / insertion ranking of the saliency maps (mkviz.faithfulness) per model, as one small table."""
+    from .faithfulness import compare_saliency, faithfulness_table
+
+    gaps, rows = {}, []
+    for name in MAIN_MODELS:
+        table = {r["method"]: r for r in faithfulness_table(compare_saliency(models[name].model, images, steps=steps))}
+        charts = [r["gap"] for m, r in table.items() if m.startswith("chart ")]
+        gaps[name] = {m: (sum(charts) / len(charts) if m == "charts (mean)" and charts else
+                          table[m]["gap"] if m in table else None) for m in FAITHFULNESS_METHODS}
+        rows.append([name] + ["—" if gaps[name][m] is None else f"{gaps[name][m]:.3f}" for m in FAITHFULNESS_METHODS])
+    report.add_table(f"Which map is faithful? Insertion AUC − deletion AUC ({len(images)} test images)",
+                     ["model", *FAITHFULNESS_METHODS], rows,
+                     note=f"Patches are deleted from the image (or inserted into a blank one) in the order of each map, "
+                          f"{steps} steps of 7 patches, replaced by the dataset mean (0 after normalisation); the AUC "
+                          "is the area under the predicted class's probability. Higher is more faithful; a random "
+                          "order scores about 0. attention / charts: the class token's row in the last layer; "
+                          "rollout: over all layers; relevance: Chefer et al.; ig: integrated gradients on the patch "
+                          "embedding (notebook 07).")
+    return gaps
+
+
 def fashion_section(report: Any, checkpoints: Path, out: Path, num_images: int, num_test_images: Optional[int],
                     allow_training: bool) -> dict[str, Any]:
     """The Fashion-MNIST part of the report; returns its summary."""
@@ -257,10 +282,12 @@ def fashion_section(report: Any, checkpoints: Path, out: Path, num_images: int, 
     _chart_pictures(report, models, full_test, _distinct_classes(full_test.labels, num_images), layer,
                     "the article")
     _chart_statistics(report, models, full_test.batch(range(32)).image, layer)
+    _log("ranking saliency maps by deletion and insertion")
+    faithfulness = _faithfulness(report, models, full_test.batch(range(8)).image)
     histories = {n: models[n].config["history"] for n in MAIN_MODELS if models[n].config.get("history")}
     if histories:
         report.add_figure("Training curves (Fashion-MNIST)", figures.training_curves(histories))
-    return {"models": numbers}
+    return {"models": numbers, "faithfulness": faithfulness}
 
 
 def shapes_section(report: Any, checkpoints: Path, out: Path, num_eval_images: int,
@@ -326,6 +353,13 @@ def print_summary(summary: dict[str, Any]) -> None:
         print(f"{name:<12} {m['test_acc']:>8.3f} {sh['evidence'][name]['fused']:>20.3f}")
     chance = next(iter(sh["evidence"].values()))["chance"]
     print(f"chance: Fashion-MNIST accuracy 0.10, shapes accuracy 0.25; the evidence covers {chance:.3f} of the image")
+    gaps = summary["fashion-mnist"].get("faithfulness")
+    if gaps:
+        print("\nFashion-MNIST: which map is faithful (insertion AUC - deletion AUC, 8 test images; higher is better)")
+        print(f"{'model':<12} " + " ".join(f"{m:>13}" for m in FAITHFULNESS_METHODS))
+        for name, row in gaps.items():
+            print(f"{name:<12} " + " ".join(f"{'-' if row[m] is None else format(row[m], '.3f'):>13}"
+                                            for m in FAITHFULNESS_METHODS))
     print(f"report: {summary['report']}  ({summary['seconds']:.0f} s)")
 
 

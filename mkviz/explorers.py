@@ -5,10 +5,10 @@
     ex = ChartExplorer.from_dataset(model, shapes_dataset, indices=range(8))
     ChartCountExplorer({1: m1, 2: m2, 4: m4, 8: m8, 16: m16}, images, accuracies={1: .81, ...})
 
-How it stays fast: the model runs ONCE per image (`mkviz.record_attention`, all manifold layers,
-charts=True, to_cpu=True; an LRU of `cache_size` images); moving a slider only re-slices the cached
-tensors and writes the new heat-map arrays into the figure inside `fig.batch_update()` (one message to
-the browser). Maps are drawn at the model's own resolution (ViT patch grid, Swin stage grid) as heat-map
+How it stays fast: the model runs ONCE per image (`mkviz.record_attention(lazy=True)`, all manifold
+layers, to_cpu=True; an LRU of `cache_size` images), which keeps each layer's x, q and k rather than its
+(1 + H) N × N maps; moving a slider computes the query's rows only (`rec.attention_rows`) and writes
+the new heat-map arrays into the figure inside `fig.batch_update()` (one message to the browser). Maps are drawn at the model's own resolution (ViT patch grid, Swin stage grid) as heat-map
 cells stretched over the image, so nothing is resampled: the heat-map `z` is exactly the (gh, gw) map
 `AttentionRecording.image_map(layer, (row, col), chart=c, head=h)` returns.
 
@@ -38,7 +38,7 @@ from . import figures as _fig
 from . import metrics as _metrics
 from .metrics import SIMILARITY_KINDS
 from .attention import ManifoldWindowAttention, ManifoldQKV
-from .maps import patch_grid, query_index, swin_block_geometry, swin_window_attention_to_image
+from .maps import patch_grid, query_index, query_position, swin_block_geometry
 from .record import record_attention
 
 __all__ = ["ChartExplorer", "ChartCountExplorer", "AttentionCache", "SIMILARITY_KINDS"]
@@ -101,17 +101,18 @@ class AttentionCache:
         return int(self.images.shape[0])
 
     def entry(self, i: int) -> dict:
-        """{"attention", "chart_attention", "chart_keys": {layer: tensor with batch dim 1}, "probs": (classes,)}."""
+        """{"recording": a lazy `AttentionRecording` of image i (batch dim 1), "probs": (classes,)}.
+
+        Lazy: per layer it keeps x, q and k, not the (1 + H) N × N maps; `maps` reads one query's rows."""
         i = int(i)
         if i in self._entries:
             self._entries.move_to_end(i)
             return self._entries[i]
-        with torch.no_grad(), record_attention(self.model, layers=self.layers, charts=True, to_cpu=True) as rec:
+        with torch.no_grad(), record_attention(self.model, layers=self.layers, charts=True, to_cpu=True,
+                                               dtype=torch.float32, lazy=True) as rec:
             logits = self.model(self.images[i:i + 1].to(self.device))
         self.forwards += 1
-        e = dict(attention={k: v.float() for k, v in rec.attention.items()},
-                 chart_attention={k: v.float() for k, v in rec.chart_attention.items()},
-                 chart_keys={k: v.float() for k, v in rec.chart_keys.items()},
+        e = dict(recording=rec,
                  probs=logits.detach().float().softmax(-1)[0].cpu() if logits.dim() == 2 else None)
         self._entries[i] = e
         while len(self._entries) > self.cache_size:
@@ -125,23 +126,23 @@ class AttentionCache:
 
         Maps equal `rec.image_map(layer, query, chart=c, head=head)`. Rows are the attention rows the
         entropy is taken over: (N,) / (H, N) over all keys (prefix tokens included) for ViT; the map itself
-        (the query's window, flattened) for Swin.
+        (the query's window, flattened) for Swin. Only this query's rows are computed (`attention_rows`).
         """
-        e, geo = self.entry(i), self.geometry[layer]
-        attn, chart = e["attention"][layer], e["chart_attention"][layer]
-        if geo["kind"] == "vit":
-            idx = query_index(int(query[0]), int(query[1]), geo["grid"], geo["prefix"])
-            a, ca = attn[0][:, idx], chart[0][:, :, idx]  # (heads, N), (H, heads, N)
-            frow = a.mean(0) if head is None else a[head]
-            crow = ca.mean(1) if head is None else ca[:, head]
-            gh, gw = geo["grid"]
-            p = geo["prefix"]
-            return frow[p:].reshape(gh, gw), crow[:, p:].reshape(-1, gh, gw), frow, crow
-        kw = dict(resolution=geo["resolution"], window_size=geo["window_size"], shift_size=geo["shift_size"],
-                  head=head)
-        q = (int(query[0]), int(query[1]))
-        fused = swin_window_attention_to_image(attn, q, **kw)
-        charts = torch.stack([swin_window_attention_to_image(chart[:, c], q, **kw) for c in range(chart.shape[1])])
+        rec, geo = self.entry(i)["recording"], self.geometry[layer]
+        with torch.no_grad():
+            if geo["kind"] == "vit":
+                idx = query_index(int(query[0]), int(query[1]), geo["grid"], geo["prefix"])
+                a = rec.attention_rows(layer, [idx])[0, :, 0]  # (heads, N)
+                ca = torch.stack([rec.attention_rows(layer, [idx], chart=c)[0, :, 0]
+                                  for c in range(self.num_charts)])  # (H, heads, N)
+                frow = a.mean(0) if head is None else a[head]
+                crow = ca.mean(1) if head is None else ca[:, head]
+                gh, gw = geo["grid"]
+                p = geo["prefix"]
+                return frow[p:].reshape(gh, gw), crow[:, p:].reshape(-1, gh, gw), frow, crow
+            q = (int(query[0]), int(query[1]))
+            fused = rec.image_map(layer, q, head=head)
+            charts = torch.stack([rec.image_map(layer, q, chart=c, head=head) for c in range(self.num_charts)])
         return fused, charts, fused.reshape(-1), charts.flatten(1)
 
     def similarity(self, i: int, layer: str, head: Head, kind: str) -> torch.Tensor:
@@ -151,16 +152,18 @@ class AttentionCache:
             raise ValueError(f"kind: expected one of {SIMILARITY_KINDS}; got {kind!r}")
         key = ("sim", int(i), layer, head, kind)
         if key not in self._memo:
-            e = self.entry(i)
-            if kind == "js":
-                ca = e["chart_attention"][layer]
-                out = _metrics.chart_similarity(chart_attn=ca if head is None else ca[:, :, head:head + 1], kind="js")
-            else:
-                keys = e["chart_keys"][layer]
-                if head is not None:
-                    d = keys.shape[-1] // self.num_heads
-                    keys = keys[..., head * d:(head + 1) * d]
-                out = _metrics.chart_similarity(chart_keys=keys, kind=kind)
+            rec = self.entry(i)["recording"]
+            with torch.no_grad():
+                if kind == "js":  # every row of every chart: computed once per (image, layer, head), then memoised
+                    ca = torch.stack([rec.full_attention(layer, c) for c in range(self.num_charts)], dim=1)
+                    out = _metrics.chart_similarity(chart_attn=ca if head is None else ca[:, :, head:head + 1],
+                                                    kind="js")
+                else:
+                    keys = rec.chart_keys_for(layer)
+                    if head is not None:
+                        d = keys.shape[-1] // self.num_heads
+                        keys = keys[..., head * d:(head + 1) * d]
+                    out = _metrics.chart_similarity(chart_keys=keys, kind=kind)
             self._memo[key] = out
         return self._memo[key]
 
@@ -314,6 +317,10 @@ class _ControlsMixin:
         gh, gw = self._grid()
         r = int(min(max((y + 0.5) // ch, 0), gh - 1))
         c = int(min(max((x + 0.5) // cw, 0), gw - 1))
+        return self.select_query(r, c)
+
+    def select_query(self, r: int, c: int) -> Tuple[int, int]:
+        """Move the query to grid cell (r, c) with one redraw (the sliders follow). Returns (r, c)."""
         if (r, c) == self.query:
             return r, c
         col_moves = c != self.col_slider.value
@@ -427,7 +434,9 @@ class ChartExplorer(_ControlsMixin):
     `maps_figure` (fused + H chart maps, `figures.chart_maps_figure` layout; `heat_traces`: its heat-map
     traces, fused first, whose `z` is what is drawn), `similarity_figure`,
     `stats_figure` (per-chart entropy and, with masks, share of attention on evidence, for the current
-    query); `widget` (the top-level ipywidgets.VBox); `cache` (the `AttentionCache`).
+    query), `atlas_figure` (`figures.key_atlas` of the image, layer and head: queries and every chart's keys
+    in one 2-D projection, the query ringed; a click on a point selects its patch as the query; None for
+    Swin); `widget` (the top-level ipywidgets.VBox); `cache` (the `AttentionCache`).
     """
 
     def __init__(self, model: nn.Module, images: Any, masks: Any = None, image_size=None,
@@ -463,6 +472,10 @@ class ChartExplorer(_ControlsMixin):
         self.similarity_figure = go.FigureWidget(_fig.similarity_heatmap(
             self.cache.similarity(self.image_index, self.layer, self.head, "cosine"), "cosine", height=360))
         self.stats_figure = go.FigureWidget(self._stats_layout(H))
+        self.atlas_figure = None if self.cache.is_swin else go.FigureWidget(self._atlas())
+        if self.atlas_figure is not None:  # a click on a query or key selects its patch as the query
+            for t in self.atlas_figure.data[:-1]:
+                t.on_click(self.on_atlas_click)
         self._refresh_all()
 
         for w, fn in ((self.image_slider, self._on_image), (self.layer_dropdown, self._on_layer),
@@ -474,7 +487,8 @@ class ChartExplorer(_ControlsMixin):
                            W.HBox([self.row_slider, self.col_slider, self.shared_scale_checkbox]),
                            W.HBox([self.similarity_toggle]), self.info])
         bottom = W.HBox([self.similarity_figure, self.stats_figure], layout=W.Layout(flex_flow="row wrap"))
-        self.widget = W.VBox([controls, self.maps_figure, bottom])  # the bottom row wraps on narrow screens
+        atlas = [] if self.atlas_figure is None else [self.atlas_figure]
+        self.widget = W.VBox([controls, self.maps_figure, bottom, *atlas])  # the bottom row wraps on narrow screens
 
     @classmethod
     def from_dataset(cls, model: nn.Module, dataset: Any, indices: Sequence[int] = range(8), **kwargs) -> "ChartExplorer":
@@ -532,6 +546,50 @@ class ChartExplorer(_ControlsMixin):
             out["chance"] = float(cov.mean())
         return out
 
+    # ---------------------------------------------------------------- the key atlas (ViT)
+    def _query_token(self) -> int:
+        geo = self.cache.geometry[self.layer]
+        return query_index(self.query[0], self.query[1], geo["grid"], geo["prefix"])
+
+    def _atlas(self):
+        rec = self.cache.entry(self.image_index)["recording"]
+        with torch.no_grad():
+            return _fig.key_atlas(rec, self.layer, head=self.head, query=self._query_token())
+
+    def on_atlas_click(self, trace: Any = None, points: Any = None, state: Any = None) -> Optional[Tuple[int, int]]:
+        """Atlas click handler: a click on a query or a chart key selects that token's patch as the query.
+        Returns the new (row, col), or None (no point, or a prefix token such as cls)."""
+        inds = getattr(points, "point_inds", None) or []
+        if not inds or trace is None:
+            return None
+        geo = self.cache.geometry[self.layer]
+        token = int(trace.customdata[inds[0]])
+        if token < geo["prefix"]:
+            return None
+        return self.select_query(*query_position(token, geo["grid"], geo["prefix"]))
+
+    def _update_atlas(self) -> None:
+        """Redraw the atlas for the current image, layer and head (its points move; the traces stay)."""
+        if self.atlas_figure is None:
+            return
+        new = self._atlas()
+        with self.atlas_figure.batch_update():
+            for t, n in zip(self.atlas_figure.data, new.data):
+                t.update(x=n.x, y=n.y, text=n.text, customdata=n.customdata)
+            self.atlas_figure.layout.title.text = new.layout.title.text
+
+    def _update_atlas_query(self) -> None:
+        """Move the atlas's ring to the current query."""
+        if self.atlas_figure is None:
+            return
+        token, queries = self._query_token(), self.atlas_figure.data[0]
+        with self.atlas_figure.batch_update():
+            self.atlas_figure.data[-1].update(x=[queries.x[token]], y=[queries.y[token]], customdata=[token])
+
+    def _refresh_all(self) -> None:
+        super()._refresh_all()
+        self._update_atlas()
+
     # ---------------------------------------------------------------- updates
     def _info_html(self) -> str:
         i = self.image_index
@@ -570,6 +628,8 @@ class ChartExplorer(_ControlsMixin):
                 d[2].y = st["evidence"].numpy()
                 d[3].y = [st["chance"]] * 2
         self.info.value = self._info_html()
+        if getattr(self, "atlas_figure", None) is not None:
+            self._update_atlas_query()
 
 
 # --------------------------------------------------------------------------- ChartCountExplorer

@@ -9,6 +9,7 @@
     training_curves(records)                                                loss / accuracy per epoch
     accuracy_vs_charts(accuracies, baseline=None)                           accuracy against chart count
     cost_table_figure(rows)                                                 a go.Table of cost rows
+    key_atlas(rec, layer, head=None, image=0)                               queries and every chart's keys in 2-D
 
 Every builder returns a fresh `plotly.graph_objects.Figure`, deterministic given its inputs (no random
 colours, no timestamps), with titles, axis labels and explicit colour scales. Images are drawn with
@@ -35,6 +36,7 @@ __all__ = [
     "HEAT_COLORSCALE", "to_numpy", "to_uint8_image", "image_source", "attention_overlay", "chart_maps_figure",
     "chart_grid_shape", "show_chart_panels", "query_box_path", "similarity_heatmap", "evidence_bars",
     "entropy_bars", "training_curves", "accuracy_vs_charts", "cost_table_figure", "chart_stat_bars", "heat_geometry",
+    "key_atlas", "ATLAS_QUERY_TRACE", "ATLAS_CURRENT_TRACE",
 ]
 
 HEAT_COLORSCALE = "Inferno"
@@ -571,4 +573,74 @@ def cost_table_figure(rows: Sequence[Mapping], columns: Optional[Sequence[str]] 
                              cells=dict(values=cells, align=["left"] + ["right"] * (len(columns) - 1))))
     fig.update_layout(title=dict(text=title), height=height or 120 + 28 * len(rows),
                       margin=dict(l=10, r=10, t=50, b=10))
+    return fig
+
+
+# --------------------------------------------------------------------------- the key atlas
+ATLAS_QUERY_TRACE, ATLAS_CURRENT_TRACE = "queries", "current query"
+_ATLAS_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+                 "#bcbd22", "#17becf")
+
+
+def _token_names(rec: Any, num_tokens: int) -> List[str]:
+    """'cls' / 'prefix k' for the prefix tokens, 'patch (r, c)' for the patches of a recorded ViT."""
+    from .maps import patch_grid, query_position
+
+    grid = patch_grid(rec.model, rec.image_size)
+    p = grid.num_prefix_tokens
+    names = ["cls" if i == 0 and p else f"prefix {i}" for i in range(p)]
+    return names + ["patch (%d, %d)" % query_position(i, grid.grid_size, p) for i in range(p, num_tokens)]
+
+
+def key_atlas(rec: Any, layer: str, head: Optional[int] = None, image: int = 0, method: str = "pca",
+              query: Optional[int] = None, height: int = 520) -> "go.Figure":
+    """Queries and every chart's keys of one image of a recording, in ONE 2-D projection (AttentionViz-style).
+
+    rec: an `AttentionRecording` (lazy or full, charts=True) of a manifold-key ViT / DeiT; layer: a recorded
+    layer; head: one head's d channels, or None for all heads' channels side by side; image: batch index;
+    method: "pca" (default) or "umap" (`mkviz.metrics.project_2d`); query: token index to mark.
+
+    The points: the N queries q_i (after q_norm, times the logit scale) and, for each chart c, the N chart keys
+    K_c,j (the channels of the head), projected together so that a query near a chart's key is one that
+    chart makes it attend to (q·k is what the softmax sees; the projection keeps the largest directions of
+    both). Traces, in order: "queries", "chart 1 keys" … "chart H keys", "current query" (the marked
+    query); each point's `customdata` is its token index and its hover names the patch ("cls", "patch (r, c)").
+    """
+    import torch
+    from .metrics import project_2d
+
+    go = _go()
+    q = rec.queries[layer][image].float()  # (heads, N, d)
+    keys = rec.chart_keys_for(layer)[image].float()  # (H, N, C)
+    heads, N, d = q.shape
+    module = rec.model.get_submodule(layer)
+    if head is None:
+        qs = q.transpose(0, 1).reshape(N, heads * d)  # (N, heads·d), heads side by side like the keys
+    else:
+        if not 0 <= head < heads:
+            raise ValueError(f"head: expected None or an int in [0, {heads}); got {head!r}")
+        qs, keys = q[head], keys[..., head * d:(head + 1) * d]  # (N, d), (H, N, d)
+    H = keys.shape[0]
+    qs = qs * float(module.scale)
+    coords = project_2d(torch.cat([qs, keys.reshape(H * N, -1)]), method)  # ((1 + H)·N, 2)
+    names = _token_names(rec, N)
+    fig = go.Figure()
+    hover = "%{text}<extra>%{fullData.name}</extra>"
+    fig.add_trace(go.Scatter(x=coords[:N, 0].tolist(), y=coords[:N, 1].tolist(), mode="markers",
+                             name=ATLAS_QUERY_TRACE, text=names, customdata=list(range(N)), hovertemplate=hover,
+                             marker=dict(symbol="circle", size=9, color="#222222", line=dict(width=1, color="white"))))
+    for c in range(H):
+        xy = coords[N * (c + 1):N * (c + 2)]
+        fig.add_trace(go.Scatter(x=xy[:, 0].tolist(), y=xy[:, 1].tolist(), mode="markers", name=f"chart {c + 1} keys",
+                                 text=names, customdata=list(range(N)), hovertemplate=hover,
+                                 marker=dict(symbol="diamond", size=7, opacity=0.75,
+                                             color=_ATLAS_COLORS[c % len(_ATLAS_COLORS)])))
+    mark = [] if query is None else [int(query)]
+    fig.add_trace(go.Scatter(x=[float(coords[i, 0]) for i in mark], y=[float(coords[i, 1]) for i in mark], mode="markers",
+                             name=ATLAS_CURRENT_TRACE, hoverinfo="skip", customdata=mark,
+                             marker=dict(symbol="circle-open", size=20, color="#d62728", line=dict(width=3))))
+    fig.update_layout(title=f"key atlas: queries and chart keys, {layer}, head {'mean' if head is None else head} "
+                            f"({method.upper()})", height=height, xaxis_title="axis 1", yaxis_title="axis 2",
+                      margin=dict(l=50, r=10, t=50, b=40), legend=dict(itemsizing="constant"),
+                      meta={"layer": layer, "head": head, "tokens": N, "charts": H})
     return fig

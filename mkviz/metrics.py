@@ -39,6 +39,8 @@ __all__ = [
     "attention_rollout",
     "attention_on_evidence",
     "patch_coverage",
+    "PROJECTIONS",
+    "project_2d",
 ]
 
 GridSize = Union[int, Tuple[int, int], Sequence[int]]
@@ -587,3 +589,38 @@ def attention_on_evidence(
     num = (patch * cov).sum(dim=-1)
     den = patch.sum(dim=-1) if renormalize else a.sum(dim=-1)
     return (num / den.clamp_min(_EPS)).clamp(0.0, 1.0)
+
+
+# --------------------------------------------------------------------------- 2-D projection (the key atlas)
+PROJECTIONS = ("pca", "umap")
+
+
+def project_2d(points: torch.Tensor, method: str = "pca", seed: int = 0) -> torch.Tensor:
+    """Project ``points`` (M, D) to (M, 2).
+
+    ``"pca"``: the first two principal axes (SVD of the centred points, float64), each axis's sign fixed so
+    that its largest loading is positive: deterministic, and a rotation of the data does not move the
+    picture more than it moves the data. ``"umap"``: ``umap.UMAP(random_state=seed)`` when the package
+    ``umap-learn`` is importable (it is not a dependency of mkviz).
+    """
+    _check_tensor(points, "points")
+    if points.dim() != 2 or points.shape[0] < 2:
+        raise ValueError(f"`points` must have shape (M, D) with M >= 2, got {tuple(points.shape)}")
+    if method not in PROJECTIONS:
+        raise ValueError(f"`method` must be one of {PROJECTIONS}, got {method!r}")
+    x = points.detach().double().cpu()
+    if method == "umap":
+        try:
+            import umap
+        except ImportError:
+            raise ValueError("method='umap' needs the package umap-learn (pip install umap-learn); "
+                             "method='pca' needs nothing") from None
+        return torch.as_tensor(umap.UMAP(n_components=2, random_state=seed).fit_transform(x.numpy()), dtype=torch.float32)
+    x = x - x.mean(dim=0, keepdim=True)
+    _, _, vh = torch.linalg.svd(x, full_matrices=False)
+    axes = vh[:2]  # (<=2, D)
+    signs = torch.sign(axes.gather(1, axes.abs().argmax(dim=1, keepdim=True)))
+    coords = x @ (axes * signs).T  # (M, <=2)
+    if coords.shape[1] < 2:
+        coords = torch.cat([coords, coords.new_zeros(coords.shape[0], 2 - coords.shape[1])], dim=1)
+    return coords.float()

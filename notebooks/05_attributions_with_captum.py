@@ -273,3 +273,8 @@ for name, (pix, pat) in shares.items():
 #   which background pixels show.
 #
 # **Next, 06:** how many charts? The same model family with 1 to 16 charts, side by side.
+
+# %% [markdown]
+# **See also, 07:** class relevance (attention weighted by its gradient), deletion and insertion
+# curves that rank these maps by faithfulness, and the key atlas
+# (`07_relevance_faithfulness_and_the_key_atlas`).

@@ -33,6 +33,7 @@ NOTEBOOKS = ROOT / "notebooks"
 SCREENSHOTS = screenshots_dir()
 NB04 = "04_what_each_chart_attends_to.ipynb"
 NB06 = "06_how_many_charts.ipynb"
+NB07 = "07_relevance_faithfulness_and_the_key_atlas.ipynb"
 
 # JupyterLab user settings for the test: no autosave, no news toast, every cell rendered (no windowing,
 # so the plotly widgets lay out at their real size), no "Select Kernel" dialog where avoidable.
@@ -84,7 +85,7 @@ def lab(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("lab")
     root = tmp / "notebooks"
     root.mkdir()
-    for name in (NB04, NB06):  # only the .ipynb: no jupytext pair here, so nothing gets synced back
+    for name in (NB04, NB06, NB07):  # only the .ipynb: no jupytext pair here, so nothing gets synced back
         shutil.copy2(NOTEBOOKS / name, root / name)
     settings = tmp / "settings"
     for rel, value in LAB_SETTINGS.items():
@@ -242,3 +243,61 @@ def test_explorers_render_and_react_in_jupyterlab(browser, lab):
     for name in (NB04, NB06):
         assert (NOTEBOOKS / name).read_bytes() == repo_before[name], f"notebooks/{name} changed on disk"
         assert (root / name).read_bytes() == before[name], f"{name} was saved by JupyterLab (autosave is off)"
+
+
+# The explorer's key atlas: the widget's plotly plot with a "current query" trace. Returns the pixel position
+# (page coordinates) and token of its most isolated point (so a click cannot land on a neighbour), the token
+# ringed now, and the number of points drawn.
+ATLAS_JS = """() => {
+  const plots = Array.from(document.querySelectorAll('.jp-OutputArea-output .widget-vbox .js-plotly-plot'));
+  const gd = plots.find(p => p.data && p.data.some(t => t.name === 'current query'));
+  if (!gd || !gd._fullLayout || !gd.querySelector('.scatterlayer .point')) return null;
+  const L = gd._fullLayout, box = gd.getBoundingClientRect();
+  const pts = [];
+  gd.data.forEach(t => { if (t.name !== 'current query') t.x.forEach((x, i) => pts.push(
+      {x: box.x + L._size.l + L.xaxis.l2p(x), y: box.y + L._size.t + L.yaxis.l2p(t.y[i]), token: t.customdata[i]})); });
+  const ring = gd.data.find(t => t.name === 'current query');
+  let best = null, bestGap = -1;
+  for (const p of pts) {
+    if (p.token < 1 || p.token === ring.customdata[0]) continue;
+    const gap = Math.min(...pts.filter(o => o !== p).map(o => Math.hypot(o.x - p.x, o.y - p.y)));
+    if (gap > bestGap) { bestGap = gap; best = p; }
+  }
+  return JSON.stringify({x: best.x, y: best.y, token: best.token, gap: bestGap, ring: ring.customdata[0],
+                         points: pts.length});
+}"""
+
+
+@pytest.mark.slow
+@pytest.mark.skip(reason="not yet seen passing: on the loaded 2-core machine one run found no rendered atlas "
+                         "points within 30 s, two runs did not finish notebook 07 in JupyterLab within 5-10 min")
+def test_key_atlas_renders_and_a_click_moves_the_query_in_jupyterlab(browser, lab):
+    base, token, root = lab
+    context = browser.new_context(viewport={"width": 1800, "height": 2400})
+    page = context.new_page()
+    try:
+        for kernel in _api(base, token, "/api/kernels") or []:  # one kernel at a time on a small machine
+            _api(base, token, f"/api/kernels/{kernel['id']}", method="DELETE")
+        _open_and_run_all(page, base, token, NB07)
+        widget = _wait_for_widget(page, timeout_ms=600_000)
+        _wait_until_idle(page, timeout_ms=600_000)
+        assert not _errors(page), _errors(page)
+        page.wait_for_function(f"() => ({ATLAS_JS})() !== null", timeout=30_000)
+        atlas = json.loads(page.evaluate(ATLAS_JS))
+        assert atlas["points"] == 50 * 9  # 50 queries and 8 charts x 50 keys: 49 patches + cls each
+        assert atlas["ring"] == 1 + 3 * 7 + 3  # the explorer starts at query (3, 3)
+        assert atlas["gap"] > 3, atlas  # an isolated point: the click cannot pick a neighbour
+        page.mouse.move(atlas["x"], atlas["y"])
+        page.wait_for_timeout(300)
+        widget.screenshot(path=str(SCREENSHOTS / "nb07_explorer_atlas.png"))
+        page.mouse.click(atlas["x"], atlas["y"])
+        row, col = divmod(atlas["token"] - 1, 7)
+        readout = lambda name: widget.locator(f".widget-slider:has(.widget-label:text-is('{name}')) "
+                                              ".widget-readout").first.inner_text().strip()
+        deadline = time.monotonic() + 30
+        while (readout("query row"), readout("query col")) != (str(row), str(col)) and time.monotonic() < deadline:
+            page.wait_for_timeout(200)
+        assert (readout("query row"), readout("query col")) == (str(row), str(col))
+        page.wait_for_function(f"() => JSON.parse(({ATLAS_JS})()).ring === {atlas['token']}", timeout=30_000)
+    finally:
+        context.close()

@@ -45,19 +45,24 @@ class Recorded:
     def __init__(self, model, images):
         self.model, self.images, self.recs = model, images, {}
 
-    def rec(self, i):
-        if i not in self.recs:
-            with torch.no_grad(), mkviz.record_attention(self.model) as rec:
+    def rec(self, i, lazy=False):
+        if (i, lazy) not in self.recs:
+            with torch.no_grad(), mkviz.record_attention(self.model, lazy=lazy) as rec:
                 self.model(self.images[i:i + 1])
-            self.recs[i] = rec
-        return self.recs[i]
+            self.recs[i, lazy] = rec
+        return self.recs[i, lazy]
 
     def maps(self, i, layer, query, head=None):
-        rec = self.rec(i)
-        fused = rec.image_map(layer, query, head=head)
-        charts = torch.stack([rec.image_map(layer, query, chart=c, head=head)
-                              for c in range(rec.chart_attention[layer].shape[1])])
-        return fused, charts
+        """The maps of a lazy recording (what the explorer draws, exactly), checked against the full maps."""
+        maps = []
+        for lazy in (True, False):
+            rec = self.rec(i, lazy)
+            fused = rec.image_map(layer, query, head=head)
+            H = self.model.get_submodule(layer).key.num_charts
+            maps.append((fused, torch.stack([rec.image_map(layer, query, chart=c, head=head) for c in range(H)])))
+        for lazy_map, full_map in zip(*maps):
+            torch.testing.assert_close(lazy_map, full_map, rtol=1e-5, atol=1e-7)
+        return maps[0]
 
 
 def _heat_z(fig):
@@ -357,17 +362,17 @@ def test_explorer_stats_and_similarity_match_metrics(explorer, vit4, images, mas
     # similarity: cosine of the head's key channels, JS of the head's chart attention, mean head = all
     d = rec.chart_keys[layer].shape[-1] // 4
     _exact(explorer.similarity_figure.data[0].z,
-           metrics.chart_similarity(chart_keys=rec.chart_keys[layer][..., 3 * d:4 * d], kind="cosine"))
+           metrics.chart_similarity(chart_keys=rec.chart_keys[layer][..., 3 * d:4 * d], kind="cosine"), atol=1e-6)
     explorer.similarity_toggle.value = "js"
     _exact(explorer.similarity_figure.data[0].z,
-           metrics.chart_similarity(chart_attn=rec.chart_attention[layer][:, :, 3:4], kind="js"))
+           metrics.chart_similarity(chart_attn=rec.chart_attention[layer][:, :, 3:4], kind="js"), atol=1e-6)
     assert explorer.similarity_figure.data[0].zmin == 0
     explorer.head_dropdown.value = "mean"
-    _exact(explorer.similarity_figure.data[0].z, rec.chart_similarity(layer, "js"))
-    explorer.similarity_toggle.value = "cka"
-    _exact(explorer.similarity_figure.data[0].z, rec.chart_similarity(layer, "cka"))
-    explorer.similarity_toggle.value = "cosine"
-    _exact(explorer.similarity_figure.data[0].z, rec.chart_similarity(layer, "cosine"))
+    lazy = ref.rec(1, lazy=True)  # what the explorer computes from (exactly); the full recording agrees to 1e-6
+    for kind in ("js", "cka", "cosine"):
+        explorer.similarity_toggle.value = kind
+        _exact(explorer.similarity_figure.data[0].z, lazy.chart_similarity(layer, kind))
+        _exact(explorer.similarity_figure.data[0].z, rec.chart_similarity(layer, kind), atol=1e-6)
     assert explorer.similarity_figure.data[0].z.shape == (4, 4)
 
 
@@ -385,6 +390,48 @@ def test_explorer_click_moves_sliders(explorer, vit4, images):
     assert explorer.on_image_click(heat, SimpleNamespace(xs=[500.0], ys=[-3.0]), None) == (0, 3)  # clamped
     # the handler is registered on every heat map of the FigureWidget (they cover the images)
     assert all(t._click_callbacks for t in explorer.maps_figure.data if t.type == "heatmap")
+
+
+def test_explorer_key_atlas_follows_the_controls_and_a_click_moves_the_query(explorer, vit4, images):
+    ref = Recorded(vit4, images)
+    explorer.image_slider.value, explorer.layer_dropdown.value, explorer.head_dropdown.value = 1, "blocks.1.attn", 2
+    atlas = explorer.atlas_figure
+    names = [t.name for t in atlas.data]
+    assert names == ["queries"] + [f"chart {c + 1} keys" for c in range(4)] + ["current query"]
+    expected = mkviz.figures.key_atlas(ref.rec(1, lazy=True), "blocks.1.attn", head=2)
+    for t, e in zip(atlas.data[:-1], expected.data[:-1]):
+        _exact(t.x, e.x)
+        _exact(t.y, e.y)
+    assert list(atlas.data[0].text[:2]) == ["cls", "patch (0, 0)"] and len(atlas.data[0].x) == 17
+    # a click on chart 3's key of token 1 + 2·4 + 3 selects patch (2, 3); the ring moves onto that query
+    key_trace = atlas.data[3]
+    assert explorer.on_atlas_click(key_trace, SimpleNamespace(point_inds=[1 + 2 * 4 + 3], xs=[], ys=[]), None) == (2, 3)
+    assert explorer.query == (2, 3) and (explorer.row_slider.value, explorer.col_slider.value) == (2, 3)
+    ring = atlas.data[-1]
+    assert ring.x == (atlas.data[0].x[12],) and ring.y == (atlas.data[0].y[12],) and ring.customdata == (12,)
+    _check_explorer_maps(explorer, ref)
+    assert explorer.on_atlas_click(atlas.data[0], SimpleNamespace(point_inds=[0]), None) is None  # cls: no patch
+    assert explorer.on_atlas_click(atlas.data[0], SimpleNamespace(point_inds=[]), None) is None
+    assert all(t._click_callbacks for t in atlas.data[:-1])
+
+
+def test_key_atlas_projection_is_pca_of_queries_and_keys(vit4, images):
+    with torch.no_grad(), mkviz.record_attention(vit4) as rec:
+        vit4(images[:2])
+    fig = mkviz.figures.key_atlas(rec, "blocks.0.attn", head=None, image=1, query=5)
+    q = rec.queries["blocks.0.attn"][1].transpose(0, 1).reshape(17, -1) * vit4.blocks[0].attn.scale
+    points = torch.cat([q, rec.chart_keys["blocks.0.attn"][1].reshape(4 * 17, -1)]).double()
+    centred = points - points.mean(0)
+    coords = np.stack([np.concatenate([t.x for t in fig.data[:-1]]), np.concatenate([t.y for t in fig.data[:-1]])], 1)
+    # the 2-D coordinates are the projection on the top two principal axes (up to each axis's sign)
+    _, s, vh = torch.linalg.svd(centred, full_matrices=False)
+    ref = (centred @ vh[:2].T).numpy()
+    np.testing.assert_allclose(np.abs(coords), np.abs(ref), rtol=1e-4, atol=1e-5)
+    assert fig.data[-1].customdata == (5,) and fig.data[-1].x == (fig.data[0].x[5],)
+    with pytest.raises(ValueError, match="head: expected None or an int in"):
+        mkviz.figures.key_atlas(rec, "blocks.0.attn", head=4)
+    with pytest.raises(ValueError, match="`method` must be one of"):
+        mkviz.figures.key_atlas(rec, "blocks.0.attn", method="tsne")
 
 
 def test_explorer_latency_uses_cache(explorer):

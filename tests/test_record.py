@@ -283,7 +283,12 @@ def test_bench_record_runs(capsys):
     assert main(["--model", "vit_tiny_patch16_224", "--img-size", "32", "--batch-size", "1", "--repeats", "1",
                  "--num-charts", "2"]) == 0
     out = capsys.readouterr().out
-    assert "overhead fused-only / plain" in out and "overhead charts     / plain" in out
+    for mode in ("fused_only", "charts", "lazy_one_query"):
+        assert f"overhead {mode} / plain" in out
+    assert main(["--model", "vit_tiny_patch16_224", "--img-size", "32", "--batch-size", "1", "--memory",
+                 "--num-charts", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "| full: fused + chart maps (computed) |" in out and "| lazy: x, q, k (measured) |" in out
 
 
 @pytest.mark.parametrize("variant", mkviz.VARIANTS)
@@ -364,3 +369,59 @@ def test_recording_under_bf16_autocast_and_with_a_dtype(vit_vanilla):
         m(x)
     assert half.chart_attention[name].dtype == torch.float16 and half.chart_keys[name].dtype == torch.float16
     torch.testing.assert_close(half.chart_keys[name].float(), ref.chart_keys[name], atol=2e-3, rtol=2e-3)
+
+
+# --------------------------------------------------------------------------- lazy recordings
+def _lazy_vs_full(model, x, queries_list):
+    with torch.no_grad():
+        ref = model(x)
+        with record_attention(model) as full:
+            model(x)
+        with record_attention(model, lazy=True) as lazy:
+            out = model(x)
+    assert (out - ref).abs().max().item() <= 1e-6  # the lazy recording leaves the model's forward as it was
+    assert not lazy.attention and not lazy.chart_attention  # no N x N map kept
+    for name in full.layers:
+        for queries in queries_list:
+            torch.testing.assert_close(lazy.attention_rows(name, queries), full.attention[name][:, :, queries],
+                                       rtol=1e-5, atol=1e-6)
+            for c in range(full.chart_attention[name].shape[1]) if name in full.chart_attention else ():
+                torch.testing.assert_close(lazy.attention_rows(name, queries, chart=c),
+                                           full.chart_attention[name][:, c][:, :, queries], rtol=1e-5, atol=1e-6)
+        if name in full.chart_keys:
+            torch.testing.assert_close(lazy.chart_keys_for(name), full.chart_keys[name], rtol=1e-5, atol=1e-6)
+    return full, lazy
+
+
+@pytest.mark.parametrize("variant, options", [("vanillak", {}), ("kua", {}), ("simplek", {"kernel_size": 3}),
+                                              ("spatialk", {"expand_from": "input"})])
+def test_lazy_rows_equal_the_full_recording_vit(variant, options):
+    torch.manual_seed(0)
+    model = mkviz.convert(small_vit().eval(), variant, num_charts=3, seed=1, **options).eval()
+    # one query (the W_c^T q path), a few, and every query (the chart-key path)
+    full, lazy = _lazy_vs_full(model, _images(), [[0], [3, 16, 5], list(range(17))])
+    name = full.layers[-1]
+    for chart in (None, 1):
+        torch.testing.assert_close(lazy.image_map(name, (1, 2), chart=chart), full.image_map(name, (1, 2), chart=chart))
+    torch.testing.assert_close(lazy.entropy(name, chart=2), full.entropy(name, chart=2))
+    torch.testing.assert_close(lazy.chart_similarity(name, "js"), full.chart_similarity(name, "js"), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(lazy.rollout(), full.rollout(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"queries: expected token indices in \[0, 17\)"):
+        lazy.attention_rows(name, [17])
+    with pytest.raises(ValueError, match=r"chart: expected an int in \[0, 3\)"):
+        lazy.attention_rows(name, [0], chart=3)
+
+
+def test_lazy_rows_equal_the_full_recording_swin_and_plain_models():
+    torch.manual_seed(0)
+    swin = mkviz.convert(small_swin().eval(), "vanillak", num_charts=2, seed=1).eval()
+    full, lazy = _lazy_vs_full(swin, _images(), [[0], [7, 2], list(range(16))])
+    for name in full.layers:  # shifted windows and the relative position bias included
+        torch.testing.assert_close(lazy.image_map(name, (3, 5), chart=1), full.image_map(name, (3, 5), chart=1))
+    plain = small_vit(qk_norm=True).eval()  # plain timm Attention: q and k from q_norm and k_norm
+    full, lazy = _lazy_vs_full(plain, _images(), [[0], list(range(17))])
+    assert lazy.inputs and not lazy.attention
+    with pytest.raises(ValueError, match="no chart attention"):
+        lazy.attention_rows(full.layers[0], [0], chart=0)
+    qk = mkviz.convert(small_vit(qk_norm=True).eval(), "vanillak", num_charts=2, seed=1).eval()  # k_norm on charts
+    _lazy_vs_full(qk, _images(), [[1], list(range(17))])
