@@ -280,8 +280,9 @@ def _params_vs_charts(answer: Callable[[int], int], models: dict) -> Optional[st
 @_exercise("06.spread-vs-noise", "whether the accuracy spread over H exceeds two sampling errors",
            "compare `spread` (max − min of the stored accuracies) with 2 × `sampling` printed under the figure.")
 def _spread_vs_noise(answer: Any, accuracies: dict, num_images: int = 10_000) -> Optional[str]:
-    if not isinstance(answer, bool):
+    if type(answer).__name__ not in ("bool", "bool_"):   # Python's or numpy's
         return f"the answer should be True or False, got {answer!r}."
+    answer = bool(answer)
     values = list(accuracies.values())
     mean = sum(values) / len(values)
     spread, sampling = max(values) - min(values), math.sqrt(mean * (1 - mean) / num_images)

@@ -54,10 +54,10 @@
 #
 # | | |
 # |---|---|
-# | reading and the code | about 15 min |
+# | reading and the code | about 20 min |
 # | the 2 exercises (✎) | about 10 min |
-# | Run All at the default (CPU) scale, 2-core CPU | 4 min (measured) |
-# | Run All, `MKVIZ_SMALL=1` | 1 min 30 s (measured) |
+# | Run All at the default (CPU) scale, 2-core CPU | 1 min 55 s (measured on 2 cores shared with another job) |
+# | Run All, `MKVIZ_SMALL=1` | 45 s (measured, likewise) |
 # | Run All at GPU scale (`MKVIZ_DEVICE=cuda`, ViT-S/16 on CIFAR-10) | not measured (no GPU here) |
 #
 # **Exercises** are marked ✎. Write a few lines where a cell says `None  # your code`, then run the check

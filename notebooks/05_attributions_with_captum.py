@@ -66,10 +66,10 @@
 #
 # | | |
 # |---|---|
-# | reading and the code | about 25 min |
+# | reading and the code | about 20 min |
 # | the 2 exercises (✎) | about 10 min |
-# | Run All at the default scale (10 images), 2-core CPU | 1 min (measured) |
-# | Run All, `MKVIZ_SMALL=1` | 30 s (measured) |
+# | Run All at the default scale (10 images), 2-core CPU | 1 min 45 s (measured on 2 cores shared with another job) |
+# | Run All, `MKVIZ_SMALL=1` | 1 min (measured, likewise) |
 # | Run All at GPU scale (`MKVIZ_DEVICE=cuda`) | not measured (no GPU here) |
 #
 # **Exercises** are marked ✎. Write a few lines where a cell says `None  # your code`, then run the check
