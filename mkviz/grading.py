@@ -7,17 +7,19 @@ Each notebook is executed top to bottom in a fresh kernel (its folder as the wor
 inherits the environment, so `MKVIZ_SMALL=1 mkviz grade ...` grades at the small scale), then the results of
 every `check(...)` it ran are read back. An exercise cell is a code cell whose first line is
 `# ✎ exercise NAME`; with `--solutions` each one is replaced by the cell with the same first line in
-`notebooks/solutions/<notebook>.py`. Prints one line per exercise and a total per notebook; the exit status
-is 0 when every check of every notebook passed, 1 otherwise.
+`notebooks/solutions/<notebook>.py`. Prints one line per exercise, the cells that raised an error (a student's
+notebook runs on past them), and a total per notebook; the exit status is 0 when every check of every
+notebook passed, 1 otherwise.
 """
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-__all__ = ["MARKER", "exercise_cells", "grade", "main", "solutions_for", "with_solutions"]
+__all__ = ["MARKER", "GradeReport", "exercise_cells", "grade", "main", "solutions_for", "with_solutions"]
 
 MARKER = re.compile(r"^# ✎ exercise (\S+)\s*$")
 RESULTS_TAG = "mkviz-exercise-results:"
@@ -57,9 +59,20 @@ def with_solutions(nb: Any, solutions: Path) -> Any:
     return solved
 
 
-def grade(notebook: Path, solutions: bool = False, timeout: int = 900) -> dict[str, str]:
-    """Execute a notebook (with its solutions in place if asked); {exercise: "pass" | "fail" | "not attempted"},
-    every exercise of the notebook included (one whose check never ran counts as "not attempted")."""
+@dataclass(frozen=True)
+class GradeReport:
+    statuses: dict[str, str]   # exercise name -> "pass" | "fail" | "not attempted"
+    errors: list[str]          # "cell N: ExceptionName: message" for every cell that raised
+
+    @property
+    def passed(self) -> int:
+        return sum(state == "pass" for state in self.statuses.values())
+
+
+def grade(notebook: Path, solutions: bool = False, timeout: int = 900) -> GradeReport:
+    """Execute a notebook (with its solutions in place if asked) and read back its checks; every exercise of
+    the notebook is listed (one whose check never ran counts as "not attempted"). A student's notebook runs
+    on past a cell that raises (its error is reported); with `solutions` any error stops the run and raises."""
     import nbformat
     from nbclient import NotebookClient
 
@@ -68,11 +81,13 @@ def grade(notebook: Path, solutions: bool = False, timeout: int = 900) -> dict[s
     if solutions:
         nb = with_solutions(nb, solutions_for(notebook))
     nb.cells.append(nbformat.v4.new_code_cell(_REPORT_CELL))
-    NotebookClient(nb, timeout=timeout, kernel_name="python3",
+    NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=not solutions,
                    resources={"metadata": {"path": str(notebook.parent.resolve())}}).execute()
     text = "".join(out.get("text", "") for out in nb.cells[-1].outputs if out.get("name") == "stdout")
     reported = json.loads(text.split(RESULTS_TAG, 1)[1]) if RESULTS_TAG in text else {}
-    return {name: reported.get(name, "not attempted") for name in exercise_cells(nb)} | reported
+    errors = [f"cell {i}: {out.get('ename')}: {out.get('evalue')}" for i, cell in enumerate(nb.cells)
+              for out in cell.get("outputs", []) if out.get("output_type") == "error"]
+    return GradeReport({name: reported.get(name, "not attempted") for name in exercise_cells(nb)} | reported, errors)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -89,12 +104,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise ValueError(f"`notebooks` must be existing .ipynb files, got {missing}")
     all_passed = True
     for path in args.notebooks:
-        status = grade(path, solutions=args.solutions, timeout=args.timeout)
-        for name, state in status.items():
+        report = grade(path, solutions=args.solutions, timeout=args.timeout)
+        for name, state in report.statuses.items():
             print(f"  {state:<14} {name}")
-        passed = sum(state == "pass" for state in status.values())
-        print(f"{path.name}: {passed}/{len(status)} exercises pass")
-        all_passed &= passed == len(status)
+        for error in report.errors:
+            print(f"  error          {error}")
+        print(f"{path.name}: {report.passed}/{len(report.statuses)} exercises pass"
+              + (f" ({len(report.errors)} cells raised an error)" if report.errors else ""))
+        all_passed &= report.passed == len(report.statuses)
     return 0 if all_passed else 1
 
 

@@ -97,6 +97,42 @@ def test_the_spatialk_check_accepts_the_one_matmul_form(capsys):
     assert _line(capsys).startswith("✓ PASS")
 
 
+def test_grading_a_student_notebook_reports_checks_and_errors(tmp_path, capsys):
+    """`mkviz grade` on a small notebook: one exercise right, one cell raising, one exercise never checked."""
+    import nbformat
+
+    from mkviz.cli import main
+
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                            "language": "python"}})
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in (
+        "from mkviz.exercises import check",
+        "# ✎ exercise 06.spread-vs-noise\nanswer = False",
+        'check("06.spread-vs-noise", answer, accuracies={1: 0.88, 2: 0.881})',
+        "# ✎ exercise 06.params-vs-charts\n1 / 0",
+        'check("06.params-vs-charts", vanillak_model_params, models={})')]
+    path = tmp_path / "06_student.ipynb"
+    nbformat.write(nb, path)
+    assert main(["grade", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "  pass           06.spread-vs-noise" in out and "  not attempted  06.params-vs-charts" in out
+    assert "error          cell 3: ZeroDivisionError: division by zero" in out
+    assert "06_student.ipynb: 1/2 exercises pass (2 cells raised an error)" in out
+    assert main(["grade", str(tmp_path / "nope.txt")]) == 2
+    assert "mkviz grade: error: `notebooks` must be existing .ipynb files" in capsys.readouterr().err
+
+
+def test_solutions_must_match_the_notebooks_exercises(tmp_path):
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("# ✎ exercise 01.vanillak-params\nanswer = None  # your code")]
+    (tmp_path / "solutions.py").write_text("# %%\n# ✎ exercise 01.spatialk-one-matmul\nanswer = 1\n")
+    with pytest.raises(ValueError, match=r"solutions for \['01.spatialk-one-matmul'\], but the notebook has "
+                                         r"exercises \['01.vanillak-params'\]"):
+        with_solutions(nb, tmp_path / "solutions.py")
+
+
 # --------------------------------------------------------------------------- the notebooks and their solutions
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem[:2])
 def test_every_notebook_has_checked_exercises_and_solutions(notebook: Path):
@@ -124,5 +160,5 @@ def test_every_solution_passes_its_check_in_the_notebook(notebook: Path, monkeyp
                     "as root)")
     monkeypatch.setenv("MKVIZ_SMALL", "1")
     monkeypatch.setenv("MKVIZ_ROOT", str(ROOT))
-    status = grade(notebook, solutions=True, timeout=600)
-    assert status and set(status.values()) == {"pass"}, status
+    report = grade(notebook, solutions=True, timeout=600)
+    assert report.statuses and set(report.statuses.values()) == {"pass"} and not report.errors, report
