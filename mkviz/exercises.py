@@ -216,7 +216,8 @@ def _steps(answer: Callable[[int, int, int], int], runs: list) -> Optional[str]:
 
 
 @_exercise("03.extra-params", "how many parameters VanillaK-8 adds to the trained baseline",
-           "notebook 02 §1: VanillaK adds HC² + 2HC parameters per block; the tiny preset has 4 blocks of width 64.")
+           "notebook 02 §1: VanillaK adds HC² + 2HC parameters per block (H charts, width C); the cell above "
+           "prints the number of blocks and C.")
 def _extra_params(answer: Any, baseline: Any, manifold: Any) -> Optional[str]:
     from .cost import count_params
 

@@ -230,8 +230,8 @@ print("written:", sorted(p.name for p in OUT.iterdir()))
 #
 # Each run above reports its number of optimiser steps. Write the rule that gives it from the number of
 # training images, the batch size and the number of epochs (look at the scale table at the top: 3000 images
-# at batch 64 for 4 epochs make 184 steps). The check compares your function with the three runs of this
-# notebook and with the other scales.
+# at batch 64 for 4 epochs make 184 steps). The check compares your function with the runs of this notebook
+# and with the other scales.
 
 # %%
 # ✎ exercise 03.steps
@@ -241,8 +241,9 @@ def optimiser_steps(num_train: int, batch_size: int, epochs: int) -> int:
 
 
 # %%
-check("03.steps", optimiser_steps, runs=[(common["num_train"], common["batch_size"], common["epochs"], results["baseline"]["step"]),
-                                         (common["num_train"], common["batch_size"], 1, ft["step"])])
+observed = [(common["num_train"], common["batch_size"], common["epochs"], results["baseline"]["step"]),
+            (common["num_train"], common["batch_size"], 1, ft["step"])]   # (images, batch, epochs, steps taken)
+check("03.steps", optimiser_steps, runs=observed)
 
 # %% [markdown]
 # ### ✎ Exercise 3.2 — what does the conversion cost?

@@ -145,7 +145,7 @@ def test_every_notebook_has_checked_exercises_and_solutions(notebook: Path):
         assert name in EXERCISES and name.startswith(notebook.name[:2] + "."), name
         assert "None  # your code" in nb.cells[i].source, f"{name}: the stub must hold `None  # your code`"
         following = nb.cells[i + 1]
-        assert following.cell_type == "code" and re.match(rf'check\("{re.escape(name)}", ', following.source), \
+        assert following.cell_type == "code" and re.search(rf'^check\("{re.escape(name)}", ', following.source, re.M), \
             f"{name}: the cell after the exercise must be its check"
     solved = with_solutions(nb, solutions_for(notebook))
     for name, i in exercise_cells(solved).items():

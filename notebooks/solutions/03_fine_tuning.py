@@ -13,5 +13,5 @@ def optimiser_steps(num_train: int, batch_size: int, epochs: int) -> int:
 
 # %%
 # ✎ exercise 03.extra-params
-depth, width, charts = 4, 64, 8
+depth, width, charts = len(base_model.blocks), base_model.embed_dim, 8    # the tiny preset: 4 blocks of width 64
 answer = depth * (charts * width * width + 2 * charts * width)   # per block: H·C² (chart maps) + H·C (biases) + H·C (scales)
