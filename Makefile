@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install data chromium demo test test-fast lab bench-params checkpoints repro repro-small sync-notebooks clean
+.PHONY: install data chromium demo test test-fast lab book bench-params checkpoints repro repro-small sync-notebooks clean
 
 install: $(STAMP) data
 
@@ -54,6 +54,12 @@ chromium:
 lab: install
 	$(BIN)/jupyter lab notebooks/
 
+# the course as a static site in build/book/html (notebooks executed at the small scale; opens offline from disk).
+# BOOK_ARGS="--full" executes them at the default scale; see docs/instructors.md
+BOOK_ARGS ?=
+book: install data
+	OMP_NUM_THREADS=1 $(BIN)/python -m mkviz.book $(BOOK_ARGS)
+
 # train the missing shipped Fashion-MNIST checkpoints into data/checkpoints/fashion-mnist (CPU, resumable;
 # data/README.md gives the time); DATASET=shapes for the shapes ones, NAMES="kua-8 ..." for some of them
 DATASET ?= fashion-mnist
@@ -75,4 +81,4 @@ bench-params: install
 	$(BIN)/python -m mkviz.bench params
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) outputs build .pytest_cache

@@ -12,6 +12,8 @@ COMMANDS = {
                              "the cost of recording attention)"),
     "train": ("mkviz.train", "train or fine-tune a baseline or manifold-key model"),
     "sweep": ("mkviz.sweep", "train a sweep of runs from a YAML file (resumable) and write its report"),
+    "grade": ("mkviz.grading", "run course notebooks and report their exercise checks (--solutions: the "
+                               "course's own solutions)"),
 }
 
 

@@ -50,6 +50,36 @@
 # > | — | the geometric-mean identity of section 5 is a property of *our* VanillaK |
 
 # %% [markdown]
+# ## Before you start
+#
+# **Learning objectives.** After this notebook you can
+#
+# - say what a chart and an atlas are, and what the word means (and does not mean) in the paper;
+# - write out a timm attention block's forward pass with the shape of every tensor;
+# - follow the manifold key step by step (base key, $H$ scaled charts, chart maps, fusion) in `mkviz.ManifoldKey`,
+#   and count its parameters;
+# - state the four fusions (VanillaK, SimpleK, SpatialK, KUA) as equations and check them against the code;
+# - derive why VanillaK's attention is the normalised geometric mean of the charts' attention maps.
+#
+# **Prerequisites.** PyTorch tensors (`reshape`, `permute`, `einsum`, broadcasting); softmax and
+# scaled dot-product attention as in *Attention Is All You Need*; what a ViT does with patches and a class
+# token. No manifold theory: section 1 gives all that is used.
+#
+# **Time to complete.**
+#
+# | | |
+# |---|---|
+# | reading, derivations and the code | about 35 min |
+# | the 2 exercises (✎) | about 15 min |
+# | Run All at the default scale, 2-core CPU | 15 s (measured on 2 cores shared with another job) |
+# | Run All, `MKVIZ_SMALL=1` | 15 s (measured, likewise) |
+# | Run All at GPU scale (`MKVIZ_DEVICE=cuda`) | not measured (the default scale is already seconds) |
+#
+# **Exercises** are marked ✎. Write a few lines where a cell says `None  # your code`, then run the check
+# cell under it: it prints `✓ PASS`, `✗ FAIL` with what differs and a hint, or `· TODO` while the stub is
+# untouched (the notebook still runs top to bottom). The solutions are in `notebooks/solutions/`.
+
+# %% [markdown]
 # ## Setup
 #
 # Scale is chosen by environment variables, so the same notebook runs as a fast test, on a
@@ -75,6 +105,7 @@ from plotly.subplots import make_subplots
 from timm.layers import Attention
 
 import mkviz
+from mkviz.exercises import check
 
 SMALL = os.environ.get("MKVIZ_SMALL", "0") == "1"
 DEVICE = torch.device(os.environ.get("MKVIZ_DEVICE", "cpu"))
@@ -225,6 +256,23 @@ print(f"max |by hand - key.chart_keys(x)| = {diff:.2e}")
 assert diff < 1e-5
 
 # %% [markdown]
+# ### ✎ Exercise 1.1 — count the parameters of a VanillaK key
+#
+# The cell above printed each parameter of `key` and its shape. Write the total as a **formula** in the width
+# $C$ and the number of charts $H$ (a VanillaK key with `in_dim = key_dim = C`, kernel size 1). The check
+# evaluates your function at the notebook's $C, H$ and at three other sizes, against `mkviz.count_params`.
+
+# %%
+# ✎ exercise 01.vanillak-params
+def vanillak_params(C: int, H: int) -> int:
+    """Parameters of mkviz.ManifoldKey(C, C, variant="vanillak", num_charts=H)."""
+    return None  # your code: a formula in C and H
+
+
+# %%
+check("01.vanillak-params", vanillak_params, C=C, H=H)
+
+# %% [markdown]
 # ## 4. Four ways to fuse the charts
 #
 # The paper names four fusion variants and describes each in a phrase. Here is each as the
@@ -293,6 +341,22 @@ print("SpatialK has no base key:", spatial.base is None, "| wide layer", tuple(W
 diff = max((spatial.chart_keys(x) - Kc).abs().max().item(), (spatial(x) - Kc.mean(1)).abs().max().item())
 print(f"SpatialK: max |mkviz - by hand| = {diff:.2e}")
 assert diff < 1e-5
+
+# %% [markdown]
+# ### ✎ Exercise 1.2 — SpatialK in one matmul
+#
+# SpatialK's charts are $K_c = s_c \odot (X W_c^\top + b_c)$ and its key is their mean. The mean of linear
+# maps is a linear map: implement the fused key as **one** matrix product of `x` with an effective
+# $C\times C$ weight, plus an effective bias, built from `spatial.chart_maps.weight`, `spatial.chart_maps.bias`
+# and `spatial.scale` (do not call `spatial(x)` or `spatial.chart_keys`). This is the algebra behind
+# notebook 02's folding and fast path.
+
+# %%
+# ✎ exercise 01.spatialk-one-matmul
+answer = None  # your code: the fused key (B, N, C) as x @ W_eff.T + b_eff
+
+# %%
+check("01.spatialk-one-matmul", answer, key=spatial, x=x)
 
 # %% [markdown]
 # ### KUA — key + unbalanced atlas: "captures spatial interactions among charts"

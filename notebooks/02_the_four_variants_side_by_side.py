@@ -39,6 +39,36 @@
 # > measured here, on models with **random weights**; none is the paper's.
 
 # %% [markdown]
+# ## Before you start
+#
+# **Learning objectives.** After this notebook you can
+#
+# - measure and predict the parameters and FLOPs each variant adds to a timm ViT;
+# - convert a (pretrained) ViT to the manifold key without changing its outputs, and explain why the
+#   zero-sum perturbation is needed to break the symmetry between charts;
+# - fold a trained VanillaK, SimpleK or SpatialK model back into a plain timm ViT, and say why KUA cannot be folded;
+# - explain the parameter-space fast path and check that its gradients equal the per-chart computation's;
+# - argue why, at kernel size 1, three of the variants are a re-parameterisation of a ViT, and what that
+#   means for any comparison.
+#
+# **Prerequisites.** Notebook 01 (the key path and the four fusions); training a model with an optimiser
+# in PyTorch; the chain rule for matrix products (section 6).
+#
+# **Time to complete.**
+#
+# | | |
+# |---|---|
+# | reading, derivations and the code | about 40 min |
+# | the 2 exercises (✎) | about 15 min |
+# | Run All at the default scale (ViT-Tiny/16, 224 px), 2-core CPU | 3 min 50 s (measured on 2 cores shared with another job) |
+# | Run All, `MKVIZ_SMALL=1` | 15 s (measured, likewise) |
+# | Run All at GPU scale (`MKVIZ_DEVICE=cuda`) | not measured (no GPU here) |
+#
+# **Exercises** are marked ✎. Write a few lines where a cell says `None  # your code`, then run the check
+# cell under it: it prints `✓ PASS`, `✗ FAIL` with what differs and a hint, or `· TODO` while the stub is
+# untouched (the notebook still runs top to bottom). The solutions are in `notebooks/solutions/`.
+
+# %% [markdown]
 # ## Setup
 #
 # | variable | default | meaning |
@@ -68,6 +98,7 @@ import torch.nn.functional as F
 from timm.layers import Attention
 
 import mkviz
+from mkviz.exercises import check
 
 SMALL = os.environ.get("MKVIZ_SMALL", "0") == "1"
 DEVICE = torch.device(os.environ.get("MKVIZ_DEVICE", "cpu"))
@@ -212,6 +243,23 @@ assert delta.sum(0).abs().max() < 1e-5
 # trunc-normal initialisation instead.
 
 # %% [markdown]
+# ### ✎ Exercise 2.1 — a zero-sum perturbation
+#
+# Below is a random perturbation `delta_random` of shape $(H, C, C)$, one $C\times C$ matrix per chart. Turn it
+# into the zero-sum perturbation **closest** to it (in the sum of squared entries), so that
+# $\frac1H\sum_c (I + \delta'_c) = I$ and the fused key is unchanged. One line.
+
+# %%
+delta_random = 0.1 * C ** -0.5 * torch.randn(H, C, C, generator=torch.Generator().manual_seed(SEED))   # (H, C, C)
+
+# %%
+# ✎ exercise 02.zero-sum
+answer = None  # your code: δ' of shape (H, C, C) with Σ_c δ'_c = 0, as close to delta_random as possible
+
+# %%
+check("02.zero-sum", answer, delta=delta_random)
+
+# %% [markdown]
 # ## 3. What breaks the symmetry between charts
 #
 # Why the $\delta_c$ at all? Suppose every chart started identical ($\delta_c = 0$, $s_c = 1$).
@@ -303,6 +351,22 @@ with torch.no_grad():
 
 W_eff, b_eff = next(mkviz.manifold_modules(trained["vanillak"]))[1].key.effective_linear()
 print("VanillaK block 0: effective key matrix", tuple(W_eff.shape), "bias", tuple(b_eff.shape))
+
+# %% [markdown]
+# ### ✎ Exercise 2.2 — fold a key by hand
+#
+# `fold` relies on `key.effective_linear()`. Compute it yourself for block 0 of the trained VanillaK model:
+# the effective weight $W_k' = \frac1H\sum_c \varphi_c\,\mathrm{diag}(s_c)\,W_k$ and the effective bias
+# (work it out: the base key has a bias $b_k$ and each chart map a bias $\beta_c$). Use
+# `key.base.weight`, `key.base.bias`, `key.scale`, `key.chart_maps.weight` and `key.chart_maps.bias`.
+
+# %%
+# ✎ exercise 02.fold-by-hand
+key = trained["vanillak"].blocks[0].attn.key                 # block 0's ManifoldKey
+answer = None  # your code: the pair (W_eff (C, C), b_eff (C,))
+
+# %%
+check("02.fold-by-hand", answer, key=key)
 
 # %% [markdown]
 # KUA cannot be folded: its membership $p(c\mid n)$ is a softmax of the token, so the key is

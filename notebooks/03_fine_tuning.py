@@ -37,6 +37,34 @@
 # > you choose; none is the paper's.
 
 # %% [markdown]
+# ## Before you start
+#
+# **Learning objectives.** After this notebook you can
+#
+# - set up a **matched** comparison (same model, data, optimiser, schedule and seed; only the key differs)
+#   with `mkviz.train.TrainConfig` and `train`;
+# - read training curves and a results table, and say what one short single-seed run can and cannot show;
+# - fine-tune a trained baseline into a manifold-key model that computes the same function at step 0;
+# - predict a run's number of optimiser steps and a converted model's parameter count.
+#
+# **Prerequisites.** Notebooks 01 and 02 (especially function-preserving conversion); a training loop with
+# AdamW, warm-up and cosine decay; train / validation / test splits.
+#
+# **Time to complete.**
+#
+# | | |
+# |---|---|
+# | reading and the code | about 20 min |
+# | the 2 exercises (✎) | about 10 min |
+# | Run All at the default (CPU) scale, 2-core CPU | 1 min 55 s (measured on 2 cores shared with another job) |
+# | Run All, `MKVIZ_SMALL=1` | 45 s (measured, likewise) |
+# | Run All at GPU scale (`MKVIZ_DEVICE=cuda`, ViT-S/16 on CIFAR-10) | not measured (no GPU here) |
+#
+# **Exercises** are marked ✎. Write a few lines where a cell says `None  # your code`, then run the check
+# cell under it: it prints `✓ PASS`, `✗ FAIL` with what differs and a hint, or `· TODO` while the stub is
+# untouched (the notebook still runs top to bottom). The solutions are in `notebooks/solutions/`.
+
+# %% [markdown]
 # ## Setup: three scales
 #
 # | scale | when | model | data | schedule |
@@ -75,6 +103,7 @@ import torch
 
 import mkviz
 from mkviz import figures
+from mkviz.exercises import check
 from mkviz.checkpoint import load_checkpoint
 from mkviz.train import TrainConfig, train
 
@@ -195,6 +224,43 @@ print(f"fine-tuned from the baseline: {ft['step']} steps, val acc {ft['val']['ac
       f"(baseline {results['baseline']['val']['acc']:.3f}), test acc {ft['test']['acc']:.3f}")
 assert Path(ft["final"], "model.safetensors").is_file()
 print("written:", sorted(p.name for p in OUT.iterdir()))
+
+# %% [markdown]
+# ### ✎ Exercise 3.1 — how many steps?
+#
+# Each run above reports its number of optimiser steps. Write the rule that gives it from the number of
+# training images, the batch size and the number of epochs (look at the scale table at the top: 3000 images
+# at batch 64 for 4 epochs make 184 steps). The check compares your function with the runs of this notebook
+# and with the other scales.
+
+# %%
+# ✎ exercise 03.steps
+def optimiser_steps(num_train: int, batch_size: int, epochs: int) -> int:
+    """Optimiser steps of a run with these settings (one GPU or CPU process)."""
+    return None  # your code
+
+
+# %%
+observed = [(common["num_train"], common["batch_size"], common["epochs"], results["baseline"]["step"]),
+            (common["num_train"], common["batch_size"], 1, ft["step"])]   # (images, batch, epochs, steps taken)
+check("03.steps", optimiser_steps, runs=observed)
+
+# %% [markdown]
+# ### ✎ Exercise 3.2 — what does the conversion cost?
+#
+# The fine-tuned model is the baseline converted to VanillaK with 8 charts. Without counting parameters in
+# code, derive how many parameters the conversion added (notebook 02, section 1 has the per-block formula;
+# the cell below prints the depth and width), and write the number.
+
+# %%
+print(f"baseline: {len(base_model.blocks)} blocks of width C = {base_model.embed_dim}")
+
+# %%
+# ✎ exercise 03.extra-params
+answer = None  # your code: an int, the parameters VanillaK-8 adds to this baseline
+
+# %%
+check("03.extra-params", answer, baseline=base_model, manifold=ft["model"])
 
 # %% [markdown]
 # The fine-tuned model starts where the baseline ended and keeps its accuracy (or improves it),

@@ -58,6 +58,35 @@
 # > paper.
 
 # %% [markdown]
+# ## Before you start
+#
+# **Learning objectives.** After this notebook you can
+#
+# - use `mkviz.ChartExplorer` to look at the fused and per-chart attention of a trained model, and read its maps;
+# - check in code that what a figure draws is what the model computed (`mkviz.record_attention`);
+# - verify the geometric-mean identity of notebook 01 on a trained model, head by head;
+# - measure how much attention lands on the article against chance and an untrained control, and say
+#   why the silhouette is not class evidence;
+# - compute and interpret the similarity of the charts, and explain why VanillaK's charts stay near-copies.
+#
+# **Prerequisites.** Notebook 01 (per-chart attention and the geometric mean); notebook 02 helps for
+# section 6. Reading a heat map; a ViT's patch grid and class token.
+#
+# **Time to complete.**
+#
+# | | |
+# |---|---|
+# | reading, the code and trying the explorers | about 35 min |
+# | the 2 exercises (✎) | about 10 min |
+# | Run All at the default scale (10 images, 512 for the statistics), 2-core CPU | 45 s (measured on 2 cores shared with another job) |
+# | Run All, `MKVIZ_SMALL=1` | 20 s (measured, likewise) |
+# | Run All at GPU scale (`MKVIZ_DEVICE=cuda`) | not measured (nothing is trained; the CPU takes seconds) |
+#
+# **Exercises** are marked ✎. Write a few lines where a cell says `None  # your code`, then run the check
+# cell under it: it prints `✓ PASS`, `✗ FAIL` with what differs and a hint, or `· TODO` while the stub is
+# untouched (the notebook still runs top to bottom). The solutions are in `notebooks/solutions/`.
+
+# %% [markdown]
 # ## Setup
 #
 # | variable | default | meaning |
@@ -86,6 +115,7 @@ from mkviz.data import build_dataset
 from mkviz.maps import patch_grid
 from mkviz.shipped import MAIN_MODELS, checkpoint_dir
 from mkviz.checkpoint import build_model, load_checkpoint
+from mkviz.exercises import check
 
 SMALL = os.environ.get("MKVIZ_SMALL", "0") == "1"
 DEVICE = torch.device(os.environ.get("MKVIZ_DEVICE", "cpu"))
@@ -259,6 +289,20 @@ fig = figures.chart_maps_figure(test.images_uint8([explore[image_i]])[0], fused,
 fig.show()
 
 # %% [markdown]
+# ### ✎ Exercise 4.1 — read the map
+#
+# In the figure above, which patch does the **fused** map (the first panel) give the most attention to?
+# Read it off the figure (hover for the values) and write it as `(row, col)` on the 7×7 grid, rows from the
+# top, columns from the left, both from 0.
+
+# %%
+# ✎ exercise 04.read-the-map
+answer = None  # your code: (row, col), read off the fused panel
+
+# %%
+check("04.read-the-map", answer, fused=fused)
+
+# %% [markdown]
 # The charts' maps look alike: for this model each chart attends where the fused key attends.
 # Section 6 comes back to that. Next, the chart-by-chart similarity and the per-chart statistics
 # of that query.
@@ -274,6 +318,23 @@ figures.entropy_bars(st["entropy"][1:], fused=float(st["entropy"][0]), max_entro
                      title=f"entropy of the query's attention, {layer}").show()
 figures.evidence_bars(st["evidence"][1:], fused=float(st["evidence"][0]), chance=st["chance"],
                       title=f"share of the query's attention on the article, {layer}").show()
+
+# %% [markdown]
+# ### ✎ Exercise 4.2 — predict, then compute, the chart similarity
+#
+# **Predict first:** from the heat map above, is the mean cosine similarity between *different* charts of this
+# layer closer to 0, to 0.5 or to 1? Then compute it yourself from the recorded chart keys
+# `rec.chart_keys[layer]`, of shape (B, H, N, C): the cosine of two charts' keys per token (along C), averaged
+# over the tokens and images, then the mean over the $H(H-1)$ off-diagonal pairs. Do not call
+# `rec.chart_similarity`.
+
+# %%
+# ✎ exercise 04.chart-cosine
+chart_keys = rec.chart_keys[layer]                          # (B, H, N, C), here B = 1
+answer = None  # your code: a float, the mean off-diagonal cosine similarity
+
+# %%
+check("04.chart-cosine", answer, chart_keys=chart_keys)
 
 # %% [markdown]
 # ## 5. Attention on the article

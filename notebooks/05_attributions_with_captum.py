@@ -49,6 +49,34 @@
 # > here is a number from the paper.
 
 # %% [markdown]
+# ## Before you start
+#
+# **Learning objectives.** After this notebook you can
+#
+# - compute integrated gradients on the pixels with `mkviz.integrated_gradients` and check its completeness
+#   axiom, choosing enough integration steps;
+# - compute attention attribution (AttAttr) on a layer's attention matrix with `mkviz.attention_attribution`;
+# - compare what a baseline ViT and a manifold-key ViT depend on, on the same images;
+# - measure the share of attribution on the article against chance, and say what it does and does not show.
+#
+# **Prerequisites.** Notebook 04 (the models, the data, the evidence mask); gradients and the chain rule;
+# a numerical integral as a sum over points.
+#
+# **Time to complete.**
+#
+# | | |
+# |---|---|
+# | reading and the code | about 20 min |
+# | the 2 exercises (✎) | about 10 min |
+# | Run All at the default scale (10 images), 2-core CPU | 1 min 45 s (measured on 2 cores shared with another job) |
+# | Run All, `MKVIZ_SMALL=1` | 1 min (measured, likewise) |
+# | Run All at GPU scale (`MKVIZ_DEVICE=cuda`) | not measured (no GPU here) |
+#
+# **Exercises** are marked ✎. Write a few lines where a cell says `None  # your code`, then run the check
+# cell under it: it prints `✓ PASS`, `✗ FAIL` with what differs and a hint, or `· TODO` while the stub is
+# untouched (the notebook still runs top to bottom). The solutions are in `notebooks/solutions/`.
+
+# %% [markdown]
 # ## Setup
 #
 # | variable | default | meaning |
@@ -75,6 +103,7 @@ from mkviz.data import build_dataset
 from mkviz.maps import patch_grid
 from mkviz.shipped import checkpoint_dir
 from mkviz.checkpoint import load_checkpoint
+from mkviz.exercises import check
 
 SMALL = os.environ.get("MKVIZ_SMALL", "0") == "1"
 DEVICE = torch.device(os.environ.get("MKVIZ_DEVICE", "cpu"))
@@ -217,6 +246,20 @@ fig.update_layout(height=230 * N_SHOW + 60, width=1050, margin=dict(l=60, r=10, 
 fig.show()
 
 # %% [markdown]
+# ### ✎ Exercise 5.1 — read an attribution map
+#
+# In the figure above, first row, last column (VanillaK-8's attention attribution for the first image): on which
+# patch is the attribution largest? Write it as `(row, col)` on the 7×7 grid, rows from the top, columns from
+# the left, both from 0.
+
+# %%
+# ✎ exercise 05.read-attribution
+answer = None  # your code: (row, col), read off the figure
+
+# %%
+check("05.read-attribution", answer, attribution=attn_attr["vanillak-8"][0])
+
+# %% [markdown]
 # ## 5. How much of the attribution lands on the article?
 #
 # For pixels: the share of $\sum |\mathrm{IG}|$ inside the silhouette, against the share of
@@ -248,6 +291,21 @@ for name in models:
     print(f"{name:<11} {pix:>14.3f} {pixel_chance:>7.3f} {pat:>27.3f} {patch_chance:>7.3f}")
 for name, (pix, pat) in shares.items():
     assert 0.0 <= pix <= 1.0 and 0.0 <= pat <= 1.0, name      # shares of a non-negative total
+
+# %% [markdown]
+# ### ✎ Exercise 5.2 — one image's share
+#
+# The table averages over images. For the **first image only** and the **baseline** model, compute the share of
+# the pixel attributions' magnitude (summed over the colour channels) that falls inside the silhouette,
+# from `ig["baseline"]` (B, 3, 28, 28) and `mask` (B, 28, 28). Is it above or below that image's chance
+# (`mask[0].mean()`)?
+
+# %%
+# ✎ exercise 05.pixel-share
+answer = None  # your code: a float in [0, 1]
+
+# %%
+check("05.pixel-share", answer, attribution=ig["baseline"][0], mask=mask[0])
 
 # %% [markdown]
 # Read the two columns against their chance lines, and look at the pictures of section 4 next to

@@ -49,6 +49,34 @@
 # > nothing about ImageNet.
 
 # %% [markdown]
+# ## Before you start
+#
+# **Learning objectives.** After this notebook you can
+#
+# - evaluate several checkpoints on the official test set and check the numbers against what each stored;
+# - say how large a difference in accuracy must be to mean something, given the sampling error and one seed
+#   per model;
+# - use `mkviz.ChartCountExplorer` to compare models with 1 to 16 charts;
+# - measure how chart similarity changes with the number of charts, and explain the result.
+#
+# **Prerequisites.** Notebooks 02 (parameter counts) and 04 (chart maps, chart similarity); the binomial
+# standard error of an accuracy.
+#
+# **Time to complete.**
+#
+# | | |
+# |---|---|
+# | reading, the code and trying the explorer | about 25 min |
+# | the 2 exercises (✎) | about 10 min |
+# | Run All at the default scale (all 10,000 test images), 2-core CPU | 2 min 40 s (measured on 2 cores shared with another job) |
+# | Run All, `MKVIZ_SMALL=1` | 45 s (measured, likewise) |
+# | Run All at GPU scale (`MKVIZ_DEVICE=cuda`) | not measured (no GPU here) |
+#
+# **Exercises** are marked ✎. Write a few lines where a cell says `None  # your code`, then run the check
+# cell under it: it prints `✓ PASS`, `✗ FAIL` with what differs and a hint, or `· TODO` while the stub is
+# untouched (the notebook still runs top to bottom). The solutions are in `notebooks/solutions/`.
+
+# %% [markdown]
 # ## Setup
 #
 # | variable | default | meaning |
@@ -75,6 +103,7 @@ from mkviz.checkpoint import shipped_checkpoints_dir
 from mkviz.data import build_dataset
 from mkviz.shipped import CHART_SWEEP, checkpoint_dir
 from mkviz.checkpoint import load_checkpoint
+from mkviz.exercises import check
 from mkviz.train import evaluate
 
 SMALL = os.environ.get("MKVIZ_SMALL", "0") == "1"
@@ -110,6 +139,23 @@ print(f"{'model':<12} {'params':>9}")
 print(f"{'baseline':<12} {mkviz.count_params(baseline):>9,d}")
 for h, m in models.items():
     print(f"{'VanillaK-' + str(h):<12} {mkviz.count_params(m):>9,d}")
+
+# %% [markdown]
+# ### ✎ Exercise 6.1 — parameters against charts
+#
+# The table above grows with $H$. Write the parameter count of VanillaK-$H$ as a function of $H$, starting
+# from the baseline's count (`mkviz.count_params(baseline)` is allowed; counting the VanillaK models is not).
+# The models have 4 blocks of width $C = 64$.
+
+# %%
+# ✎ exercise 06.params-vs-charts
+def vanillak_model_params(h: int) -> int:
+    """Parameters of the shipped VanillaK-h model."""
+    return None  # your code
+
+
+# %%
+check("06.params-vs-charts", vanillak_model_params, models=models)
 
 # %% [markdown]
 # ## 2. Accuracy on held-out images
@@ -158,6 +204,20 @@ p_mid = sum(stored.values()) / len(stored)
 sampling = math.sqrt(p_mid * (1 - p_mid) / 10_000)
 print(f"spread over H (max - min): {spread:.4f}; baseline minus best VanillaK: {base_stored - max(stored.values()):+.4f}; "
       f"sampling error of one accuracy on 10,000 images: ±{sampling:.4f}")
+
+# %% [markdown]
+# ### ✎ Exercise 6.2 — a difference, or noise?
+#
+# Read the figure and the line printed under it: is the spread of the VanillaK accuracies over $H$ (max − min)
+# **larger than two sampling errors** of one accuracy on 10,000 images? Answer `True` or `False`, then read the
+# paragraph below.
+
+# %%
+# ✎ exercise 06.spread-vs-noise
+answer = None  # your code: True or False
+
+# %%
+check("06.spread-vs-noise", answer, accuracies=stored)
 
 # %% [markdown]
 # **Reading this honestly.** The sampling error printed above is how much an accuracy on 10,000

@@ -33,8 +33,9 @@ def _environment_names() -> set[str]:
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     names = set()
     for dep in env["dependencies"]:
-        if isinstance(dep, dict):  # the pip: section installs mkviz itself
-            assert dep["pip"] == ["-e ."], dep
+        if isinstance(dep, dict):  # the pip: section installs mkviz itself, then what conda-forge lacks
+            assert dep["pip"][0] == "-e .", dep
+            names |= {_name(r) for r in dep["pip"][1:]}
             continue
         name = _name(dep)
         if name not in NOT_PACKAGES:
@@ -167,7 +168,7 @@ def test_design_document_cross_references_and_named_tests_exist():
 
 
 APPLICATIONS = {"demo", "demo_pretrained", "report", "bench", "bench_record", "sweep", "sweep_report", "sweep_analysis",
-                "shipped"}
+                "shipped", "grading", "book"}
 
 
 def _mkviz_imports(path: Path) -> set[str]:
