@@ -406,7 +406,9 @@ assert all(0.0 <= v <= 1.0 for v in trained_share.values())
 #
 # We measure, for the four variants trained with the same recipe, the mean off-diagonal cosine
 # similarity of the chart keys in every layer, after training and at initialisation (the same spec
-# and seed, untrained), over a batch of test images.
+# and seed, untrained), over a batch of test images. The argument in full, with the charts followed
+# epoch by epoch over many training runs (every variant, kernel size 3, independent charts, KUA's
+# one-hot memberships), is on its own page: [`docs/chart_specialisation.md`](../docs/chart_specialisation.md).
 
 # %%
 few = batch.image[:16].to(DEVICE)                                          # (16, 3, 28, 28)

@@ -326,7 +326,10 @@ assert all(0.9 < v <= 1.0 + 1e-6 for row in mean_cos.values() for v in row.value
 #   seed-to-seed noise, and none of these are the paper's numbers.
 # - `ChartCountExplorer` switches models with a slider and redraws the fused map, the $H$ chart
 #   maps and the $H\times H$ similarity (checked against `record_attention` for every $H$).
-# - VanillaK's charts stay near-copies at every $H$ (mean off-diagonal cosine well above 0.9).
+# - VanillaK's charts stay near-copies at every $H$ (mean off-diagonal cosine well above 0.9): under a
+#   mean fusion every chart gets the same gradient, so their differences never grow on their own.
+#   [`docs/chart_specialisation.md`](../docs/chart_specialisation.md) argues this and measures, over
+#   training, when charts can differ and when they cannot.
 #
 # This is the end of the course. `README.md` lists the library's entry points; `mkviz train`
 # trains your own models and `mkviz.ChartExplorer` opens any of them.
