@@ -290,3 +290,27 @@ def _spread_vs_noise(answer: Any, accuracies: dict, num_images: int = 10_000) ->
     if answer != (spread > 2 * sampling):
         return f"the spread is {spread:.4f} and two sampling errors are {2 * sampling:.4f}."
     return None
+
+
+# --------------------------------------------------------------------------- 07 relevance and faithfulness
+@_exercise("07.identical-charts", "the largest difference between a chart's relevance and the fused one, "
+           "with identical charts",
+           "mkviz.class_relevance(model, x, charts=True) gives (B, H, P) and mkviz.class_relevance(model, x) gives "
+           "(B, P); subtract the fused one with a chart axis added ([:, None]), then .abs().max().item().")
+def _identical_charts(answer: Any, model: Any, x: Any) -> Optional[str]:
+    from .relevance import class_relevance
+
+    per_chart = class_relevance(model, x, charts=True)            # (B, H, P)
+    fused = class_relevance(model, x)                             # (B, P)
+    expected = (per_chart - fused[:, None]).abs().max().item()
+    return _number_problem(answer, expected, "your largest difference", tol=1e-5)
+
+
+@_exercise("07.deletion-auc", "the trapezoid-rule area under a deletion curve",
+           "sum (f[s+1] − f[s]) · (p[s] + p[s+1]) / 2 over the S steps: (fractions[1:] - fractions[:-1]) and "
+           "(curve[1:] + curve[:-1]) / 2; the plain mean of the curve counts its two end points twice.")
+def _deletion_auc(answer: Any, curve: Any, fractions: Any) -> Optional[str]:
+    import torch
+
+    expected = torch.trapezoid(curve.double(), fractions.double()).item()
+    return _number_problem(answer, expected, "your area", tol=1e-5)

@@ -47,6 +47,39 @@
 # > models, not taken from the paper.
 
 # %% [markdown]
+# ## Before you start
+#
+# **Learning objectives.** After this notebook you can
+#
+# - compute class relevance (Chefer et al.) with `mkviz.class_relevance`, per image and per chart, and say how
+#   it differs from raw attention and rollout;
+# - check that a function-preserving conversion keeps the explanation, and predict when the per-chart
+#   relevances equal the fused one;
+# - run deletion and insertion curves with `mkviz.deletion_insertion`, compute their area by the trapezoid
+#   rule, and rank maps by how faithful they are against a random order;
+# - record attention lazily (`record_attention(lazy=True)`) and recompute any row exactly;
+# - read the key atlas: queries and every chart's keys in one 2-D projection, and what a projection can and
+#   cannot show.
+#
+# **Prerequisites.** Notebook 04 (the models, the data, `record_attention`, the chart maps) and notebook 05
+# (integrated gradients); notebook 02 for `mkviz.convert` and its zero-sum perturbation. Gradients and the
+# chain rule; an area under a curve as a sum of trapezoids.
+#
+# **Time to complete.**
+#
+# | | |
+# |---|---|
+# | reading, the code and trying the explorer | about 30 min |
+# | the 2 exercises (✎) | about 10 min |
+# | Run All at the default scale (32 images, 49 steps per curve), 2-core CPU | 3 min 25 s (measured on 2 cores shared with another job) |
+# | Run All, `MKVIZ_SMALL=1` | 30 s (measured, likewise) |
+# | Run All at GPU scale (`MKVIZ_DEVICE=cuda`) | not measured (nothing is trained; no GPU here) |
+#
+# **Exercises** are marked ✎. Write a few lines where a cell says `None  # your code`, then run the check
+# cell under it: it prints `✓ PASS`, `✗ FAIL` with what differs and a hint, or `· TODO` while the stub is
+# untouched (the notebook still runs top to bottom). The solutions are in `notebooks/solutions/`.
+
+# %% [markdown]
 # ## Setup
 #
 # | variable | default | meaning |
@@ -69,6 +102,7 @@ from plotly.subplots import make_subplots
 import mkviz
 from mkviz.checkpoint import load_checkpoint, shipped_checkpoints_dir
 from mkviz.data import build_dataset
+from mkviz.exercises import check
 from mkviz.faithfulness import compare_saliency, faithfulness_table, saliency_maps
 from mkviz.maps import patch_grid
 from mkviz.shipped import MAIN_MODELS, checkpoint_dir
@@ -172,6 +206,25 @@ spread = (per_chart - per_chart.mean(1, keepdim=True)).abs().max().item()
 print(f"largest difference between a chart's relevance and the charts' mean: {spread:.3f}")
 
 # %% [markdown]
+# ### ✎ Exercise 7.1 — predict, then verify: identical charts
+#
+# `mkviz.convert(..., perturbation=0.0)` starts every chart map at the identity ($\varphi_c = I$, no zero-sum
+# $\delta_c$, notebook 02), so the 8 charts of `identical` below are exact copies of one key. **Predict first:**
+# how large is the largest difference between a chart's relevance and the fused relevance of that model?
+# Then verify it: compute the per-chart relevances (B, 8, 49) and the fused relevance (B, 49) of `identical`
+# on `x`, and write the largest absolute difference over the images, charts and patches.
+
+# %%
+identical = mkviz.convert(models["baseline"], "vanillak", num_charts=8, perturbation=0.0)   # 8 copies of the key
+
+# %%
+# ✎ exercise 07.identical-charts
+answer = None  # your code: a float, max |chart relevance - fused relevance| of `identical`
+
+# %%
+check("07.identical-charts", answer, model=identical, x=x)
+
+# %% [markdown]
 # ## 2. Which map is faithful? Deletion and insertion
 #
 # A map is a ranking of the patches. **Deletion** replaces the patches in that order by a
@@ -195,6 +248,26 @@ fig.update_xaxes(title_text="share of patches changed")
 fig.update_yaxes(title_text="probability of the predicted class", range=[0, 1])
 fig.update_layout(height=360, width=980, title=f"baseline, {test.class_names[int(y[0])]}")
 fig.show()
+
+# %% [markdown]
+# ### ✎ Exercise 7.2 — the area under a deletion curve
+#
+# `mkviz.deletion_insertion` reports the area under each curve by the trapezoid rule over the share of
+# patches changed. Compute it yourself for the class relevance's deletion curve of the image above: `curve`
+# holds the probabilities $p_0, \dots, p_S$ and `fractions` the shares $f_0 = 0, \dots, f_S = 1$; the area is
+# $\sum_s (f_{s+1} - f_s)\,(p_s + p_{s+1})/2$. Write it as a float, without `torch.trapezoid`, then compare it
+# with the library's `res["relevance"]["deletion_auc"][0]`.
+
+# %%
+curve, fractions = res["relevance"]["deletion"][0], res["relevance"]["fractions"]   # (S + 1,), (S + 1,)
+
+# %%
+# ✎ exercise 07.deletion-auc
+answer = None  # your code: a float, the trapezoid-rule area under `curve` over `fractions`
+
+# %%
+check("07.deletion-auc", answer, curve=curve, fractions=fractions)
+print(f"mkviz.deletion_insertion's deletion AUC for this curve: {res['relevance']['deletion_auc'][0].item():.4f}")
 
 # %% [markdown]
 # Then every model, over more images (each image's predicted class). The table gives the mean
