@@ -173,3 +173,19 @@ def test_relevance_map_lays_patches_on_the_grid_and_the_image():
     assert relevance_map(rel[:, None].expand(2, 3, 16), model).shape == (2, 3, 4, 4)
     with pytest.raises(ValueError, match=r"relevance: expected \(\.\.\., 16\)"):
         relevance_map(rel[:, :15], model)
+
+
+@pytest.mark.parametrize("family", ["beit", "eva", "rope", "swinv2", "relpos"])
+def test_relevance_on_converted_models_of_the_other_families(family: str) -> None:
+    """BEiT, EVA / RoPE, Swin V2 and relative-position ViTs: relevance of a converted model, one row per image;
+    with identical charts (perturbation 0) every chart's relevance is the fused one."""
+    from small_models import randomized, small_family
+
+    torch.manual_seed(0)
+    model = mkviz.convert(randomized(small_family(family)), "vanillak", num_charts=3, perturbation=0.0)
+    x = torch.randn(2, 3, 32, 32)
+    fused = class_relevance(model, x)
+    per_chart = class_relevance(model, x, charts=True)
+    assert fused.shape[0] == 2 and per_chart.shape == (2, 3, fused.shape[1])
+    assert torch.isfinite(fused).all() and fused.sum() > 0
+    torch.testing.assert_close(per_chart, fused.unsqueeze(1).expand_as(per_chart), atol=1e-6, rtol=1e-6)
