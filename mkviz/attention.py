@@ -26,7 +26,8 @@ from timm.models.swin_transformer import WindowAttention
 
 from .key import ManifoldKey
 
-__all__ = ["ContextBroadcast", "ManifoldQKV", "ManifoldAttention", "ManifoldWindowAttention", "attn_layer"]
+__all__ = ["ContextBroadcast", "ManifoldQKV", "ManifoldAttention", "ManifoldWindowAttention", "attn_layer",
+           "window_bias"]
 
 # recorder(module, x, q, attn, attn_bias): called on the eager path with the block input x (B, N, C_in),
 # the queries q (B, heads, N, d) after q_norm, attn (B, heads, N, N) after softmax, and the additive
@@ -337,16 +338,23 @@ class ManifoldWindowAttention(ManifoldQKV, WindowAttention):
         self.check_width(x)
         B_, N, _ = x.shape
         q, k, v = self.project_qkv(x)  # each (B·nW, heads, N, d)
-        bias = self._get_rel_pos_bias()  # (1, heads, N, N)
-        if mask is not None:
-            num_win = mask.shape[0]
-            bias = bias.view(1, 1, self.num_heads, N, N) + mask.view(1, num_win, 1, N, N)
-            bias = bias.expand(B_ // num_win, -1, -1, -1, -1).reshape(B_, self.num_heads, N, N)
+        bias = window_bias(self._get_rel_pos_bias(), mask, B_)  # (B·nW or 1, heads, N, N)
         out = self.attend(x, q, k, v, bias)  # (B·nW, N, A)
         out = self.proj_drop(self.proj(out))
         if self.context_broadcast is not None:
             out = self.context_broadcast(out)
         return out
+
+
+def window_bias(bias: torch.Tensor, mask: Optional[torch.Tensor], batch_windows: int) -> torch.Tensor:
+    """A window attention's additive logit bias: the position bias (1, heads, N, N), plus the shifted-window
+    mask (nW, N, N) of each window when given, as (B·nW, heads, N, N); the position bias alone otherwise."""
+    if mask is None:
+        return bias
+    heads, N = bias.shape[1], bias.shape[-1]
+    num_win = mask.shape[0]
+    bias = bias.view(1, 1, heads, N, N) + mask.view(1, num_win, 1, N, N)  # (1, nW, heads, N, N)
+    return bias.expand(batch_windows // num_win, -1, -1, -1, -1).reshape(batch_windows, heads, N, N)
 
 
 def attn_layer(**manifold_kwargs) -> type:

@@ -37,7 +37,7 @@ from timm.models.eva import EvaAttention
 from timm.models.swin_transformer_v2 import WindowAttention as WindowAttentionV2
 from timm.models.vision_transformer_relpos import RelPosAttention
 
-from .attention import ContextBroadcast, ManifoldQKV
+from .attention import ContextBroadcast, ManifoldQKV, window_bias
 
 __all__ = ["ManifoldBeitAttention", "ManifoldRopeAttention", "ManifoldEvaAttention", "ManifoldWindowAttentionV2",
            "ManifoldRelPosAttention", "FAMILIES", "load_projections"]
@@ -430,11 +430,7 @@ class ManifoldWindowAttentionV2(ManifoldQKV, WindowAttentionV2):
         B_, N, _ = x.shape
         q, k, v = self.project_qkv(x)  # each (B·nW, heads, N, d)
         q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-        bias = self.position_bias()  # (1, heads, N, N)
-        if mask is not None:
-            num_win = mask.shape[0]
-            bias = bias.view(1, 1, self.num_heads, N, N) + mask.view(1, num_win, 1, N, N)
-            bias = bias.expand(B_ // num_win, -1, -1, -1, -1).reshape(B_, self.num_heads, N, N)
+        bias = window_bias(self.position_bias(), mask, B_)  # (B·nW or 1, heads, N, N)
         out = self.attend(x, q, k, v, bias)  # (B·nW, N, C)
         out = self.proj_drop(self.proj(out))
         if self.context_broadcast is not None:
