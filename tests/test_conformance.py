@@ -15,7 +15,7 @@ import torch
 
 import mkviz
 
-from small_models import small_family
+from small_models import randomized, small_family
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -104,10 +104,14 @@ def test_torch_export_matches_eager(converted):
 
 
 @pytest.mark.slow
-def test_torch_compile_forward_and_backward():
-    """torch.compile of a converted RoPE ViT (about a minute on one CPU core): the eager outputs and gradients."""
+@pytest.mark.parametrize("family", ["rope", "swinv2"])
+def test_torch_compile_forward_and_backward(family):
+    """torch.compile of a converted RoPE ViT and Swin V2 (rotary embedding; cosine attention with the logit
+    scale's clamp), randomised weights, about a minute each on one CPU core: the eager outputs and gradients."""
     torch.manual_seed(0)
-    model = mkviz.convert(small_family("rope", depth=1), "vanillak", 2).train()
+    # timm's Swin V2 config has stochastic depth (drop_path_rate 0.2): off, so both runs compute the same function
+    kwargs = {"depth": 1} if family == "rope" else {"drop_path_rate": 0.0}
+    model = randomized(mkviz.convert(small_family(family, **kwargs), "vanillak", 2)).train()
     x = torch.randn(2, 3, 32, 32)
     out = torch.compile(model)(x)
     out.square().mean().backward()
