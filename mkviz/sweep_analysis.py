@@ -7,7 +7,8 @@ Blocks of the reproduction page (see `mkviz.sweep_report` for how blocks are kep
                     over the whole family
     lr-check        the learning-rate check (`report.lr_check`: another sweep file) by family and rate
     cost            parameters, FLOPs of a forward and of a training step, measured training time
-    curves          validation accuracy and training loss per epoch (plot)
+    curves          how flat the training curves ended (table); validation accuracy and training loss per
+                    epoch (plot)
 Blocks of the specialisation page (`report.specialisation_page`):
     chart-similarity, chart-membership, and the plot chart_similarity.svg.
 """
@@ -21,8 +22,8 @@ import numpy as np
 
 from . import stats
 
-__all__ = ["comparison_family", "comparisons_block", "lr_check_block", "cost_block", "curves_figure",
-           "specialisation_blocks", "specialisation_figure", "page_link"]
+__all__ = ["comparison_family", "comparisons_block", "lr_check_block", "cost_block", "curves_block",
+           "curves_figure", "specialisation_blocks", "specialisation_figure", "page_link"]
 
 
 def _pp(x: float, digits: int = 1) -> str:
@@ -151,6 +152,28 @@ def cost_block(sweep: dict[str, Any], rows: dict[str, dict[str, Any]], records: 
         lines.append(f"| `{config}` | {i['params'] / 1e3:.0f}k | {ratio('params')} | {i['flops'] / 1e6:.1f} "
                      f"| {i['step'] / 1e9:.2f} ({i['batch']}) | {ratio('step')} | {i['epochs']} | {total} "
                      f"| {i['time']:.0f} | {ratio('time')} |")
+    return "\n".join(lines) + "\n"
+
+
+def curves_block(sweep: dict[str, Any], records: list[dict[str, Any]]) -> str:
+    """How flat the training curves were at the end, per configuration: validation accuracy after the last
+    epoch, what the last epoch added to it (mean and range over seeds), and the train − validation gap then."""
+    lines = ["| configuration | n | epochs | val acc % after the last epoch | last epoch's gain, pp (mean [min, max]) "
+             "| train − val, pp |", "|---|---:|---:|---:|---:|---:|"]
+    gains_all = []
+    for config in sweep["configs"]:
+        hists = [r["history"] for r in records if r["config"] == config and len(r["history"]) >= 2]
+        if not hists:
+            continue
+        gains = [h[-1]["val_acc"] - h[-2]["val_acc"] for h in hists]
+        gaps = [h[-1]["train_acc"] - h[-1]["val_acc"] for h in hists]
+        gains_all += gains
+        lines.append(f"| `{config}` | {len(hists)} | {len(hists[0])} | {_ms([h[-1]['val_acc'] for h in hists])} "
+                     f"| {_pp(float(np.mean(gains)), 2)} [{_pp(min(gains), 2)}, {_pp(max(gains), 2)}] "
+                     f"| {_pp(float(np.mean(gaps)))} |")
+    if gains_all:
+        lines += ["", f"Over all {len(gains_all)} runs the last epoch added {_pp(float(np.mean(gains_all)), 2)} points "
+                      f"of validation accuracy on average ({_pp(min(gains_all), 2)} to {_pp(max(gains_all), 2)})."]
     return "\n".join(lines) + "\n"
 
 

@@ -211,6 +211,8 @@ def render_blocks(sweep: dict[str, Any], records: Optional[list[dict[str, Any]]]
             blocks[f"comparisons-{dataset}"] = analysis.comparisons_block(sweep, rows)
             blocks[f"cost-{dataset}"] = analysis.cost_block(sweep, rows, [r for r in records
                                                                          if r["dataset"] == dataset])
+            blocks[f"curves-{dataset}"] = analysis.curves_block(sweep, [r for r in records
+                                                                       if r["dataset"] == dataset])
         if rep.get("lr_check"):
             from .sweep import load_sweep
             lr_sweep = load_sweep(rep["lr_check"])

@@ -194,6 +194,13 @@ def test_a_sweep_with_stated_comparisons_reports_every_reading(tmp_path: Path) -
     assert "(0.25)" in table  # the exact paired permutation floor with 3 seeds: 2 / 2^3
     assert "Family: 4 comparisons (1 primary)" in table
     assert "training-step GFLOPs" in page and "<!-- mkviz:begin cost-shapes -->" in page
+    # how flat the curves ended: the last epoch's validation gain, recomputed from the histories
+    curves = page.split("<!-- mkviz:begin curves-shapes -->")[1].split("<!-- mkviz:end")[0]
+    base = [r["history"] for r in records if r["config"] == "baseline"]
+    gains = [100 * (h[-1]["val_acc"] - h[-2]["val_acc"]) for h in base]
+    assert f"| `baseline` | 3 | {len(base[0])} |" in curves
+    assert f"| {sum(gains) / 3:+.2f} [{min(gains):+.2f}, {max(gains):+.2f}] |" in curves
+    assert "Over all 9 runs the last epoch added" in curves
     charts = Path(tmp_path / "charts.md").read_text()
     assert "| `vanillak-2` | vanillak | 2 | 1 | key | 3 |" in charts and "| `kua-2` | 1 |" in charts
     assert sweep_report.check_page(sweep) == []
