@@ -208,11 +208,10 @@ def render_blocks(sweep: dict[str, Any], records: Optional[list[dict[str, Any]]]
     rep = sweep.get("report") or {}
     if rep.get("primary"):  # a sweep that stated its comparisons: the full analysis
         for dataset, rows in summary.items():
+            dataset_records = [r for r in records if r["dataset"] == dataset]
             blocks[f"comparisons-{dataset}"] = analysis.comparisons_block(sweep, rows)
-            blocks[f"cost-{dataset}"] = analysis.cost_block(sweep, rows, [r for r in records
-                                                                         if r["dataset"] == dataset])
-            blocks[f"curves-{dataset}"] = analysis.curves_block(sweep, [r for r in records
-                                                                       if r["dataset"] == dataset])
+            blocks[f"cost-{dataset}"] = analysis.cost_block(sweep, rows, dataset_records)
+            blocks[f"curves-{dataset}"] = analysis.curves_block(sweep, dataset_records)
         if rep.get("lr_check"):
             from .sweep import load_sweep
             lr_sweep = load_sweep(rep["lr_check"])
