@@ -10,7 +10,7 @@ import torch
 
 import mkviz
 from mkviz import bench
-from mkviz.key import ManifoldKey
+from mkviz.core.key import ManifoldKey
 
 from conftest import assert_fast_matches_reference, small_vit
 
@@ -137,7 +137,7 @@ def test_fast_key_orders_match_reference(variant, tokens):
 
 
 def test_explorer_latency_measures_a_slider_move():
-    from mkviz.bench import explorer_latency
+    from mkviz.apps.bench import explorer_latency
 
     ms = explorer_latency("vit_tiny_patch16_224", img_size=32, num_charts=2, moves=3)
     assert set(ms) == {"first_forward_ms", "slider_move_ms"}

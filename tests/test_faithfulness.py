@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from mkviz.faithfulness import baseline_images, deletion_insertion, patch_order
+from mkviz.explain.faithfulness import baseline_images, deletion_insertion, patch_order
 from conftest import small_vit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -95,7 +95,7 @@ def test_patch_vectors_use_the_models_grid_and_bad_inputs_are_named():
 
 def test_saliency_maps_rank_every_method_for_one_target():
     import mkviz
-    from mkviz.faithfulness import compare_saliency, faithfulness_table, saliency_maps
+    from mkviz.explain.faithfulness import compare_saliency, faithfulness_table, saliency_maps
     torch.manual_seed(0)
     plain = small_vit().eval()
     mk = mkviz.convert(plain, "vanillak", num_charts=2, seed=1).eval()

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import mkviz
-from mkviz.optim import build_optimizer, decay_anchors
-from mkviz.checkpoint import load_checkpoint
-from mkviz.train import TrainConfig, train
+from mkviz.training.optim import build_optimizer, decay_anchors
+from mkviz.training.checkpoint import load_checkpoint
+from mkviz.training.train import TrainConfig, train
 
 from conftest import small_vit
 

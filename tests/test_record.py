@@ -7,7 +7,7 @@ import torch
 from timm.utils import AttentionExtract
 
 import mkviz
-from mkviz.record import attention_layers, record_attention, select_layers
+from mkviz.explain.record import attention_layers, record_attention, select_layers
 from conftest import small_swin, small_vit
 
 
@@ -279,7 +279,7 @@ def test_timm_attention_extract_on_converted_model():
 
 
 def test_bench_record_runs(capsys):
-    from mkviz.bench_record import main
+    from mkviz.apps.bench_record import main
     assert main(["--model", "vit_tiny_patch16_224", "--img-size", "32", "--batch-size", "1", "--repeats", "1",
                  "--num-charts", "2"]) == 0
     out = capsys.readouterr().out
@@ -295,7 +295,7 @@ def test_bench_record_runs(capsys):
 def test_fast_and_reference_key_paths_record_the_same_maps(variant):
     """Chart keys from the fast key path (one matmul for all charts) and from the reference path (the grouped
     convolution as written) give the same recorded keys and maps, Swin bias + shift mask included."""
-    from mkviz.key import key_impl
+    from mkviz.core.key import key_impl
     torch.manual_seed(0)
     m = mkviz.convert(small_swin().eval(), variant, num_charts=3, seed=1)
     x = _images(seed=2)
