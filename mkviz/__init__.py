@@ -57,7 +57,7 @@ _EXPORTS = {
     "class_relevance": "explain.relevance", "relevance_map": "explain.relevance",
     "deletion_insertion": "explain.faithfulness",
     "ChartCountExplorer": "viz.explorers", "ChartExplorer": "viz.explorers",
-    "TrainConfig": "training.train", "load_checkpoint": "training.checkpoint",
+    "TrainConfig": "training.config", "load_checkpoint": "training.build",
 }
 
 # an old flat module path -> its module now (the same module object: `mkviz.figures is mkviz.viz.figures`)
@@ -67,7 +67,7 @@ MOVED = {
     "maps": "explain.maps", "metrics": "explain.metrics", "record": "explain.record",
     "relevance": "explain.relevance", "attribution": "explain.attribution", "faithfulness": "explain.faithfulness",
     "specialisation": "explain.specialisation",
-    "train": "training.train", "optim": "training.optim", "checkpoint": "training.checkpoint",
+    "train": "training", "optim": "training.optim", "checkpoint": "training",
     "figures": "viz.figures", "explorers": "viz.explorers", "report": "viz.report",
     "sweep": "studies.sweep", "sweep_report": "studies.sweep_report", "sweep_analysis": "studies.sweep_analysis",
     "stats": "studies.stats",
@@ -106,10 +106,12 @@ class MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return importlib.util.spec_from_loader(fullname, self, origin=f"{__name__}.{MOVED[name]}")
 
     def create_module(self, spec: Any) -> Any:
-        return importlib.import_module(spec.origin)
+        module = importlib.import_module(spec.origin)
+        spec.loader_state = module.__spec__  # the import system sets __spec__ to the old path's: exec_module restores
+        return module
 
     def exec_module(self, module: Any) -> None:
-        pass  # the new module ran when it was imported
+        module.__spec__ = module.__spec__.loader_state  # nothing to run: the new module ran when it was imported
 
     def get_code(self, fullname: str) -> Any:  # `python -m mkviz.<old>` (runpy)
         new = f"{__name__}.{MOVED[fullname.rpartition('.')[2]]}"

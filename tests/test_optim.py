@@ -8,8 +8,9 @@ import torch
 
 import mkviz
 from mkviz.training.optim import build_optimizer, decay_anchors
-from mkviz.training.checkpoint import load_checkpoint
-from mkviz.training.train import TrainConfig, train
+from mkviz.training.build import load_checkpoint
+from mkviz.training.loop import train
+from mkviz.training.config import TrainConfig
 
 from conftest import small_vit
 

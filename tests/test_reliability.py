@@ -14,7 +14,8 @@ import torch
 
 from mkviz import checkpoint as ckpt
 from mkviz.apps.cli import main as cli_main
-from mkviz.training.train import TrainConfig, train
+from mkviz.training.loop import train
+from mkviz.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),

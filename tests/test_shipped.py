@@ -15,8 +15,10 @@ from PIL import Image
 from mkviz.training.checkpoint import shipped_checkpoints_dir
 from mkviz.data import FASHION_MNIST_SYSTEM_DIR, ShapesDataset, load_fashion_mnist
 from mkviz.apps.shipped import NAMES, SHIPPED_NAMES, checkpoint_dir, train_args
-from mkviz.training.checkpoint import load_checkpoint
-from mkviz.training.train import TrainConfig, config_from_args, train
+from mkviz.training.build import load_checkpoint
+from mkviz.training.command import config_from_args
+from mkviz.training.loop import train
+from mkviz.training.config import TrainConfig
 
 HAVE_DATA = (FASHION_MNIST_SYSTEM_DIR / "t10k-images-idx3-ubyte.gz").is_file()
 FASHION = [n for n in NAMES if (shipped_checkpoints_dir() / "fashion-mnist" / n / "model.safetensors").is_file()]

@@ -7,7 +7,8 @@ import torch
 import mkviz
 from mkviz.core.key import membership_mode
 from mkviz.explain.specialisation import chart_statistics, off_diagonal_mean
-from mkviz.training.train import TrainConfig, train
+from mkviz.training.loop import train
+from mkviz.training.config import TrainConfig
 
 
 def _vit():

@@ -14,7 +14,8 @@ from mkviz import sweep_report
 from mkviz.apps.cli import main as cli
 from mkviz.studies.sweep import run_state, run_sweep
 from mkviz.studies.sweep_config import expand_runs, load_sweep, match_mlp_ratio
-from mkviz.training.train import TrainConfig, train
+from mkviz.training.loop import train
+from mkviz.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 REPRO = ROOT / "configs" / "repro_small.yaml"

@@ -15,8 +15,10 @@ import pytest
 import torch
 
 from mkviz import checkpoint as ckpt
-from mkviz.training.checkpoint import load_checkpoint
-from mkviz.training.train import EpochBatchSampler, TrainConfig, evaluate, lr_at, train
+from mkviz.training.build import load_checkpoint
+from mkviz.training.loop import evaluate, lr_at, train
+from mkviz.training.inputs import EpochBatchSampler
+from mkviz.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
@@ -131,7 +133,7 @@ def test_tiny_run_learns_and_logs(tmp_path):
     # the final model reloads from safetensors + json alone and gives the reported accuracy
     model, config = load_checkpoint(out / "final")
     assert config["model_spec"]["variant"] == "baseline" and config["metrics"]["test"]["acc"] > 0.25
-    from mkviz.training.train import build_datasets
+    from mkviz.training.inputs import build_datasets
     ds = build_datasets(TrainConfig(**config["train"]).resolved(), model, ("val",))["val"]
     acc = evaluate(model, torch.utils.data.DataLoader(ds, batch_size=64))["acc"]
     assert acc == pytest.approx(hist[-1]["val_acc"])
@@ -298,7 +300,7 @@ def test_help_says_each_default_once_and_truly(capsys, monkeypatch):
     import re
 
     from mkviz.apps.cli import main as cli_main
-    from mkviz.training.train import make_parser
+    from mkviz.training.command import make_parser
 
     monkeypatch.setenv("COLUMNS", "100")  # a fixed width: the help wraps the same way everywhere
     with pytest.raises(SystemExit) as exit_:

@@ -15,7 +15,7 @@ COMMANDS = {
     "demo": ("mkviz.apps.demo", "run the main job: models, attention pictures and a report"),
     "bench": ("mkviz.apps.bench", "benchmarks against timm's baseline (speed, parameters, FLOPs; `bench record`: "
                              "the cost of recording attention)"),
-    "train": ("mkviz.training.train", "train or fine-tune a baseline or manifold-key model"),
+    "train": ("mkviz.training.command", "train or fine-tune a baseline or manifold-key model"),
     "sweep": ("mkviz.studies.sweep", "train a sweep of runs from a YAML file (resumable) and write its report"),
     "grade": ("mkviz.course.grading", "run course notebooks and report their exercise checks (--solutions: the "
                                "course's own solutions)"),

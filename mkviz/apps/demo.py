@@ -40,8 +40,11 @@ from ..explain.faithfulness import compare_saliency, faithfulness_table
 from ..explain.maps import patch_grid, query_index
 from ..explain.metrics import attention_on_evidence, mean_attention_distance
 from ..explain.record import record_attention
-from ..training.checkpoint import check_output_dir, load_checkpoint, shipped_checkpoints_dir
-from ..training.train import TrainConfig, build_datasets, evaluate, train
+from ..training.build import load_checkpoint
+from ..training.checkpoint import check_output_dir, shipped_checkpoints_dir
+from ..training.config import TrainConfig
+from ..training.inputs import build_datasets
+from ..training.loop import evaluate, train
 from ..viz import figures
 from ..viz.report import Report
 from .demo_pretrained import run_pretrained

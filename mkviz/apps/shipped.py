@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..training.checkpoint import shipped_checkpoints_dir
-from ..training.train import config_from_args
+from ..training.command import config_from_args
 
 __all__ = ["SHIPPED_DATASETS", "SHIPPED_NAMES", "MAIN_MODELS", "CHART_SWEEP", "NAMES", "train_args", "recipe", "checkpoint_dir",
            "main"]

@@ -38,15 +38,8 @@ from .checks import check_choice
 from .modes import temporarily
 
 __all__ = [
-    "VARIANTS",
-    "ManifoldKey",
-    "resolve_variant",
-    "check_num_charts",
-    "check_kernel_size",
-    "max_charts",
-    "key_impl",
-    "membership_mode",
-    "MEMBERSHIP_MODES",
+    "VARIANTS", "ManifoldKey", "resolve_variant", "check_num_charts", "check_kernel_size", "max_charts", "key_impl",
+    "membership_mode", "MEMBERSHIP_MODES",
 ]
 
 VARIANTS: tuple[str, ...] = ("vanillak", "simplek", "spatialk", "kua")

@@ -25,7 +25,7 @@ from ..core.cost import count_params
 from ..core.key import ManifoldKey
 from ..explain.metrics import chart_cosine_similarity
 from ..explain.relevance import class_relevance
-from ..training.train import EpochBatchSampler
+from ..training.inputs import EpochBatchSampler
 
 __all__ = ["EXERCISES", "CheckResult", "Exercise", "check", "results", "reset"]
 

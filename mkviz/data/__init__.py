@@ -8,7 +8,7 @@
 
 The names below are the public API of `mkviz.data` (as before the package was split).
 """
-from .common import (DIFFICULTIES, IMAGENET_MEAN, IMAGENET_STD, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, SPLITS, Sample,
+from .common import (DIFFICULTIES, IMAGENET_MEAN, IMAGENET_STD, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, Sample, SPLITS,
                      collate, default_data_root)
 from .digits import DigitsDataset
 from .fashion_mnist import (FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD, FASHION_MNIST_SYSTEM_DIR,
@@ -17,9 +17,9 @@ from .registry import DATASET_NAMES, IN_MEMORY_DATASETS, LabeledSubset, build_da
 from .shapes import CLASS_NAMES, MAX_OBJECTS, SHAPE_KINDS, ShapesDataset, make_shapes_splits
 
 __all__ = [
-    "Sample", "ShapesDataset", "DigitsDataset", "LabeledSubset", "make_shapes_splits", "build_dataset",
-    "collate", "default_data_root", "CLASS_NAMES", "SHAPE_KINDS", "DIFFICULTIES", "SPLITS",
-    "DATASET_NAMES", "MAX_OBJECTS", "IMAGENET_MEAN", "IMAGENET_STD", "IN_MEMORY_DATASETS",
-    "FashionMNISTDataset", "load_fashion_mnist", "FASHION_MNIST_CLASSES", "FASHION_MNIST_MEAN",
-    "FASHION_MNIST_STD", "FASHION_MNIST_SYSTEM_DIR", "data_config", "MIN_IMAGE_SIZE", "MAX_IMAGE_SIZE",
+    "Sample", "ShapesDataset", "DigitsDataset", "LabeledSubset", "make_shapes_splits", "build_dataset", "collate",
+    "default_data_root", "CLASS_NAMES", "SHAPE_KINDS", "DIFFICULTIES", "SPLITS", "DATASET_NAMES", "MAX_OBJECTS",
+    "IMAGENET_MEAN", "IMAGENET_STD", "IN_MEMORY_DATASETS", "FashionMNISTDataset", "load_fashion_mnist",
+    "FASHION_MNIST_CLASSES", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD", "FASHION_MNIST_SYSTEM_DIR", "data_config",
+    "MIN_IMAGE_SIZE", "MAX_IMAGE_SIZE",
 ]

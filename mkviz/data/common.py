@@ -18,19 +18,8 @@ from torch import Tensor
 from torch.utils.data import default_collate
 
 __all__ = [
-    "Sample",
-    "collate",
-    "default_data_root",
-    "DIFFICULTIES",
-    "SPLITS",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "check_image_size",
-    "check_difficulty",
-    "check_int",
-    "check_index",
-    "to_float",
-    "split_indices",
+    "Sample", "collate", "default_data_root", "DIFFICULTIES", "SPLITS", "IMAGENET_MEAN", "IMAGENET_STD",
+    "check_image_size", "check_difficulty", "check_int", "check_index", "to_float", "split_indices",
     "channel_stats",
 ]
 

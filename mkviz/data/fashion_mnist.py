@@ -21,11 +21,7 @@ from .common import (MAX_IMAGE_SIZE, Sample, SPLITS, channel_stats, check_image_
                      split_indices)
 
 __all__ = [
-    "FashionMNISTDataset",
-    "load_fashion_mnist",
-    "FASHION_MNIST_CLASSES",
-    "FASHION_MNIST_MEAN",
-    "FASHION_MNIST_STD",
+    "FashionMNISTDataset", "load_fashion_mnist", "FASHION_MNIST_CLASSES", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD",
     "FASHION_MNIST_SYSTEM_DIR",
 ]
 

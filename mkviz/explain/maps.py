@@ -28,16 +28,8 @@ import torch.nn.functional as F
 
 
 __all__ = [
-    "to_2tuple",
-    "PatchGrid",
-    "patch_grid",
-    "query_index",
-    "query_position",
-    "upsample_map",
-    "vit_attention_to_image",
-    "swin_block_geometry",
-    "swin_token_window",
-    "swin_window_attention_to_image",
+    "to_2tuple", "PatchGrid", "patch_grid", "query_index", "query_position", "upsample_map",
+    "vit_attention_to_image", "swin_block_geometry", "swin_token_window", "swin_window_attention_to_image",
 ]
 
 Size2 = Union[int, Tuple[int, int], Sequence[int]]

@@ -30,18 +30,9 @@ from ..core.checks import check_choice
 from .maps import to_2tuple
 
 __all__ = [
-    "SIMILARITY_KINDS",
-    "chart_cosine_similarity",
-    "chart_js_divergence",
-    "chart_cka",
-    "chart_similarity",
-    "attention_entropy",
-    "mean_attention_distance",
-    "attention_rollout",
-    "attention_on_evidence",
-    "patch_coverage",
-    "PROJECTIONS",
-    "project_2d",
+    "SIMILARITY_KINDS", "chart_cosine_similarity", "chart_js_divergence", "chart_cka", "chart_similarity",
+    "attention_entropy", "mean_attention_distance", "attention_rollout", "attention_on_evidence", "patch_coverage",
+    "PROJECTIONS", "project_2d",
 ]
 
 GridSize = Union[int, Tuple[int, int], Sequence[int]]

@@ -28,7 +28,10 @@ from ..core.checks import ArgumentParser
 from ..core.cost import count_flops, count_params, machine_description
 from ..core.key import membership_mode
 from ..training import checkpoint as ckpt
-from ..training.train import TrainConfig, build_datasets, changed_settings, evaluate, train
+from ..training.config import TrainConfig
+from ..training.inputs import build_datasets
+from ..training.loop import evaluate, train
+from ..training.run_dir import changed_settings
 from . import sweep_report
 from .sweep_config import Run, expand_runs, load_sweep
 

@@ -21,8 +21,8 @@ from typing import Any, Optional
 import numpy as np
 
 from ..core.cost import count_train_flops
-from ..training.checkpoint import build_model
-from ..training.train import TrainConfig, model_spec, num_classes_of
+from ..training.build import build_model
+from ..training.config import TrainConfig, model_spec, num_classes_of
 from . import stats
 
 __all__ = ["comparison_family", "comparisons_block", "lr_check_block", "cost_block", "curves_block",

@@ -33,8 +33,8 @@ from typing import Any, Optional
 import timm
 
 from ..core.cost import count_params
-from ..training.checkpoint import build_model
-from ..training.train import TrainConfig, model_spec, num_classes_of
+from ..training.build import build_model
+from ..training.config import TrainConfig, model_spec, num_classes_of
 
 __all__ = ["Run", "load_sweep", "expand_runs", "params_of", "match_mlp_ratio", "match_key_hidden", "MATCH_BY"]
 

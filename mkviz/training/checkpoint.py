@@ -15,9 +15,9 @@ atomically last. A crash (even SIGKILL) therefore leaves either the previous che
 one, never a half-written file that looks valid.
 
 Loading uses `safetensors` and `json` only. An exported checkpoint (`export_checkpoint`, what
-`data/checkpoints/` ships) keeps only model.safetensors and config.json. `load_checkpoint` rebuilds the
-model a checkpoint describes (`build_model` from its spec, with the timm data config it was trained
-with) and loads the weights; `shipped_checkpoints_dir` finds the repository's `data/checkpoints`.
+`data/checkpoints/` ships) keeps only model.safetensors and config.json; `shipped_checkpoints_dir` finds the
+repository's `data/checkpoints`. This module reads and writes files only; `mkviz.training.build` makes models
+(`build_model` from a spec, `load_checkpoint` from a checkpoint folder).
 """
 from __future__ import annotations
 
@@ -34,32 +34,24 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as st_load_bytes
 from safetensors.torch import save as st_save_bytes
-from timm.data import resolve_data_config
-from torch import nn
-
-from ..core.models import create_model
-from ..core.overparam import factorise_key
-from ..data.registry import data_config
 
 __all__ = [
-    "CheckpointError", "atomic_write_bytes", "atomic_write_json", "save_tensors", "load_tensors",
-    "read_json", "optimizer_to_tensors", "optimizer_from_tensors", "rng_state", "set_rng_state",
-    "write_checkpoint_dir", "find_checkpoint", "list_checkpoints", "export_checkpoint", "check_checkpoint",
-    "resume_checkpoint", "check_output_dir",
-    "MODEL_FILE", "CONFIG_FILE", "OPTIM_FILE", "STATE_FILE", "LATEST_FILE", "CKPT_DIR",
+    "CheckpointError", "atomic_write_bytes", "atomic_write_json", "save_tensors", "load_tensors", "read_json",
+    "optimizer_to_tensors", "optimizer_from_tensors", "rng_state", "set_rng_state", "write_checkpoint_dir",
+    "find_checkpoint", "list_checkpoints", "export_checkpoint", "check_checkpoint", "resume_checkpoint",
+    "check_output_dir", "MODEL_FILE", "CONFIG_FILE", "OPTIM_FILE", "STATE_FILE", "LATEST_FILE", "CKPT_DIR",
     "shipped_checkpoints_dir",
-    "load_checkpoint", "build_model", "apply_data_config", "describe_spec", "state_dict_mismatch",
-    "model_input_size", "derive_data_config",
 ]
 
-MODEL_FILE, CONFIG_FILE, OPTIM_FILE, STATE_FILE = "model.safetensors", "config.json", "optimizer.safetensors", "state.json"
-LATEST_FILE, CKPT_DIR = "latest.json", "checkpoints"
-TMP_PREFIX = ".tmp-"
 
+MODEL_FILE, CONFIG_FILE, OPTIM_FILE, STATE_FILE = "model.safetensors", "config.json", "optimizer.safetensors", "state.json"
+
+LATEST_FILE, CKPT_DIR = "latest.json", "checkpoints"
+
+TMP_PREFIX = ".tmp-"
 
 # the small checkpoints the repository ships, beside the package (an editable install from a clone)
 _PACKAGE_CHECKPOINTS = Path(__file__).resolve().parents[2] / "data" / "checkpoints"
-
 
 def shipped_checkpoints_dir() -> Path:
     """The repository's `data/checkpoints/` folder: under $MKVIZ_ROOT if set, else in the first folder
@@ -74,14 +66,12 @@ def shipped_checkpoints_dir() -> Path:
     raise FileNotFoundError("cannot find the mkviz repository's data/checkpoints: set MKVIZ_ROOT to the "
                             "repository root")
 
-
 _UMASK = os.umask(0)
-os.umask(_UMASK)
 
+os.umask(_UMASK)
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, corrupt or does not match what was asked (one clear message)."""
-
 
 # ----------------------------------------------------------------------------- atomic writes
 def _fsync_dir(path: Path) -> None:
@@ -95,7 +85,6 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
-
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` atomically: temp file in the same directory, fsync, os.replace, fsync dir."""
@@ -117,10 +106,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
     _fsync_dir(path.parent)
 
-
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
-
 
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
                  metadata: Optional[dict[str, str]] = None) -> None:
@@ -128,10 +115,8 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
     clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     atomic_write_bytes(path, st_save_bytes(clean, metadata=metadata))
 
-
 def _describe(path: Path) -> str:
     return f"{path} ({path.stat().st_size} bytes)" if path.exists() else str(path)
-
 
 def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(tensors, metadata) of a safetensors file; CheckpointError if it is missing or corrupt."""
@@ -148,7 +133,6 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
                               f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
     return tensors, dict(header.get("__metadata__") or {})
 
-
 def read_json(path: str | os.PathLike) -> Any:
     path = Path(path)
     if not path.is_file():
@@ -157,7 +141,6 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as err:
         raise CheckpointError(f"corrupt checkpoint {_describe(path)}: not valid JSON ({err})") from None
-
 
 # ----------------------------------------------------------------------------- optimiser state
 def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -172,7 +155,6 @@ def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, to
             else:
                 scalars.setdefault(str(idx), {})[name] = value
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
 
 def optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
                            meta: dict[str, Any]) -> None:
@@ -196,15 +178,12 @@ def optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, 
                                       f"the model's parameter has {tuple(params[idx].shape)}")
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
-
 # ----------------------------------------------------------------------------- RNG states
 def _b64(t: torch.Tensor) -> str:
     return base64.b64encode(t.cpu().numpy().tobytes()).decode("ascii")
 
-
 def _unb64(s: str) -> torch.Tensor:
     return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8).clone()
-
 
 def rng_state() -> dict[str, Any]:
     """torch CPU (and CUDA) generator states as base64 of their raw bytes (JSON-safe, no pickle)."""
@@ -213,7 +192,6 @@ def rng_state() -> dict[str, Any]:
         out["cuda"] = [_b64(s) for s in torch.cuda.get_rng_state_all()]
     return out
 
-
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(_unb64(state["torch"]))
     if "cuda" in state and torch.cuda.is_available():
@@ -221,11 +199,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
         if len(states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(states)
 
-
 # ----------------------------------------------------------------------------- checkpoint directories
 def _model_metadata(config: dict[str, Any]) -> dict[str, str]:
     return {"format": "mkviz", "mkviz_config": json.dumps(config, sort_keys=True)}
-
 
 def write_checkpoint_dir(run_dir: str | os.PathLike, name: str, model_state: dict[str, torch.Tensor],
                          config: dict[str, Any], state: Optional[dict[str, Any]] = None,
@@ -259,7 +235,6 @@ def write_checkpoint_dir(run_dir: str | os.PathLike, name: str, model_state: dic
         shutil.rmtree(stale, ignore_errors=True)
     return final
 
-
 def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
     """Complete checkpoint directories of a run, oldest first (names sort by step)."""
     root = Path(run_dir) / CKPT_DIR
@@ -267,7 +242,6 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
         return []
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(TMP_PREFIX)
                   and (p / MODEL_FILE).is_file())
-
 
 def find_checkpoint(path: str | os.PathLike) -> Path:
     """Resolve `path` to a checkpoint directory: a checkpoint dir itself, a run dir (its latest
@@ -294,7 +268,6 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
         return ckpts[-1]
     raise CheckpointError(f"no checkpoint in {path} (expected {MODEL_FILE} or {LATEST_FILE})")
 
-
 def _check_safetensors(path: Path) -> None:
     if not path.is_file():
         raise CheckpointError(f"checkpoint file {path} not found")
@@ -304,7 +277,6 @@ def _check_safetensors(path: Path) -> None:
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"corrupt checkpoint {_describe(path)}: not a valid safetensors file "
                               f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
-
 
 def check_checkpoint(directory: str | os.PathLike) -> None:
     """CheckpointError unless the checkpoint's weights and config (and, where present, optimiser state
@@ -317,14 +289,12 @@ def check_checkpoint(directory: str | os.PathLike) -> None:
     if (directory / STATE_FILE).exists():
         read_json(directory / STATE_FILE)
 
-
 def _intact(directory: Path) -> bool:
     try:
         check_checkpoint(directory)
     except CheckpointError:
         return False
     return True
-
 
 def resume_checkpoint(run_dir: str | os.PathLike, log: Optional[TextIO] = sys.stderr) -> Path:
     """The checkpoint `--resume` continues from: the one latest.json names, checked file by file.
@@ -363,7 +333,6 @@ def resume_checkpoint(run_dir: str | os.PathLike, log: Optional[TextIO] = sys.st
         raise CheckpointError(f"--resume: the latest checkpoint {latest} is unusable ({err}); {hint}") from None
     return latest
 
-
 def check_output_dir(flag: str, path: str | os.PathLike) -> None:
     """ValueError naming `flag` when the folder `path` is a file or lies below one (it could not be made)."""
     path = Path(path)
@@ -373,7 +342,6 @@ def check_output_dir(flag: str, path: str | os.PathLike) -> None:
                 where = "is a file" if p == path else f"lies below the file {p}"
                 raise ValueError(f"{flag} {path} {where}; {flag} must be a folder (choose another {flag})")
             return
-
 
 def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, half: bool = False,
                       extra: Optional[dict[str, Any]] = None) -> Path:
@@ -392,90 +360,3 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, half: bool
     save_tensors(dst / MODEL_FILE, tensors, _model_metadata(config))
     atomic_write_json(dst / CONFIG_FILE, config)
     return dst
-
-
-# ----------------------------------------------------------------------------- models from checkpoints
-def build_model(spec: dict[str, Any], pretrained: bool = False, seed: int = 0) -> nn.Module:
-    """The model a spec describes (`model`, `timm_kwargs`, `variant`, `num_charts`, ...)."""
-    variant = None if spec["variant"] == "baseline" else spec["variant"]
-    try:
-        model = create_model(spec["model"], variant=variant, num_charts=spec["num_charts"], pretrained=pretrained,
-                             context_broadcast=spec["context_broadcast"], kernel_size=spec["kernel_size"],
-                             expand_from=spec["expand_from"], ua_weight=spec["ua_weight"], seed=seed,
-                             **spec["timm_kwargs"])
-    except TypeError as err:  # a timm kwarg this model does not take
-        raise ValueError(f"model {spec['model']!r} does not accept these arguments {spec['timm_kwargs']}: {err}") \
-            from None
-    if spec.get("key_hidden"):
-        factorise_key(model, spec["key_hidden"], seed=seed)
-    if spec.get("data_config"):
-        apply_data_config(model, spec["data_config"])
-    return model
-
-
-def apply_data_config(model: nn.Module, cfg: dict[str, Any]) -> None:
-    """Record the preprocessing `model` was trained with in its `pretrained_cfg`, so that
-    `timm.data.resolve_model_data_config(model)` and `timm.data.create_transform(**cfg)` reproduce it."""
-    pretrained_cfg = dict(getattr(model, "pretrained_cfg", None) or {})
-    pretrained_cfg.update({k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
-    model.pretrained_cfg = pretrained_cfg
-
-
-def derive_data_config(model: nn.Module, dataset: str, image_size: Optional[int]) -> dict[str, Any]:
-    """The data config of `model` trained by mkviz on `dataset` at `image_size` (None: the model's own input
-    size), applied to the model (`apply_data_config`) and returned."""
-    size = image_size or model_input_size(model) or 224
-    cfg = data_config(dataset, size, resolve_data_config({}, model=model))
-    apply_data_config(model, cfg)
-    return cfg
-
-
-def describe_spec(spec: dict[str, Any]) -> str:
-    v = spec["variant"]
-    if spec.get("key_hidden"):
-        return f"baseline with a factorised key of hidden width {spec['key_hidden']}"
-    return v if v == "baseline" else f"{v} with {spec['num_charts']} charts"
-
-
-def load_checkpoint(path: str | os.PathLike, model: Optional[nn.Module] = None,
-                    map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """(model, config) from a checkpoint directory, a run directory or a model.safetensors file.
-
-    Rebuilds the model from the saved spec (timm name, timm kwargs, variant, num_charts, ...) unless
-    `model` is given, in which case the weights are loaded into it (CheckpointError on mismatch).
-    Uses safetensors and json only. The model is returned in eval mode.
-    """
-    directory = find_checkpoint(path)
-    tensors, meta = load_tensors(directory / MODEL_FILE)
-    cfg_path = directory / CONFIG_FILE
-    if cfg_path.is_file():
-        config = read_json(cfg_path)
-    elif "mkviz_config" in meta:
-        config = json.loads(meta["mkviz_config"])
-    else:
-        raise CheckpointError(f"checkpoint {directory} has no {CONFIG_FILE} and no mkviz metadata")
-    spec = config.get("model_spec")
-    if not isinstance(spec, dict):
-        raise CheckpointError(f"corrupt checkpoint {cfg_path}: no model_spec")
-    if model is None:
-        model = build_model(spec)
-    if not spec.get("data_config") and "dataset" in config:  # saved before data configs were recorded
-        derive_data_config(model, config["dataset"], config.get("image_size"))
-    try:
-        model.load_state_dict(tensors, strict=True)
-    except RuntimeError as err:
-        raise CheckpointError(f"checkpoint {directory} ({describe_spec(spec)}, model {spec['model']}) does not "
-                              f"fit the given model: {state_dict_mismatch(err)}"[:400]) from None
-    return model.to(map_location).eval(), config
-
-
-def state_dict_mismatch(err: Exception) -> str:
-    """The telling line of a load_state_dict error (its second line names the first mismatch)."""
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()] or [type(err).__name__]
-    return lines[1] if len(lines) > 1 else lines[0]
-
-
-def model_input_size(model: nn.Module) -> Optional[int]:
-    """The square input size a timm ViT was built for (`patch_embed.img_size`), else None."""
-    size = getattr(getattr(model, "patch_embed", None), "img_size", None)
-    return int(size[0]) if isinstance(size, (tuple, list)) else None

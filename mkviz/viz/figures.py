@@ -37,8 +37,8 @@ from ..explain.metrics import project_2d
 __all__ = [
     "HEAT_COLORSCALE", "to_numpy", "to_uint8_image", "image_source", "attention_overlay", "chart_maps_figure",
     "chart_grid_shape", "show_chart_panels", "query_box_path", "similarity_heatmap", "evidence_bars",
-    "entropy_bars", "training_curves", "accuracy_vs_charts", "cost_table_figure", "chart_stat_bars", "heat_geometry",
-    "key_atlas", "ATLAS_QUERY_TRACE", "ATLAS_CURRENT_TRACE",
+    "entropy_bars", "training_curves", "accuracy_vs_charts", "cost_table_figure", "chart_stat_bars",
+    "heat_geometry", "key_atlas", "ATLAS_QUERY_TRACE", "ATLAS_CURRENT_TRACE",
 ]
 
 HEAT_COLORSCALE = "Inferno"
