@@ -27,8 +27,8 @@ from .loop import evaluate, lr_at, train
 from .run_dir import changed_settings
 
 __all__ = [
-    "TrainConfig", "PRESETS", "train", "evaluate", "build_datasets", "changed_settings", "model_spec", "num_classes_of",
-    "RUNTIME_FIELDS", "EpochBatchSampler", "lr_at", "main", "config_from_args", "make_parser",
+    "TrainConfig", "PRESETS", "train", "evaluate", "build_datasets", "changed_settings", "model_spec",
+    "num_classes_of", "RUNTIME_FIELDS", "EpochBatchSampler", "lr_at", "main", "config_from_args", "make_parser",
     "CheckpointError", "atomic_write_bytes", "atomic_write_json", "save_tensors", "load_tensors", "read_json",
     "optimizer_to_tensors", "optimizer_from_tensors", "rng_state", "set_rng_state", "write_checkpoint_dir",
     "find_checkpoint", "list_checkpoints", "export_checkpoint", "check_checkpoint", "resume_checkpoint",

@@ -25,143 +25,38 @@ Accepted array types: torch tensors, numpy arrays, nested lists.
 """
 from __future__ import annotations
 
-import base64
-import io
 import math
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
-from ..explain.maps import patch_grid, query_position
-from ..explain.metrics import project_2d
+
+from .figure_base import (as_map, heat_cell, heat_geometry, image_axes, image_source, image_trace, panel_image,
+                          plotly_go, query_box_path, to_numpy, to_uint8_image)
+from .key_atlas import ATLAS_CURRENT_TRACE, ATLAS_QUERY_TRACE, key_atlas
 
 __all__ = [
-    "HEAT_COLORSCALE", "to_numpy", "to_uint8_image", "image_source", "attention_overlay", "chart_maps_figure",
-    "chart_grid_shape", "show_chart_panels", "query_box_path", "similarity_heatmap", "evidence_bars",
-    "entropy_bars", "training_curves", "accuracy_vs_charts", "cost_table_figure", "chart_stat_bars",
-    "heat_geometry", "key_atlas", "ATLAS_QUERY_TRACE", "ATLAS_CURRENT_TRACE",
+    "HEAT_COLORSCALE", "attention_overlay", "chart_maps_figure", "chart_grid_shape", "show_chart_panels",
+    "similarity_heatmap", "evidence_bars", "entropy_bars", "training_curves", "accuracy_vs_charts",
+    "cost_table_figure", "chart_stat_bars",
 ]
 
+
 HEAT_COLORSCALE = "Inferno"
+
 _PANEL_SPACING, _PANEL_ROW_SPACING = 0.02, 0.08  # chart_maps_figure: between columns, rows (paper fractions)
+
 _HIDDEN_DOMAIN = 1e-3  # a hidden panel's axes: a sliver [0, 1e-3] in the figure's bottom-left corner
+
 _SIM_STYLE = {  # kind -> (colour scale, zmin, zmax, zmid, what the value is)
     "cosine": ("RdBu_r", -1.0, 1.0, 0.0, "cosine similarity of chart keys"),
     "cka": ("Viridis", 0.0, 1.0, None, "linear CKA of chart keys"),
     "js": ("Magma_r", 0.0, 1.0, None, "Jensen-Shannon divergence of chart attention (bits)"),
 }
+
 _REGULARISER = "ua_loss"  # a training-history key that is a regulariser, not a data loss
+
 _RUN_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                "#bcbd22", "#17becf")
-
-
-# --------------------------------------------------------------------------- conversions
-def _go():
-    import plotly.graph_objects as go  # local: `import mkviz` stays light
-    return go
-
-
-def to_numpy(x: Any, dtype=None) -> np.ndarray:
-    """torch tensor / numpy array / nested list -> numpy array (detached, on the CPU)."""
-    if hasattr(x, "detach"):
-        x = x.detach().cpu()
-        if str(x.dtype) in ("torch.float16", "torch.bfloat16"):
-            x = x.float()
-        x = x.numpy()
-    a = np.asarray(x)
-    return a.astype(dtype, copy=False) if dtype is not None else a
-
-
-def to_uint8_image(image: Any) -> np.ndarray:
-    """An image as uint8 (H, W, 3) for display.
-
-    Accepts (3, H, W) or (H, W, 3) (channels first whenever the first dim is 1 or 3; also (H, W)
-    greyscale): uint8 as is; float in [0, 1]
-    scaled by 255; any other float range (e.g. ImageNet-normalised model input) min-max rescaled to
-    [0, 255] (a display approximation: pass the raw pixels when you have them).
-    """
-    a = to_numpy(image)
-    if a.ndim == 2:
-        a = a[..., None]
-    if a.ndim != 3:
-        raise ValueError(f"image: expected (3, H, W), (H, W, 3) or (H, W); got shape {a.shape}")
-    if a.shape[0] in (1, 3):
-        a = np.transpose(a, (1, 2, 0))  # channels first (torch) whenever the first dim is 1 or 3
-    if a.shape[-1] == 1:
-        a = np.repeat(a, 3, axis=-1)
-    if a.shape[-1] != 3:
-        raise ValueError(f"image: expected 1 or 3 channels; got shape {a.shape}")
-    if a.dtype == np.uint8:
-        return np.ascontiguousarray(a)
-    a = a.astype(np.float64)
-    if a.size and (a.min() < 0.0 or a.max() > 1.0):
-        lo, hi = float(a.min()), float(a.max())
-        a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
-    return np.ascontiguousarray(np.clip(np.round(a * 255.0), 0, 255).astype(np.uint8))
-
-
-def image_source(image: Any) -> Optional[str]:
-    """A PNG data URI of the image (for `go.Image(source=...)`: far smaller than a z array); None without PIL."""
-    try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover - pillow comes with torchvision
-        return None
-    buf = io.BytesIO()
-    Image.fromarray(to_uint8_image(image)).save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _image_trace(image: np.ndarray):
-    """attention_overlay's "image" trace: a PNG source, or raw pixels as z without pillow."""
-    go = _go()
-    src = image_source(image)
-    if src is not None:
-        return go.Image(source=src, name="image", hoverinfo="x+y")
-    return go.Image(z=image, name="image", hoverinfo="x+y")
-
-
-def _panel_image(source: str, image_hw: Tuple[int, int], axis: str = "") -> dict:
-    """A layout image (not a trace) filling axes x{axis}/y{axis} as `_image_axes` sets them up: pixel
-    (0, 0) at the top left. A go.Image trace with a `source` would do the same, but in a FigureWidget
-    that is updated before its first render has loaded that source, plotly never wires the widget's
-    click/hover callbacks (plotly 6–7); layout images do not hold the first render up."""
-    H, W = image_hw
-    return dict(source=source, xref="x" + axis, yref="y" + axis, x=-0.5, y=-0.5, sizex=W, sizey=H,
-                xanchor="left", yanchor="top", sizing="stretch", layer="below")
-
-
-def _cell(image_hw: Tuple[int, int], map_hw: Tuple[int, int]) -> Tuple[float, float]:
-    return image_hw[0] / map_hw[0], image_hw[1] / map_hw[1]
-
-
-def heat_geometry(image_hw: Tuple[int, int], map_hw: Tuple[int, int]) -> dict:
-    """x0/dx/y0/dy putting a (h, w) map's cell centres on the pixel coordinates of the cells' centres."""
-    ch, cw = _cell(image_hw, map_hw)
-    return dict(x0=(cw - 1) / 2, dx=cw, y0=(ch - 1) / 2, dy=ch)
-
-
-def query_box_path(row: int, col: int, cell: Tuple[float, float]) -> Tuple[List[float], List[float]]:
-    """Closed outline (xs, ys) in pixel coordinates of grid cell (row, col) with cell size (ch, cw)."""
-    ch, cw = cell
-    x0, x1 = col * cw - 0.5, (col + 1) * cw - 0.5
-    y0, y1 = row * ch - 0.5, (row + 1) * ch - 0.5
-    return [x0, x1, x1, x0, x0], [y0, y0, y1, y1, y0]
-
-
-def _image_axes(fig, image_hw: Tuple[int, int], xaxis: str = "xaxis", yaxis: str = "yaxis",
-                anchor: str = "x") -> None:
-    H, W = image_hw
-    fig.layout[xaxis].update(range=[-0.5, W - 0.5], showticklabels=False, showgrid=False, zeroline=False,
-                             constrain="domain")
-    fig.layout[yaxis].update(range=[H - 0.5, -0.5], autorange=False, showticklabels=False, showgrid=False,
-                             zeroline=False, scaleanchor=anchor, scaleratio=1, constrain="domain")
-
-
-def _as_map(x: Any, name: str) -> np.ndarray:
-    a = to_numpy(x)
-    if a.ndim != 2:
-        raise ValueError(f"{name}: expected a 2-D map (h, w); got shape {a.shape}")
-    return a
-
 
 # --------------------------------------------------------------------------- attention pictures
 def attention_overlay(image: Any, heat: Any, title: str = "attention", query_box: Optional[Tuple] = None, *,
@@ -177,12 +72,12 @@ def attention_overlay(image: Any, heat: Any, title: str = "attention", query_box
         (ph, pw)); (row, col) alone uses the heat map's own cells.
     Traces: "image", "heat", and "query" when query_box is given.
     """
-    go = _go()
+    go = plotly_go()
     img = to_uint8_image(image)
-    z = _as_map(heat, "heat")
+    z = as_map(heat, "heat")
     hw = img.shape[:2]
     fig = go.Figure()
-    fig.add_trace(_image_trace(img))
+    fig.add_trace(image_trace(img))
     fig.add_trace(go.Heatmap(z=z, name="heat", colorscale=colorscale, opacity=opacity, zmin=zmin, zmax=zmax,
                              colorbar=dict(title=dict(text=colorbar_title)), **heat_geometry(hw, z.shape),
                              hovertemplate="x %{x:.0f}, y %{y:.0f}<br>%{z:.4f}<extra></extra>"))
@@ -191,21 +86,19 @@ def attention_overlay(image: Any, heat: Any, title: str = "attention", query_box
             row, col, patch = query_box
             cell = (float(patch), float(patch)) if np.isscalar(patch) else (float(patch[0]), float(patch[1]))
         else:
-            (row, col), cell = query_box, _cell(hw, z.shape)
+            (row, col), cell = query_box, heat_cell(hw, z.shape)
         xs, ys = query_box_path(int(row), int(col), cell)
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name="query", line=dict(color="cyan", width=2),
                                  hoverinfo="skip", showlegend=False))
-    _image_axes(fig, hw)
+    image_axes(fig, hw)
     fig.update_layout(title=dict(text=title), height=height, margin=dict(l=10, r=10, t=50, b=10),
                       plot_bgcolor="white")
     return fig
-
 
 def chart_grid_shape(num_panels: int, cols: Optional[int] = None) -> Tuple[int, int]:
     """(rows, cols) of the subplot grid for `num_panels` panels: at most 5 columns by default."""
     cols = cols or min(num_panels, 5)
     return math.ceil(num_panels / cols), cols
-
 
 def _panel_domains(num_panels: int, cols: Optional[int] = None) -> List[Tuple[List[float], List[float]]]:
     """(x domain, y domain) of each panel, row by row from the top left: `make_subplots`' grid for
@@ -219,7 +112,6 @@ def _panel_domains(num_panels: int, cols: Optional[int] = None) -> List[Tuple[Li
         x0, y0 = c * (width + hs), (rows - 1 - r) * (height + vs)  # row 0 at the top
         out.append(([x0, min(1.0, x0 + width)], [y0, min(1.0, y0 + height)]))
     return out
-
 
 def show_chart_panels(fig: "go.Figure", num_shown: int) -> None:
     """Show the first `num_shown` panels (the fused map and num_shown - 1 charts) of a `chart_maps_figure`
@@ -254,10 +146,8 @@ def show_chart_panels(fig: "go.Figure", num_shown: int) -> None:
     meta["charts"] = num_shown - 1
     fig.update_layout(height=_panels_height(rows, int(meta.get("panel_size", 190))), meta=meta)
 
-
 def _panels_height(rows: int, panel_size: int) -> int:
     return max(260, int(panel_size * rows) + 80)
-
 
 def chart_maps_figure(image: Any, fused_map: Any, chart_maps: Any, query: Optional[Tuple[int, int]] = None,
                       titles: Optional[Sequence[str]] = None, *, shared_scale: bool = True,
@@ -278,14 +168,14 @@ def chart_maps_figure(image: Any, fused_map: Any, chart_maps: Any, query: Option
         switch chart counts without rebuilding the figure.
     Traces per panel p (0 = fused): a heat map named "fused" / "chart c" (c from 1), and "query p" (when
     query is given); the image is a layout image named "image p" (panel 0 always, charts with
-    image_in_charts; see `_panel_image`). layout.meta holds {"panels", "charts", "grid": (h, w),
+    image_in_charts; see `panel_image`). layout.meta holds {"panels", "charts", "grid": (h, w),
     "image_size": (H, W), "cols", "panel_size"}.
     """
-    go = _go()
+    go = plotly_go()
     from plotly.subplots import make_subplots
 
     img = to_uint8_image(image)
-    fused = _as_map(fused_map, "fused_map")
+    fused = as_map(fused_map, "fused_map")
     charts = to_numpy(chart_maps)
     if charts.ndim != 3 or charts.shape[1:] != fused.shape:
         raise ValueError(f"chart_maps: expected (H_c, {fused.shape[0]}, {fused.shape[1]}) like fused_map; "
@@ -313,7 +203,7 @@ def chart_maps_figure(image: Any, fused_map: Any, chart_maps: Any, query: Option
         axis = "" if p == 0 else str(p + 1)
         visible = p <= n_charts
         if p == 0 or image_in_charts:
-            fig.add_layout_image(**_panel_image(src, hw, axis), name=f"image {p}", visible=visible)
+            fig.add_layout_image(**panel_image(src, hw, axis), name=f"image {p}", visible=visible)
         z = fused if p == 0 else (charts[p - 1] if visible else np.zeros_like(fused))
         kw = dict(zmin=zmin, zmax=zmax) if shared_scale else dict(zmin=float(z.min()), zmax=float(z.max()))
         fig.add_trace(go.Heatmap(z=z, name=names[p], xaxis="x" + axis,
@@ -322,11 +212,11 @@ def chart_maps_figure(image: Any, fused_map: Any, chart_maps: Any, query: Option
                                  hovertemplate="x %{x:.0f}, y %{y:.0f}<br>%{z:.4f}<extra>" + names[p] + "</extra>",
                                  **geo, **kw))
         if query is not None:
-            xs, ys = query_box_path(int(query[0]), int(query[1]), _cell(hw, fused.shape))
+            xs, ys = query_box_path(int(query[0]), int(query[1]), heat_cell(hw, fused.shape))
             fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=f"query {p}", xaxis="x" + axis,
                                      yaxis="y" + axis, line=dict(color="cyan", width=2), hoverinfo="skip",
                                      showlegend=False, visible=visible))
-        _image_axes(fig, hw, "xaxis" + axis, "yaxis" + axis, "x" + axis)
+        image_axes(fig, hw, "xaxis" + axis, "yaxis" + axis, "x" + axis)
     fig.update_layout(title=dict(text=title), margin=dict(l=10, r=10, t=70, b=10), plot_bgcolor="white",
                       meta=dict(panels=n, charts=n_charts, grid=list(fused.shape), image_size=list(hw),
                                 cols=cols, panel_size=int(panel_size)))
@@ -334,7 +224,6 @@ def chart_maps_figure(image: Any, fused_map: Any, chart_maps: Any, query: Option
         ann.update(font=dict(size=12))
     show_chart_panels(fig, 1 + n_charts)  # the grid for the panels shown, the reserved ones hidden
     return fig
-
 
 # --------------------------------------------------------------------------- metrics
 def similarity_heatmap(matrix: Any, kind: str = "cosine", labels: Optional[Sequence[str]] = None,
@@ -345,10 +234,10 @@ def similarity_heatmap(matrix: Any, kind: str = "cosine", labels: Optional[Seque
     (Jensen-Shannon divergence of chart attention in bits, [0, 1], 0 = identical). One trace "similarity"
     whose z is `matrix`.
     """
-    go = _go()
+    go = plotly_go()
     if kind not in _SIM_STYLE:
         raise ValueError(f"kind: expected one of {tuple(_SIM_STYLE)}; got {kind!r}")
-    z = _as_map(matrix, "matrix")
+    z = as_map(matrix, "matrix")
     if z.shape[0] != z.shape[1]:
         raise ValueError(f"matrix: expected a square (H, H) matrix; got shape {z.shape}")
     cs, zmin, zmax, zmid, what = _SIM_STYLE[kind]
@@ -365,7 +254,6 @@ def similarity_heatmap(matrix: Any, kind: str = "cosine", labels: Optional[Seque
                                  scaleanchor="x", scaleratio=1, constrain="domain"))
     return fig
 
-
 def _bar_values(values: Any, fused: Optional[float], prefix: str = "chart") -> Tuple[List[str], List[float]]:
     if isinstance(values, Mapping):
         names, vals = [str(k) for k in values], [float(v) for v in values.values()]
@@ -376,10 +264,8 @@ def _bar_values(values: Any, fused: Optional[float], prefix: str = "chart") -> T
         names, vals = ["fused"] + names, [float(fused)] + vals
     return names, vals
 
-
 def _bar_colors(names: Sequence[str]) -> List[str]:
     return ["#444444" if n == "fused" else "#1f77b4" for n in names]
-
 
 def evidence_bars(values: Any, fused: Optional[float] = None, chance: Optional[float] = None,
                   title: str = "share of attention on the evidence", height: int = 320) -> "go.Figure":
@@ -390,7 +276,7 @@ def evidence_bars(values: Any, fused: Optional[float] = None, chance: Optional[f
     Traces: "evidence" (bars); "chance" when given (also a dashed line across the whole plot). The y axis is
     fixed to [0, 1].
     """
-    go = _go()
+    go = plotly_go()
     names, vals = _bar_values(values, fused)
     fig = go.Figure(go.Bar(x=names, y=vals, name="evidence", marker_color=_bar_colors(names),
                            hovertemplate="%{x}: %{y:.3f}<extra></extra>"))
@@ -404,14 +290,13 @@ def evidence_bars(values: Any, fused: Optional[float] = None, chance: Optional[f
                       xaxis=dict(title=dict(text="attention"), type="category"), showlegend=chance is not None)
     return fig
 
-
 def entropy_bars(values: Any, fused: Optional[float] = None, max_entropy: Optional[float] = None,
                  title: str = "attention entropy", height: int = 320) -> "go.Figure":
     """Bars of attention entropy (nats) per chart (and fused); max_entropy (log N) as a dashed line.
 
     Traces: "entropy" (bars); "uniform" when max_entropy is given.
     """
-    go = _go()
+    go = plotly_go()
     names, vals = _bar_values(values, fused)
     fig = go.Figure(go.Bar(x=names, y=vals, name="entropy", marker_color=_bar_colors(names),
                            hovertemplate="%{x}: %{y:.3f} nats<extra></extra>"))
@@ -424,11 +309,9 @@ def entropy_bars(values: Any, fused: Optional[float] = None, max_entropy: Option
                       showlegend=max_entropy is not None)
     return fig
 
-
 # --------------------------------------------------------------------------- training and cost
 def _is_number_list(v: Any) -> bool:
     return isinstance(v, (list, tuple, np.ndarray)) and all(isinstance(x, (int, float, np.number)) for x in v)
-
 
 def _runs(records: Any) -> Dict[str, List[dict]]:
     """Normalise to {run name: [per-epoch dict, ...]}."""
@@ -448,7 +331,6 @@ def _runs(records: Any) -> Dict[str, List[dict]]:
     raise ValueError("records: expected a list of per-epoch dicts, a {metric: [values]} dict, or a dict "
                      "run name -> either of those")
 
-
 def training_curves(records: Any, title: str = "training curves", height: int = 360) -> "go.Figure":
     """Loss (left) and accuracy (right) per epoch, for one run or several.
 
@@ -459,7 +341,7 @@ def training_curves(records: Any, title: str = "training curves", height: int = 
     present, else 1, 2, .... Trace names are "<run> <metric>" (just "<metric>" for one unnamed run). The
     legend sits below the plot in rows (it never scrolls); the figure grows to hold it.
     """
-    go = _go()
+    go = plotly_go()
     from plotly.subplots import make_subplots
 
     runs = _runs(records)
@@ -491,14 +373,13 @@ def training_curves(records: Any, title: str = "training curves", height: int = 
                       legend=dict(orientation="h", yanchor="top", y=-0.18 * 360 / height, xanchor="left", x=0.0))
     return fig
 
-
 def chart_stat_bars(values: Mapping[str, Sequence[float]], ylabel: str, title: str = "",
                     height: int = 340) -> "go.Figure":
     """Grouped bars of one statistic per chart, one group per model: {model: [fused, chart 1, ..., chart H]}.
 
     Traces: one bar trace per model, x = "fused", "chart 1", ... (models may have different chart counts).
     """
-    go = _go()
+    go = plotly_go()
     fig = go.Figure()
     for i, (name, vals) in enumerate(values.items()):
         names, ys = _bar_values(list(vals)[1:], fused=list(vals)[0])
@@ -510,7 +391,6 @@ def chart_stat_bars(values: Mapping[str, Sequence[float]], ylabel: str, title: s
                       legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0))
     return fig
 
-
 def accuracy_vs_charts(accuracies: Mapping, baseline: Optional[float] = None, current: Optional[int] = None,
                        title: str = "accuracy against the number of charts", height: int = 340) -> "go.Figure":
     """Accuracy against chart count (log2 x axis), one line per variant.
@@ -518,7 +398,7 @@ def accuracy_vs_charts(accuracies: Mapping, baseline: Optional[float] = None, cu
     accuracies: {charts: accuracy} (one line "accuracy") or {variant: {charts: accuracy}}.
     baseline: the baseline's accuracy, a dashed line "baseline". current: a chart count to mark ("current").
     """
-    go = _go()
+    go = plotly_go()
     if accuracies and all(isinstance(v, Mapping) for v in accuracies.values()):
         lines = {str(k): dict(v) for k, v in accuracies.items()}
     else:
@@ -547,7 +427,6 @@ def accuracy_vs_charts(accuracies: Mapping, baseline: Optional[float] = None, cu
                       yaxis=dict(title=dict(text="accuracy")))
     return fig
 
-
 def _fmt(v: Any) -> str:
     if v is None:
         return ""
@@ -559,11 +438,10 @@ def _fmt(v: Any) -> str:
         return f"{float(v):.3g}" if abs(float(v)) < 1e-2 and v != 0 else f"{float(v):,.2f}"
     return str(v)
 
-
 def cost_table_figure(rows: Sequence[Mapping], columns: Optional[Sequence[str]] = None,
                       title: str = "cost", height: Optional[int] = None) -> "go.Figure":
     """A `go.Table` of rows (dicts); columns in first-appearance order unless given. Floats get 2 decimals."""
-    go = _go()
+    go = plotly_go()
     rows = [dict(r) for r in rows]
     if columns is None:
         columns = []
@@ -575,71 +453,4 @@ def cost_table_figure(rows: Sequence[Mapping], columns: Optional[Sequence[str]] 
                              cells=dict(values=cells, align=["left"] + ["right"] * (len(columns) - 1))))
     fig.update_layout(title=dict(text=title), height=height or 120 + 28 * len(rows),
                       margin=dict(l=10, r=10, t=50, b=10))
-    return fig
-
-
-# --------------------------------------------------------------------------- the key atlas
-ATLAS_QUERY_TRACE, ATLAS_CURRENT_TRACE = "queries", "current query"
-_ATLAS_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-                 "#bcbd22", "#17becf")
-
-
-def _token_names(rec: Any, num_tokens: int) -> List[str]:
-    """'cls' / 'prefix k' for the prefix tokens, 'patch (r, c)' for the patches of a recorded ViT."""
-    grid = patch_grid(rec.model, rec.image_size)
-    p = grid.num_prefix_tokens
-    names = ["cls" if i == 0 and p else f"prefix {i}" for i in range(p)]
-    return names + ["patch (%d, %d)" % query_position(i, grid.grid_size, p) for i in range(p, num_tokens)]
-
-
-def key_atlas(rec: Any, layer: str, head: Optional[int] = None, image: int = 0, method: str = "pca",
-              query: Optional[int] = None, height: int = 520) -> "go.Figure":
-    """Queries and every chart's keys of one image of a recording, in ONE 2-D projection (AttentionViz-style).
-
-    rec: an `AttentionRecording` (lazy or full, charts=True) of a manifold-key ViT / DeiT; layer: a recorded
-    layer; head: one head's d channels, or None for all heads' channels side by side; image: batch index;
-    method: "pca" (default) or "umap" (`mkviz.metrics.project_2d`); query: token index to mark.
-
-    The points: the N queries q_i (after q_norm, times the logit scale) and, for each chart c, the N chart keys
-    K_c,j (the channels of the head), projected together so that a query near a chart's key is one that
-    chart makes it attend to (q·k is what the softmax sees; the projection keeps the largest directions of
-    both). Traces, in order: "queries", "chart 1 keys" … "chart H keys", "current query" (the marked
-    query); each point's `customdata` is its token index and its hover names the patch ("cls", "patch (r, c)").
-    """
-    import torch
-
-    go = _go()
-    q = rec.queries[layer][image].float()  # (heads, N, d)
-    keys = rec.chart_keys_for(layer)[image].float()  # (H, N, C)
-    heads, N, d = q.shape
-    module = rec.model.get_submodule(layer)
-    if head is None:
-        qs = q.transpose(0, 1).reshape(N, heads * d)  # (N, heads·d), heads side by side like the keys
-    else:
-        if not 0 <= head < heads:
-            raise ValueError(f"head: expected None or an int in [0, {heads}); got {head!r}")
-        qs, keys = q[head], keys[..., head * d:(head + 1) * d]  # (N, d), (H, N, d)
-    H = keys.shape[0]
-    qs = qs * float(module.scale)
-    coords = project_2d(torch.cat([qs, keys.reshape(H * N, -1)]), method)  # ((1 + H)·N, 2)
-    names = _token_names(rec, N)
-    fig = go.Figure()
-    hover = "%{text}<extra>%{fullData.name}</extra>"
-    fig.add_trace(go.Scatter(x=coords[:N, 0].tolist(), y=coords[:N, 1].tolist(), mode="markers",
-                             name=ATLAS_QUERY_TRACE, text=names, customdata=list(range(N)), hovertemplate=hover,
-                             marker=dict(symbol="circle", size=9, color="#222222", line=dict(width=1, color="white"))))
-    for c in range(H):
-        xy = coords[N * (c + 1):N * (c + 2)]
-        fig.add_trace(go.Scatter(x=xy[:, 0].tolist(), y=xy[:, 1].tolist(), mode="markers", name=f"chart {c + 1} keys",
-                                 text=names, customdata=list(range(N)), hovertemplate=hover,
-                                 marker=dict(symbol="diamond", size=7, opacity=0.75,
-                                             color=_ATLAS_COLORS[c % len(_ATLAS_COLORS)])))
-    mark = [] if query is None else [int(query)]
-    fig.add_trace(go.Scatter(x=[float(coords[i, 0]) for i in mark], y=[float(coords[i, 1]) for i in mark], mode="markers",
-                             name=ATLAS_CURRENT_TRACE, hoverinfo="skip", customdata=mark,
-                             marker=dict(symbol="circle-open", size=20, color="#d62728", line=dict(width=3))))
-    fig.update_layout(title=f"key atlas: queries and chart keys, {layer}, head {'mean' if head is None else head} "
-                            f"({method.upper()})", height=height, xaxis_title="axis 1", yaxis_title="axis 2",
-                      margin=dict(l=50, r=10, t=50, b=40), legend=dict(itemsizing="constant"),
-                      meta={"layer": layer, "head": head, "tokens": N, "charts": H})
     return fig
