@@ -87,8 +87,10 @@ def test_patch_vectors_use_the_models_grid_and_bad_inputs_are_named():
         p = model(x).softmax(-1).amax(1)
     torch.testing.assert_close(a["deletion"][:, 0], p)  # nothing deleted yet: the model's own confidence
     torch.testing.assert_close(a["insertion"][:, -1], p)  # everything inserted: the image again
-    with pytest.raises(ValueError, match="saliency: expected 16 patches"):
+    with pytest.raises(ValueError, match=r"saliency: expected \(2, 4, 4\) or \(2, 16\) .* 4x4 patch grid; got \(2, 15\)"):
         deletion_insertion(model, x, flat[:, :15])
+    with pytest.raises(ValueError, match=r"saliency: expected \(2, 4, 4\) or \(2, 16\) .* got \(2, 5, 5\)"):
+        deletion_insertion(model, x, torch.rand(2, 5, 5))  # a 5x5 map for the 4x4 patch grid
     with pytest.raises(ValueError, match=r"steps: expected an int in \[1, 16\]"):
         deletion_insertion(model, x, flat, steps=17)
 

@@ -199,8 +199,7 @@ def _chart_pictures(report: Any, models: dict[str, LoadedModel], test: Any, indi
             with torch.no_grad(), record_attention(model, layers=[layer]) as rec:
                 model(pictures.image[i:i + 1])
             fused = rec.image_map(layer, (r, c))
-            charts = torch.stack([rec.image_map(layer, (r, c), chart=h)
-                                  for h in range(rec.chart_attention[layer].shape[1])])
+            charts = rec.chart_maps(layer, (r, c))
             report.add_figure(f"Test image {index}: '{label}', {name}, {layer}, query on {what}",
                               figures.chart_maps_figure(uint8[i], fused, charts, query=(r, c)),
                               note="Fused attention (left) and each chart's; the query patch is outlined; heads "

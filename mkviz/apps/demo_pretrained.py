@@ -69,7 +69,7 @@ def run_pretrained(name: str, data_root: str | None, out: Path, variant: str = "
     query = (grid[0] // 2, grid[1] // 2)
     for i in range(n):
         fused = rec.image_map(layer, query, batch_index=i)
-        charts = torch.stack([rec.image_map(layer, query, chart=h, batch_index=i) for h in range(num_charts)])
+        charts = rec.chart_maps(layer, query, batch_index=i)
         report.add_figure(f"Image {i}: {layer}, centre query", figures.chart_maps_figure(pictures[i], fused, charts,
                                                                                          query=query))
     report.add_figure(f"Chart similarity ({layer})",

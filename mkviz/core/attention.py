@@ -164,6 +164,12 @@ class ManifoldQKV(nn.Module):
         k = self.key(x).reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # (B, heads, N, d)
         return q, k, v
 
+    def project_out(self, out: torch.Tensor) -> torch.Tensor:
+        """The tail of every forward: output projection `proj` (then `proj_drop`) and context broadcasting (if
+        any). out: (B, N, A) -> (B, N, C)."""
+        out = self.proj_drop(self.proj(out))
+        return self.context_broadcast(out) if self.context_broadcast is not None else out
+
     def attend(
             self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             attn_bias: Optional[torch.Tensor], is_causal: bool = False,
@@ -286,10 +292,7 @@ class ManifoldAttention(ManifoldQKV):
         out = self.norm(out)
         if gate is not None:
             out = out * gate
-        out = self.proj_drop(self.proj(out))
-        if self.context_broadcast is not None:
-            out = self.context_broadcast(out)
-        return out
+        return self.project_out(out)
 
 
 class ManifoldWindowAttention(ManifoldQKV, WindowAttention):
@@ -340,10 +343,7 @@ class ManifoldWindowAttention(ManifoldQKV, WindowAttention):
         q, k, v = self.project_qkv(x)  # each (B·nW, heads, N, d)
         bias = window_bias(self._get_rel_pos_bias(), mask, B_)  # (B·nW or 1, heads, N, N)
         out = self.attend(x, q, k, v, bias)  # (B·nW, N, A)
-        out = self.proj_drop(self.proj(out))
-        if self.context_broadcast is not None:
-            out = self.context_broadcast(out)
-        return out
+        return self.project_out(out)
 
 
 def window_bias(bias: torch.Tensor, mask: Optional[torch.Tensor], batch_windows: int) -> torch.Tensor:

@@ -80,10 +80,7 @@ class ManifoldBeitAttention(ManifoldQKV, BeitAttention):
         if shared_rel_pos_bias is not None:
             bias = shared_rel_pos_bias if bias is None else bias + shared_rel_pos_bias
         out = self.attend(x, q, k, v, bias)  # (B, N, A)
-        out = self.proj_drop(self.proj(out))
-        if self.context_broadcast is not None:
-            out = self.context_broadcast(out)
-        return out
+        return self.project_out(out)
 
     @classmethod
     def from_timm(cls, old: BeitAttention, preserve: bool, perturbation: float,
@@ -181,10 +178,7 @@ class ManifoldWindowAttentionV2(ManifoldQKV, WindowAttentionV2):
         q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
         bias = window_bias(self.position_bias(), mask, B_)  # (B·nW or 1, heads, N, N)
         out = self.attend(x, q, k, v, bias)  # (B·nW, N, C)
-        out = self.proj_drop(self.proj(out))
-        if self.context_broadcast is not None:
-            out = self.context_broadcast(out)
-        return out
+        return self.project_out(out)
 
     @staticmethod
     def timm_projections(old: WindowAttentionV2) -> Tuple[Projection, Projection, Projection]:
@@ -265,10 +259,7 @@ class ManifoldRelPosAttention(ManifoldQKV):
         q, k = self.q_norm(q), self.k_norm(k)
         bias = self.rel_pos.get_bias() if self.rel_pos is not None else shared_rel_pos  # (1, heads, N, N) or None
         out = self.attend(x, q, k, v, bias)  # (B, N, A)
-        out = self.proj_drop(self.proj(out))
-        if self.context_broadcast is not None:
-            out = self.context_broadcast(out)
-        return out
+        return self.project_out(out)
 
     @staticmethod
     def timm_projections(old: RelPosAttention) -> Tuple[Projection, Projection, Projection]:

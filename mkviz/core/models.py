@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence, Union
 
 import timm
 import torch
@@ -22,7 +22,7 @@ from .checks import check_choice
 from .families import FAMILIES
 from .key import INITS, ManifoldKey, check_perturbation, resolve_variant
 
-__all__ = ["convert", "create_model", "fold", "manifold_modules", "unbalanced_atlas_loss"]
+__all__ = ["convert", "create_model", "fold", "manifold_modules", "unbalanced_atlas_loss", "class_logits"]
 
 
 SUPPORTED = ("timm.layers.Attention (ViT, DeiT, CLIP, DINOv2, ...), timm.models.swin_transformer.WindowAttention "
@@ -50,6 +50,12 @@ def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
 
 def _looks_like_attention(module: nn.Module) -> bool:
     return "attention" in type(module).__name__.lower() or hasattr(module, "qkv")
+
+
+def class_logits(output: Union[torch.Tensor, Sequence[torch.Tensor]]) -> torch.Tensor:
+    """A classifier's output as one (B, classes) tensor: a distilled DeiT in training mode returns its two heads'
+    logits, averaged here as the model averages them in eval mode."""
+    return sum(output) / len(output) if isinstance(output, (tuple, list)) else output
 
 
 def manifold_modules(model: nn.Module) -> Iterator[tuple[str, ManifoldQKV]]:

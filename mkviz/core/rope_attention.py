@@ -105,10 +105,7 @@ class ManifoldRopeAttention(ManifoldQKV):
         out = self.norm(out)
         if gate is not None:
             out = out * gate
-        out = self.proj_drop(self.proj(out))
-        if self.context_broadcast is not None:
-            out = self.context_broadcast(out)
-        return out
+        return self.project_out(out)
 
     @staticmethod
     def timm_projections(old: nn.Module) -> Tuple[Projection, Projection, Projection]:

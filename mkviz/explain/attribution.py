@@ -28,6 +28,7 @@ from typing import List, Optional, Union
 import torch
 from torch import nn
 
+from ..core.models import class_logits
 from ..core.switches import eager_attention, eval_mode, select_layers
 
 __all__ = ["integrated_gradients", "layer_integrated_gradients", "attention_attribution", "attention_replaced"]
@@ -37,10 +38,7 @@ Target = Union[None, int, torch.Tensor, List[int]]
 
 def _forward(model: nn.Module):
     def forward(images, *args):
-        out = model(images)
-        if isinstance(out, (tuple, list)):  # e.g. a distilled DeiT in train mode: average its heads
-            out = sum(out) / len(out)
-        return out
+        return class_logits(model(images))
     return forward
 
 

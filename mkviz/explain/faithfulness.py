@@ -41,6 +41,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..core.models import class_logits
 from ..core.switches import eval_mode
 from .attribution import layer_integrated_gradients
 from .maps import patch_grid
@@ -48,10 +49,11 @@ from .metrics import attention_rollout
 from .record import record_attention
 from .relevance import class_relevance, output_row, resolve_target
 
-__all__ = ["deletion_insertion", "patch_order", "baseline_images", "BASELINES", "saliency_maps", "compare_saliency",
-           "faithfulness_table"]
+__all__ = ["deletion_insertion", "perturbation_curves", "saliency_grid", "patch_order", "baseline_images", "BASELINES",
+           "saliency_maps", "compare_saliency", "faithfulness_table"]
 
 BASELINES = ("mean", "blur")
+BATCH_SIZE = 256  # perturbed images per forward
 Baseline = Union[str, float, torch.Tensor]
 
 
@@ -74,17 +76,22 @@ def baseline_images(images: torch.Tensor, baseline: Baseline, patch: Tuple[int, 
                      f"or {tuple(images.shape[1:])}; got {baseline!r}")
 
 
-def _saliency_grid(model: nn.Module, images: torch.Tensor, saliency: torch.Tensor) -> torch.Tensor:
-    """The saliency on a patch grid (B, gh, gw): (B, gh, gw) as is, (B, P) laid on the model's patch grid."""
-    if not isinstance(saliency, torch.Tensor) or saliency.shape[0] != images.shape[0] or saliency.dim() not in (2, 3):
-        raise ValueError(f"saliency: expected (B, gh, gw) or (B, P) with B = {images.shape[0]}; got "
-                         f"{tuple(getattr(saliency, 'shape', ()))}")
-    if saliency.dim() == 3:
-        return saliency.detach().float()
-    gh, gw = patch_grid(model, tuple(images.shape[-2:])).grid_size
-    if saliency.shape[1] != gh * gw:
-        raise ValueError(f"saliency: expected {gh * gw} patches for the model's {gh}x{gw} grid; got {saliency.shape[1]}")
-    return saliency.detach().float().reshape(-1, gh, gw)
+def saliency_grid(saliency: torch.Tensor, images: torch.Tensor, grid: Optional[Tuple[int, int]]) -> torch.Tensor:
+    """The saliency as (B, gh, gw): on the model's patch grid `grid`, from (B, gh, gw) or (B, P) with P = gh·gw;
+    for a model without a patch grid (grid None), a (B, gh, gw) map whose grid divides the image. Anything else
+    is a ValueError naming `saliency` and the expected shape."""
+    B, size = images.shape[0], tuple(images.shape[-2:])
+    shape = tuple(getattr(saliency, "shape", ()))
+    if grid is not None:
+        gh, gw = grid
+        ok = shape in ((B, gh, gw), (B, gh * gw))
+        expected = f"({B}, {gh}, {gw}) or ({B}, {gh * gw}) for {B} images on the model's {gh}x{gw} patch grid"
+    else:
+        ok = len(shape) == 3 and shape[0] == B and size[0] % shape[1] == 0 and size[1] % shape[2] == 0
+        expected = f"({B}, gh, gw) with a grid that divides the {size[0]}x{size[1]} image"
+    if not isinstance(saliency, torch.Tensor) or not ok:
+        raise ValueError(f"saliency: expected {expected}; got {shape if shape else type(saliency).__name__}")
+    return saliency.detach().float().reshape(B, *(grid or shape[1:]))
 
 
 def patch_order(saliency: torch.Tensor) -> torch.Tensor:
@@ -107,22 +114,21 @@ def _probabilities(model: nn.Module, batch: torch.Tensor, target: torch.Tensor, 
     """Softmax probability of target[i] for batch[i]: (n, C, H, W) -> (n,)."""
     out = []
     for start in range(0, batch.shape[0], chunk):
-        logits = model(batch[start:start + chunk])
-        if isinstance(logits, (tuple, list)):
-            logits = sum(logits) / len(logits)
+        logits = class_logits(model(batch[start:start + chunk]))
         out.append(logits.float().softmax(-1).gather(1, target[start:start + chunk, None])[:, 0])
     return torch.cat(out)
 
 
 def deletion_insertion(model: nn.Module, images: torch.Tensor, saliency: torch.Tensor,
                        target: Union[None, int, Sequence[int], torch.Tensor] = None, steps: Optional[int] = None,
-                       baseline: Baseline = "mean", batch_size: int = 256) -> Dict[str, torch.Tensor]:
+                       baseline: Baseline = "mean", batch_size: int = BATCH_SIZE) -> Dict[str, torch.Tensor]:
     """Deletion and insertion curves of a patch saliency map (module docstring).
 
     Args:
         model: any classifier of `images` (eval mode while it runs; restored).
         images: (B, C, H, W) model inputs.
-        saliency: (B, gh, gw) on any patch grid that divides the image, or (B, P) on the model's patch grid.
+        saliency: (B, gh, gw) or (B, P) on the model's patch grid (gh, gw), P = gh·gw; for a model without
+            a patch grid, (B, gh, gw) on a grid that divides the image.
         target: None (arg-max on the original image), a class, or one class per image.
         steps: points along each curve after the first (default: every patch, one at a time).
         baseline: "mean", "blur", a number or a tensor (module docstring).
@@ -134,7 +140,17 @@ def deletion_insertion(model: nn.Module, images: torch.Tensor, saliency: torch.T
     """
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
         raise ValueError(f"images: expected a (B, C, H, W) tensor; got {getattr(images, 'shape', type(images))}")
-    grid_map = _saliency_grid(model, images, saliency)
+    grid = patch_grid(model, tuple(images.shape[-2:])).grid_size if hasattr(model, "patch_embed") else None
+    grid_map = saliency_grid(saliency, images, grid)
+    with eval_mode(model), torch.no_grad():
+        t = resolve_target(class_logits(model(images)), target)
+        return perturbation_curves(model, images, grid_map, t, steps, baseline, batch_size)
+
+
+def perturbation_curves(model: nn.Module, images: torch.Tensor, grid_map: torch.Tensor, target: torch.Tensor,
+                        steps: Optional[int], baseline: Baseline, batch_size: int) -> Dict[str, torch.Tensor]:
+    """`deletion_insertion` for a model already in eval mode, a saliency map already on its patch grid
+    (B, gh, gw) and resolved targets (B,): the part of the work that differs from map to map."""
     B, gh, gw = grid_map.shape
     P, size = gh * gw, tuple(images.shape[-2:])
     steps = P if steps is None else steps
@@ -145,21 +161,18 @@ def deletion_insertion(model: nn.Module, images: torch.Tensor, saliency: torch.T
     counts = [round(P * s / steps) for s in range(steps + 1)]
     order = patch_order(grid_map)
     base = baseline_images(images, baseline, (size[0] // gh, size[1] // gw))
-    with eval_mode(model), torch.no_grad():
-        logits = model(images)
-        t = resolve_target(sum(logits) / len(logits) if isinstance(logits, (tuple, list)) else logits, target)
-        curves = {"deletion": [], "insertion": []}
-        for i in range(B):  # one image's S + 1 steps at a time: memory (S + 1) images, not B (S + 1)
-            masks = _step_masks(order[i:i + 1].to(images.device), (gh, gw), counts, size)[0]  # (S + 1, 1, H, W)
-            x, b = images[i:i + 1], base[i:i + 1]
-            tt = t[i:i + 1].expand(steps + 1)
-            curves["deletion"].append(_probabilities(model, x * (1 - masks) + b * masks, tt, batch_size))
-            curves["insertion"].append(_probabilities(model, b * (1 - masks) + x * masks, tt, batch_size))
-        deletion, insertion = (torch.stack(curves[k]).cpu() for k in ("deletion", "insertion"))
+    curves = {"deletion": [], "insertion": []}
+    for i in range(B):  # one image's S + 1 steps at a time: memory (S + 1) images, not B (S + 1)
+        masks = _step_masks(order[i:i + 1].to(images.device), (gh, gw), counts, size)[0]  # (S + 1, 1, H, W)
+        x, b = images[i:i + 1], base[i:i + 1]
+        tt = target[i:i + 1].expand(steps + 1)
+        curves["deletion"].append(_probabilities(model, x * (1 - masks) + b * masks, tt, batch_size))
+        curves["insertion"].append(_probabilities(model, b * (1 - masks) + x * masks, tt, batch_size))
+    deletion, insertion = (torch.stack(curves[k]).cpu() for k in ("deletion", "insertion"))
     fractions = torch.tensor(counts, dtype=torch.float32) / P
     return dict(deletion=deletion, insertion=insertion, fractions=fractions,
                 deletion_auc=torch.trapezoid(deletion, fractions, dim=1),
-                insertion_auc=torch.trapezoid(insertion, fractions, dim=1), order=order.cpu(), target=t.cpu())
+                insertion_auc=torch.trapezoid(insertion, fractions, dim=1), order=order.cpu(), target=target.cpu())
 
 
 def _output_attention(model: nn.Module, attn: torch.Tensor) -> torch.Tensor:
@@ -174,9 +187,17 @@ def _output_attention(model: nn.Module, attn: torch.Tensor) -> torch.Tensor:
 def saliency_maps(model: nn.Module, images: torch.Tensor, target=None, ig_steps: int = 32,
                   seed: int = 0) -> Dict[str, torch.Tensor]:
     """Every ranking map of the module docstring for `images`: {name: (B, gh, gw)}, in a fixed order."""
+    with eval_mode(model):
+        return _saliency_maps(model, images, target, ig_steps, seed)[0]
+
+
+def _saliency_maps(model: nn.Module, images: torch.Tensor, target, ig_steps: int,
+                   seed: int) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
+    """`saliency_maps` for a model already in eval mode, and the resolved targets (B,): its recorded forward is
+    the clean forward the targets come from."""
     grid = patch_grid(model, tuple(images.shape[-2:])).grid_size
-    with eval_mode(model), torch.no_grad(), record_attention(model, charts=True) as rec:
-        t = resolve_target(model(images), target)
+    with torch.no_grad(), record_attention(model, charts=True) as rec:
+        t = resolve_target(class_logits(model(images)), target)
     last = rec.layers[-1]
     if last in rec.layout:
         raise ValueError("saliency_maps: the attention rows need a ViT / DeiT (Swin's windows have no output row)")
@@ -189,18 +210,20 @@ def saliency_maps(model: nn.Module, images: torch.Tensor, target=None, ig_steps:
     maps["ig"] = layer_integrated_gradients(model, images, t, n_steps=ig_steps).detach().flatten(1)
     g = torch.Generator().manual_seed(seed)
     maps["random"] = torch.rand(images.shape[0], grid[0] * grid[1], generator=g)
-    return {k: v.detach().float().cpu().reshape(-1, *grid) for k, v in maps.items()}
+    return {k: v.detach().float().cpu().reshape(-1, *grid) for k, v in maps.items()}, t
 
 
 def compare_saliency(model: nn.Module, images: torch.Tensor, target=None, steps: Optional[int] = None,
                      baseline: Baseline = "mean", ig_steps: int = 32, seed: int = 0) -> Dict[str, Dict[str, torch.Tensor]]:
-    """`deletion_insertion` of every map of `saliency_maps`, all for the same target: {name: result dict}."""
-    with eval_mode(model), torch.no_grad():
-        logits = model(images)
-    t = resolve_target(sum(logits) / len(logits) if isinstance(logits, (tuple, list)) else logits, target)
-    maps = saliency_maps(model, images, t, ig_steps=ig_steps, seed=seed)
-    return {name: deletion_insertion(model, images, m.to(images.device), t, steps=steps, baseline=baseline)
-            for name, m in maps.items()}
+    """`deletion_insertion` of every map of `saliency_maps`, all for the same target: {name: result dict}.
+
+    The shared work is done once: eval mode, the patch grid, the clean forward (recorded: the attention maps
+    and the target come from it); each map then costs only its perturbed forwards."""
+    with eval_mode(model):
+        maps, t = _saliency_maps(model, images, target, ig_steps, seed)
+        with torch.no_grad():
+            return {name: perturbation_curves(model, images, m.to(images.device), t, steps, baseline, BATCH_SIZE)
+                    for name, m in maps.items()}
 
 
 def faithfulness_table(results: Dict[str, Dict[str, torch.Tensor]]) -> list:

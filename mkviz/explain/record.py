@@ -473,6 +473,13 @@ class AttentionRecording:
         return vit_attention_to_image(a, grid.grid_size, grid.num_prefix_tokens, image_size,
                                       mode=mode or "bilinear")
 
+    def chart_maps(self, name: str, query: Union[int, Tuple[int, int]], image_size=None, head: Optional[int] = None,
+                   batch_index: int = 0, mode: Optional[str] = None) -> torch.Tensor:
+        """Every chart's `image_map` of one query, stacked: (H, gh, gw) / (H, H_img, W_img) with image_size."""
+        H = self.model.get_submodule(name).key.num_charts
+        return torch.stack([self.image_map(name, query, image_size, chart=c, head=head, batch_index=batch_index,
+                                           mode=mode) for c in range(H)])
+
     def chart_similarity(self, name: str, kind: str = "cosine", **kwargs) -> torch.Tensor:
         """`mkviz.metrics.chart_similarity` of a layer's recorded charts: (H, H)."""
         if kind == "js":

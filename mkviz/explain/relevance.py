@@ -42,6 +42,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..core.models import class_logits
 from ..core.switches import eval_mode
 from .maps import patch_grid, upsample_map
 from .record import record_attention
@@ -66,13 +67,6 @@ def resolve_target(logits: torch.Tensor, target: Target) -> torch.Tensor:
     if t.min() < 0 or t.max() >= num_classes:
         raise ValueError(f"target: classes must lie in [0, {num_classes}); got {t.tolist()}")
     return t
-
-
-def _logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    out = model(images)
-    if isinstance(out, (tuple, list)):  # a distilled DeiT in training mode: its two heads, averaged
-        out = sum(out) / len(out)
-    return out
 
 
 def output_row(model: nn.Module, num_tokens: int, batch: int, ref: torch.Tensor) -> torch.Tensor:
@@ -172,7 +166,7 @@ def class_relevance(model: nn.Module, images: torch.Tensor, target: Target = Non
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
         raise ValueError(f"images: expected a (B, C, H, W) tensor; got {getattr(images, 'shape', type(images))}")
     with eval_mode(model), torch.enable_grad(), record_attention(model, charts=charts, detach=False) as rec:
-        logits = _logits(model, images)
+        logits = class_logits(model(images))
     if logits.dim() != 2:
         raise ValueError(f"class_relevance needs class logits (B, classes); the model returned {tuple(logits.shape)}")
     names = [n for n in rec.layers if n in rec.attention]

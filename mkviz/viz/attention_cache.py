@@ -118,7 +118,7 @@ class AttentionCache:
                 return frow[p:].reshape(gh, gw), crow[:, p:].reshape(-1, gh, gw), frow, crow
             q = (int(query[0]), int(query[1]))
             fused = rec.image_map(layer, q, head=head)
-            charts = torch.stack([rec.image_map(layer, q, chart=c, head=head) for c in range(self.num_charts)])
+            charts = rec.chart_maps(layer, q, head=head)
         return fused, charts, fused.reshape(-1), charts.flatten(1)
 
     def similarity(self, i: int, layer: str, head: Head, kind: str) -> torch.Tensor:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any, List, Optional
 
+import torch
+
 from ..explain.maps import patch_grid, query_position
 from ..explain.metrics import project_2d
 from .figure_base import plotly_go
@@ -39,8 +41,9 @@ def key_atlas(rec: Any, layer: str, head: Optional[int] = None, image: int = 0, 
     both). Traces, in order: "queries", "chart 1 keys" … "chart H keys", "current query" (the marked
     query); each point's `customdata` is its token index and its hover names the patch ("cls", "patch (r, c)").
     """
-    import torch
-
+    if not isinstance(layer, str) or layer not in rec.queries:
+        raise ValueError(f"layer: expected the name of a recorded layer, one of {list(rec.queries) or rec.layers}; "
+                         f"got {layer!r}")
     go = plotly_go()
     q = rec.queries[layer][image].float()  # (heads, N, d)
     keys = rec.chart_keys_for(layer)[image].float()  # (H, N, C)
