@@ -10,7 +10,9 @@ Two attention paths, side by side as in timm:
     fused: `F.scaled_dot_product_attention` (no N×N matrix is materialised);
     eager: softmax(q kᵀ·scale + bias), then `attn_drop`, then @ v — timm's `AttentionExtract`
            (module names "*attn_drop") and captum layer hooks find the attention there.
-The eager path runs when `fused_attn` is False or a recorder is attached (`mkviz.record_attention`).
+The eager path runs when `fused_attn` is False or a recorder is attached (`mkviz.record_attention`);
+`ManifoldAttention.forward` shows both paths and the recording hooks in place, `attend` is that branch for the
+other classes.
 """
 from __future__ import annotations
 
@@ -170,36 +172,43 @@ class ManifoldQKV(nn.Module):
         out = self.proj_drop(self.proj(out))
         return self.context_broadcast(out) if self.context_broadcast is not None else out
 
+    def fused_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_bias: Optional[torch.Tensor],
+                        is_causal: bool = False) -> torch.Tensor:
+        """The fused path: `F.scaled_dot_product_attention`, no N×N matrix formed. q, k, v (B, heads, N, d), attn_bias
+        additive, broadcastable to (B, heads, N, N), or None -> (B, heads, N, d). `self.scale` is a float, or a
+        tensor broadcastable to q (Swin V2's learned per-head logit scale (heads, 1, 1))."""
+        extra = {}
+        if isinstance(self.scale, torch.Tensor):  # a per-head scale goes into the queries
+            q, extra = q * self.scale, {"scale": 1.0}
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias,
+                                              dropout_p=self.attn_drop.p if self.training else 0.,
+                                              is_causal=is_causal and attn_bias is None, **extra)
+
+    def attention_matrix(self, q: torch.Tensor, k: torch.Tensor, attn_bias: Optional[torch.Tensor],
+                         is_causal: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The eager path's matrix softmax(q·kᵀ·scale + bias): (B, heads, N, N), and the additive bias it used
+        (the causal mask when is_causal)."""
+        logits = (q * self.scale) @ k.transpose(-2, -1)  # (B, heads, N, N)
+        if is_causal:
+            attn_bias = resolve_self_attn_mask(q.shape[2], logits, None, True)
+        return maybe_add_mask(logits, attn_bias).softmax(dim=-1), attn_bias
+
     def attend(
             self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             attn_bias: Optional[torch.Tensor], is_causal: bool = False,
     ) -> torch.Tensor:
-        """Attention core. q, k, v: (B, heads, N, d); attn_bias additive, broadcastable to
-        (B, heads, N, N). Returns (B, N, heads·d). `self.scale` is a float, or a tensor broadcastable to q
-        (Swin V2's learned per-head logit scale (heads, 1, 1))."""
+        """The two paths of `ManifoldAttention.forward`, for the other attention classes (Swin and the families):
+        q, k, v (B, heads, N, d), attn_bias additive, broadcastable to (B, heads, N, N) -> (B, N, heads·d)."""
         B, _, N, _ = q.shape
-        qk_recorder = getattr(self, "qk_recorder", None)
-        if qk_recorder is not None:  # a lazy recording keeps q and k; the fused path stays on
-            qk_recorder(self, x, q, k, attn_bias)
+        if self.qk_recorder is not None:  # record_attention(lazy=True): q and k; the fused path stays on
+            self.qk_recorder(self, x, q, k, attn_bias)
         if self.fused_attn and self.recorder is None:
-            extra = {}
-            if isinstance(self.scale, torch.Tensor):  # a per-head scale goes into the queries
-                q, extra = q * self.scale, {"scale": 1.0}
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=attn_bias,
-                dropout_p=self.attn_drop.p if self.training else 0.,
-                is_causal=is_causal and attn_bias is None, **extra,
-            )
+            out = self.fused_attention(q, k, v, attn_bias, is_causal)
         else:
-            logits = (q * self.scale) @ k.transpose(-2, -1)  # (B, heads, N, N)
-            if is_causal:
-                attn_bias = resolve_self_attn_mask(N, logits, None, True)
-            logits = maybe_add_mask(logits, attn_bias)
-            attn = logits.softmax(dim=-1)
-            if self.recorder is not None:
+            attn, attn_bias = self.attention_matrix(q, k, attn_bias, is_causal)
+            if self.recorder is not None:  # record_attention: the input, the queries, the matrix and its bias
                 self.recorder(self, x, q, attn, attn_bias)
-            attn = self.attn_drop(attn)
-            out = attn @ v  # (B, heads, N, d)
+            out = self.attn_drop(attn) @ v  # hooks on attn_drop (timm's AttentionExtract, captum) see the matrix
         return out.transpose(1, 2).reshape(B, N, self.attn_dim)
 
 
@@ -288,8 +297,17 @@ class ManifoldAttention(ManifoldQKV):
         bias = None
         if attn_mask is not None and not is_causal:
             bias = resolve_self_attn_mask(N, q, attn_mask, False) if attn_mask.dtype == torch.bool else attn_mask
-        out = self.attend(x, q, k, v, bias, is_causal)  # (B, N, A)
-        out = self.norm(out)
+        # the two paths side by side, as in timm's Attention.forward (`attend` is this branch for the other classes)
+        if self.qk_recorder is not None:  # record_attention(lazy=True): q and k; the fused path stays on
+            self.qk_recorder(self, x, q, k, bias)
+        if self.fused_attn and self.recorder is None:
+            out = self.fused_attention(q, k, v, bias, is_causal)  # F.scaled_dot_product_attention: (B, heads, N, d)
+        else:
+            attn, bias = self.attention_matrix(q, k, bias, is_causal)  # softmax(q·kᵀ·scale + bias): (B, heads, N, N)
+            if self.recorder is not None:  # record_attention: the input, the queries, the matrix and its bias
+                self.recorder(self, x, q, attn, bias)
+            out = self.attn_drop(attn) @ v  # hooks on attn_drop (timm's AttentionExtract, captum) see the matrix
+        out = self.norm(out.transpose(1, 2).reshape(B, N, self.attn_dim))  # (B, N, A)
         if gate is not None:
             out = out * gate
         return self.project_out(out)
