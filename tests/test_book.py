@@ -1,4 +1,4 @@
-"""The course site (`make book`, mkviz/book.py) in headless chromium, opened from file:// with the network cut.
+"""The course site (`make book`, mkviz/course/book.py) in headless chromium, opened from file:// with the network cut.
 
 Every page loads without a page error or a failed request, and requests nothing but local files (MathJax,
 plotly.js and the theme's assets are bundled); every notebook page shows at least one drawn plotly figure;

@@ -88,7 +88,7 @@ class ManifoldQKV(nn.Module):
     def logit_keys(self, chart_keys: torch.Tensor) -> torch.Tensor:
         """Chart keys (B, H, N, heads·d) as they enter the logits, (B, H, N, heads, d): split into heads and
         passed through `k_norm` (if any), exactly what the forward does to the fused key. Families with more
-        on the key path (rotary embedding, cosine attention: `mkviz/families.py`) override it."""
+        on the key path (rotary embedding, cosine attention: `mkviz/core/families.py`) override it."""
         k = chart_keys.unflatten(-1, (self.num_heads, self.head_dim))  # (B, H, N, heads, d)
         k_norm = getattr(self, "k_norm", None)
         return k_norm(k) if k_norm is not None else k

@@ -336,7 +336,7 @@ class ManifoldKey(nn.Module):
     #     per-chart gradients.
     #   * products of parameters alone run with autocast off, in the parameters' dtype (_parameter_space);
     #   * everything is formed from the current parameters on every call: nothing is cached here (the one
-    #     cache, of the fused qkv without autograd, is ManifoldQKV.qkv_linear's in mkviz/attention.py).
+    #     cache, of the fused qkv without autograd, is ManifoldQKV.qkv_linear's in mkviz/core/attention.py).
     # When it applies: impl == "fast" (the default; "reference" or mkviz.key_impl(model, "reference")
     # switches it off). forward then asks plan(B·N) for the order:
     #   "weight"  linear variant, kernel_size 1: the whole key path is one (C, C_in) matrix (effective_linear),

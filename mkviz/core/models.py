@@ -29,7 +29,7 @@ SUPPORTED = ("timm.layers.Attention (ViT, DeiT, CLIP, DINOv2, ...), timm.models.
              "(Swin), timm.models.beit.Attention (BEiT), timm.models.eva.EvaAttention and timm.layers.AttentionRope "
              "(EVA-02, RoPE ViTs), timm.models.swin_transformer_v2.WindowAttention (Swin V2) and "
              "timm.models.vision_transformer_relpos.RelPosAttention (ViT with relative position); Hugging Face "
-             "transformers ViT, DeiT, Swin and DINOv2 attention (mkviz/hf.py)")
+             "transformers ViT, DeiT, Swin and DINOv2 attention (mkviz/core/hf.py)")
 
 # attention classes refused on purpose, with the reason (README's support table repeats them)
 REFUSALS = {
@@ -168,8 +168,8 @@ def convert(
         seed: Optional[int] = 0,
 ) -> nn.Module:
     """Replace every timm attention of a supported family by a manifold-key module: ViT/DeiT `Attention`, Swin
-    `WindowAttention`, and (`mkviz/families.py`) BEiT, EVA / RoPE, Swin V2 and RelPos ViT attention; in Hugging
-    Face ViT, DeiT, Swin and DINOv2 models, the `k_proj` of every attention (`mkviz/hf.py`, `docs/design.md` §11.6).
+    `WindowAttention`, and (`mkviz/core/families.py`) BEiT, EVA / RoPE, Swin V2 and RelPos ViT attention; in Hugging
+    Face ViT, DeiT, Swin and DINOv2 models, the `k_proj` of every attention (`mkviz/core/hf.py`, `docs/design.md` §11.6).
 
     With init="preserve" (default) the converted model computes exactly what `model` computed
     (q, v, proj and the key copied; s_c = 1, φ_c = I + δ_c with Σ_c δ_c = 0 and relative size
@@ -201,7 +201,7 @@ def convert(
             new = _convert_vit_attention(module, init == "preserve", perturbation, generator, **options)
         elif type(module) is WindowAttention:
             new = _convert_window_attention(module, init == "preserve", perturbation, generator, **options)
-        elif type(module) in FAMILIES:  # BEiT, EVA / RoPE, Swin V2, RelPos ViT (mkviz/families.py)
+        elif type(module) in FAMILIES:  # BEiT, EVA / RoPE, Swin V2, RelPos ViT (mkviz/core/families.py)
             new = FAMILIES[type(module)].from_timm(module, init == "preserve", perturbation, generator, **options)
         elif hf.is_hf_attention(module):  # Hugging Face ViT, DeiT, Swin, DINOv2: k_proj becomes the manifold key
             hf.convert_attention(path or "<model>", module, init == "preserve", perturbation, generator, **options)
@@ -287,7 +287,7 @@ def _fold_module(path: str, module: ManifoldQKV) -> nn.Module:
                else f"kernel_size={module.key.kernel_size} mixes neighbouring tokens")
         raise ValueError(f"fold(): {path} uses variant {module.key.variant!r} and cannot be folded into a "
                          f"plain linear key: {why}. Keep the unfolded model for inference.")
-    if hasattr(module, "to_timm"):  # the families of mkviz/families.py fold themselves
+    if hasattr(module, "to_timm"):  # the families of mkviz/core/families.py fold themselves
         try:
             return module.to_timm()
         except ValueError as err:
@@ -334,7 +334,7 @@ def fold(model: nn.Module, inplace: bool = False) -> nn.Module:
     timm attention whose `qkv` holds the effective key matrix: same outputs, baseline cost and size.
 
     Raises ValueError for KUA or kernel_size > 1 (not a single linear map), naming the layer.
-    Hugging Face models: every manifold `k_proj` becomes an `nn.Linear` again (`mkviz/hf.py`).
+    Hugging Face models: every manifold `k_proj` becomes an `nn.Linear` again (`mkviz/core/hf.py`).
     """
     if any(True for _ in hf.manifold_keys(model)):
         return hf.fold(model, inplace)

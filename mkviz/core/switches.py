@@ -33,7 +33,7 @@ def attention_layers(model: nn.Module) -> List[str]:
 
     Recordable: mkviz manifold-key attention (`ManifoldAttention`, `ManifoldWindowAttention`) and plain
     timm `Attention` (ViT, DeiT, folded models) and Swin `WindowAttention`; Hugging Face ViT, DeiT, Swin and
-    DINOv2 attention, plain or converted (`mkviz/hf.py`).
+    DINOv2 attention, plain or converted (`mkviz/core/hf.py`).
     """
     return [name for name, m in model.named_modules()
             if isinstance(m, ManifoldQKV) or is_plain_attention(m) or hf.is_hf_attention(m)]

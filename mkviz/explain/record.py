@@ -292,7 +292,7 @@ class AttentionRecording:
                 module.recorder = self._manifold_recorder(name, previous)
                 self._undo.append(lambda m=module, p=previous: setattr(m, "recorder", p))
                 continue
-            if hf.is_hf_attention(module):  # Hugging Face: any attn_implementation (mkviz/hf.py)
+            if hf.is_hf_attention(module):  # Hugging Face: any attn_implementation (mkviz/core/hf.py)
                 self._undo.append(hf.attach_recorder(module, lambda kind, t, name=name: self._store(kind, name, t),
                                                      self.charts, self.keep_bias, grad=not self.detach))
                 continue
