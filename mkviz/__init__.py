@@ -24,9 +24,12 @@ The layers, bottom to top; a module imports only from its own layer and the laye
     course    the notebooks' exercises, their grading, the course book
     apps      what the `mkviz` command runs: demo, bench, the shipped checkpoints, the command line itself
 
-Imports between mkviz modules sit at the top of each module. Only optional or heavy third-party packages
-(captum, plotly, ipywidgets, transformers, scipy, yaml, nbformat/nbclient, playwright) are imported inside the
-functions that need them: mkviz imports without them installed, and `mkviz --help` stays fast.
+Imports between mkviz modules sit at the top of each module, and so do torch, timm and the standard library.
+The one exception, made here once for all modules: optional or heavy third-party packages (captum, plotly,
+ipywidgets/IPython, scipy, scikit-learn, yaml, torchvision's datasets and transforms, Pillow, umap,
+transformers, nbformat/nbclient/jupytext, sphinx) are imported inside the functions that need them, so that
+`import mkviz` and `mkviz --help` stay fast and a missing optional package fails only the function that
+needs it.
 
 This file is the package's face: the public names above, loaded on first use (so that `mkviz --version`
 answers without loading torch), and the old flat module paths (`mkviz.figures`, `mkviz.train`, ...), each

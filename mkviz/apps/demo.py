@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import timm
 import torch
 from torch import nn
 
@@ -120,7 +121,6 @@ def evidence_shares(model: nn.Module, images: torch.Tensor, masks: torch.Tensor,
 def conversion_check(model_name: str = "vit_tiny_patch16_224", num_charts: int = 8, img_size: int = 64,
                      seed: int = 0) -> list[list[Any]]:
     """Max output change when converting a timm model (random weights) and folding it back, per variant."""
-    import timm
 
     torch.manual_seed(seed)
     base = timm.create_model(model_name, pretrained=False, img_size=img_size).eval()

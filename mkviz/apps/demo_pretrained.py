@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from timm.data import resolve_data_config
 
 from ..core.models import convert, create_model
 from ..data.registry import build_dataset
@@ -30,7 +31,6 @@ def _denormalize(images: torch.Tensor, mean, std) -> torch.Tensor:
 
 def run_pretrained(name: str, data_root: str | None, out: Path, variant: str = "vanillak", num_charts: int = 8,
                    num_images: int = 3) -> dict[str, Any]:
-    from timm.data import resolve_data_config
 
 
     if not data_root:

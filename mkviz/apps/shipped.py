@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 
 from ..training.checkpoint import shipped_checkpoints_dir
 from ..training.command import config_from_args
+from safetensors import safe_open
 
 __all__ = ["SHIPPED_DATASETS", "SHIPPED_NAMES", "MAIN_MODELS", "CHART_SWEEP", "NAMES", "train_args", "recipe", "checkpoint_dir",
            "main"]
@@ -102,7 +103,6 @@ def table(dataset: str, names: Sequence[str], export_root: Path) -> str:
             continue
         cfg = json.loads((d / "config.json").read_text())
         spec, m = cfg["model_spec"], cfg["metrics"]
-        from safetensors import safe_open
 
         with safe_open(str(d / "model.safetensors"), "pt") as f:
             params = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())

@@ -26,6 +26,7 @@ from ..core.key import ManifoldKey
 from ..explain.metrics import chart_cosine_similarity
 from ..explain.relevance import class_relevance
 from ..training.inputs import EpochBatchSampler
+import torch
 
 __all__ = ["EXERCISES", "CheckResult", "Exercise", "check", "results", "reset"]
 
@@ -115,7 +116,6 @@ def reset() -> None:
 # --------------------------------------------------------------------------- comparison helpers
 def _tensor_problem(answer: Any, expected: Any, what: str, atol: float = 1e-5, rtol: float = 1e-4) -> Optional[str]:
     """None if `answer` is a tensor of `expected`'s shape and values, else what differs."""
-    import torch
 
     if not isinstance(answer, torch.Tensor):
         return f"{what} should be a torch.Tensor, got {type(answer).__name__}."
@@ -168,7 +168,6 @@ def _vanillak_params(answer: Callable[[int, int], int], C: int, H: int) -> Optio
            "the charts are K_c = s_c ⊙ (x W_cᵀ + b_c) and K = mean_c K_c, so K = x W_effᵀ + b_eff with "
            "W_eff = mean_c diag(s_c) W_c and b_eff = mean_c s_c ⊙ b_c; chart_maps.weight (H·C, C, 1) -> (H, C, C).")
 def _spatialk_one_matmul(answer: Any, key: Any, x: Any) -> Optional[str]:
-    import torch
 
     with torch.no_grad():
         expected = key(x)                                         # (B, N, C)
@@ -179,7 +178,6 @@ def _spatialk_one_matmul(answer: Any, key: Any, x: Any) -> Optional[str]:
 @_exercise("02.zero-sum", "the zero-sum perturbation closest to δ",
            "subtract the mean over the chart dimension (dim 0): what is left sums to zero over the charts.")
 def _zero_sum(answer: Any, delta: Any) -> Optional[str]:
-    import torch
 
     if not isinstance(answer, torch.Tensor) or answer.shape != delta.shape:
         return _tensor_problem(answer, delta, "your δ'")          # says what is wrong with its type or shape
@@ -193,7 +191,6 @@ def _zero_sum(answer: Any, delta: Any) -> Optional[str]:
            "W_k' = mean_c φ_c diag(s_c) W_k and b_k' = mean_c (φ_c (s_c ⊙ b_k) + β_c), with φ_c = "
            "chart_maps.weight.view(H, C, C)[c] and β_c = chart_maps.bias.view(H, C)[c].")
 def _fold_by_hand(answer: Any, key: Any) -> Optional[str]:
-    import torch
 
     if not (isinstance(answer, (tuple, list)) and len(answer) == 2):
         return f"the answer should be a pair (W, b), got {type(answer).__name__}."
@@ -238,7 +235,6 @@ def _read_fused_map(answer: Any, fused: Any) -> Optional[str]:
            "(B, 1, H, N, C) gives (B, H, H, N)), mean over tokens and images, then the mean of the H·(H−1) "
            "off-diagonal entries.")
 def _chart_cosine(answer: Any, chart_keys: Any) -> Optional[str]:
-    import torch
 
 
     sim = chart_cosine_similarity(chart_keys)                     # (H, H)
@@ -303,7 +299,6 @@ def _identical_charts(answer: Any, model: Any, x: Any) -> Optional[str]:
            "sum (f[s+1] − f[s]) · (p[s] + p[s+1]) / 2 over the S steps: (fractions[1:] - fractions[:-1]) and "
            "(curve[1:] + curve[:-1]) / 2; the plain mean of the curve counts its two end points twice.")
 def _deletion_auc(answer: Any, curve: Any, fractions: Any) -> Optional[str]:
-    import torch
 
     expected = torch.trapezoid(curve.double(), fractions.double()).item()
     return _number_problem(answer, expected, "your area", tol=1e-5)

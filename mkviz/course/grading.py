@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
+import copy
 from ..core.checks import ArgumentParser
 
 __all__ = ["MARKER", "GradeReport", "exercise_cells", "grade", "main", "solutions_for", "with_solutions"]
@@ -47,7 +48,6 @@ def solutions_for(notebook: Path) -> Path:
 
 def with_solutions(nb: Any, solutions: Path) -> Any:
     """A copy of `nb` with every exercise cell replaced by its solution cell from the py:percent file."""
-    import copy
 
     import jupytext
 

@@ -9,6 +9,7 @@ import math
 import os
 from pathlib import Path
 from typing import Sequence
+import gzip
 
 import numpy as np
 import torch
@@ -41,7 +42,6 @@ _FASHION_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"
 
 def _read_idx(path: Path) -> np.ndarray:
     """An IDX file (gzipped or not) as a numpy array: magic 0x0000 0x08 ndim, then ndim big-endian sizes."""
-    import gzip
 
     with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
         raw = f.read()

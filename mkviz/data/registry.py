@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
+from timm.data import create_transform
+from timm.data import resolve_data_config
 
 from ..core.checks import check_choice
 from .common import (IMAGENET_MEAN, IMAGENET_STD, Sample, SPLITS, check_image_size, check_index, check_int,
@@ -49,7 +51,6 @@ class LabeledSubset(Dataset):
 def _image_transform(image_size: int, is_training: bool, normalize: bool, cfg: dict[str, Any] | None) -> Callable:
     """timm's transform for ``cfg`` (from a model) if given, else resize + crop (+ pad-crop/flip when training)."""
     if cfg is not None:
-        from timm.data import create_transform
 
         cfg = {**cfg, "input_size": (3, image_size, image_size)}
         return create_transform(**cfg, is_training=is_training, normalize=normalize)
@@ -184,7 +185,6 @@ def build_dataset(
     split = check_choice("split", split, SPLITS, ignore_case=True)
     cfg = None
     if model is not None:
-        from timm.data import resolve_data_config
 
         cfg = resolve_data_config({}, model=model)
         if image_size is None:

@@ -67,7 +67,7 @@ def integrated_gradients(model: nn.Module, images: torch.Tensor, target: Target,
     a number, or a tensor (B, 3, H, W) / (3, H, W). Returns attributions (B, 3, H, W) and, with
     return_convergence_delta, captum's per-image completeness error Σ attr − (F(x) − F(baseline)).
     """
-    from captum.attr import IntegratedGradients  # imported lazily: `import mkviz` stays light
+    from captum.attr import IntegratedGradients
     _check_images(images)
     base = _baseline(images, baseline)
     with eval_mode(model):

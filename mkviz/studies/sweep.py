@@ -34,6 +34,8 @@ from ..training.loop import evaluate, train
 from ..training.run_dir import changed_settings
 from . import sweep_report
 from .sweep_config import Run, expand_runs, load_sweep
+import torch
+from torch.utils.data import DataLoader
 
 __all__ = ["run_state", "run_sweep", "one_hot_test_accuracy", "make_parser", "main"]
 
@@ -71,14 +73,12 @@ def run_state(sweep: dict[str, Any], run: Run) -> str:
 
 
 def _worker_init(threads: int) -> None:
-    import torch
     torch.set_num_threads(threads)
 
 
 def _run_one(sweep: dict[str, Any], run: Run, state: str) -> dict[str, Any]:
     """Train (state "todo") or resume (state "partial", from `run_state`) one run and write its result JSON
     atomically; returns the record."""
-    import torch
 
 
 
@@ -113,7 +113,6 @@ def _run_one(sweep: dict[str, Any], run: Run, state: str) -> dict[str, Any]:
 
 def one_hot_test_accuracy(cfg: Any, model: Any) -> float:
     """Test accuracy of a trained KUA model when each token takes its most probable chart's key alone."""
-    from torch.utils.data import DataLoader
 
 
     test = build_datasets(cfg, model, ("test",))["test"]

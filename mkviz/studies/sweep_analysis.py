@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 from typing import Any, Optional
+import os
 
 import numpy as np
 
@@ -261,5 +262,4 @@ def specialisation_figure(sweep: dict[str, Any], records: list[dict[str, Any]]) 
 
 def page_link(page: str | Path, target: str | Path) -> str:
     """`target`'s path relative to the folder of `page` (for links between generated pages)."""
-    import os
     return os.path.relpath(Path(target), Path(page).parent)

@@ -20,6 +20,8 @@ import math
 import re
 from pathlib import Path
 from typing import Any, Optional, Sequence
+import json
+import sys
 
 import numpy as np
 
@@ -36,7 +38,6 @@ _BLOCK = re.compile(r"<!-- mkviz:begin (?P<name>[\w-]+) -->\n(?P<body>.*?)<!-- m
 
 def load_results(results_dir: str | Path) -> list[dict[str, Any]]:
     """Every run record (`<run_id>.json`) in `results_dir`, sorted by run id."""
-    import json
     d = Path(results_dir)
     if not d.is_dir():
         return []
@@ -383,7 +384,6 @@ def svg_bytes(fig: Any) -> bytes:
 def write_report(sweep: dict[str, Any], plots: bool = True) -> list[Path]:
     """Rewrite the page's generated blocks (create the page if missing) and, with `plots`, the SVGs
     (needs kaleido and a Chrome/Chromium; skipped with a message otherwise). Returns the written paths."""
-    import sys
     records = load_results(sweep["results_dir"])
     summary = summarize(records, sweep)
     written = []

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
 from ..core.models import convert, manifold_modules, unbalanced_atlas_loss
 from ..explain.specialisation import chart_statistics, probe_images
@@ -451,5 +452,4 @@ def _evaluate_test(cfg: TrainConfig, model: nn.Module, device: torch.device, amp
 def _progress(total: int, desc: str, enabled: bool) -> Any:
     if not enabled:
         return None
-    from tqdm.auto import tqdm
     return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
