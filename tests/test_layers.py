@@ -110,3 +110,10 @@ def test_a_layer_rule_that_is_broken_is_caught(tmp_path):
             test_imports_go_down_the_layers_at_module_level("mkviz.core.bad")
     finally:
         del MODULES["mkviz.core.bad"]
+
+
+def test_no_module_is_longer_than_500_lines():
+    """One concern per module: a module a reader can take in whole."""
+    long = {name: n for name, path in MODULES.items()
+            if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES}
+    assert not long, long
