@@ -7,7 +7,7 @@
     record_attention                   fused and per-chart attention, chart keys (mkviz.explain.record)
     integrated_gradients, ...          captum attributions: pixels, patches, attention (mkviz.explain.attribution)
     class_relevance, relevance_map     Chefer et al.'s class relevance per patch, per chart (mkviz.explain.relevance)
-    deletion_insertion                 faithfulness of a saliency map: deletion / insertion curves (mkviz.explain.faithfulness)
+    deletion_insertion                 deletion / insertion curves of a saliency map (mkviz.explain.faithfulness)
     ChartExplorer, ChartCountExplorer  interactive explorers, ipywidgets + plotly (mkviz.viz.explorers)
     mkviz.figures                      plain plotly figures (overlays, chart maps, similarity, curves, tables)
     TrainConfig, load_checkpoint       training and checkpoints (mkviz.training; `mkviz train` on the command line)

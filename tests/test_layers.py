@@ -4,9 +4,14 @@ none takes a private (underscore) name from another module."""
 from __future__ import annotations
 
 import ast
+import importlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+import mkviz
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mkviz"
 # bottom to top: a module may import from its own layer and the layers before it
@@ -117,3 +122,26 @@ def test_no_module_is_longer_than_500_lines():
     long = {name: n for name, path in MODULES.items()
             if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES}
     assert not long, long
+
+
+@pytest.mark.parametrize("old", sorted(mkviz.MOVED))
+def test_an_old_module_path_names_its_new_module(old):
+    """mkviz.MOVED keeps the flat paths of before the layers: the same module object, with its own spec."""
+    module = importlib.import_module(f"mkviz.{old}")
+    new = f"mkviz.{mkviz.MOVED[old]}"
+    assert module is importlib.import_module(new) and module.__spec__.name == new
+    assert getattr(mkviz, old) is module
+
+
+def test_the_module_path_mkviz_convert_is_dropped_for_the_function():
+    assert callable(mkviz.convert) and mkviz.convert is importlib.import_module("mkviz.core.models").convert
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("mkviz.convert")
+
+
+@pytest.mark.parametrize("old, usage", [("book", "usage: python -m mkviz.book"), ("bench", "usage: mkviz bench"),
+                                        ("shipped", "usage:"), ("train", "usage: mkviz train")])
+def test_old_module_paths_run_with_python_m(old, usage):
+    out = subprocess.run([sys.executable, "-m", f"mkviz.{old}", "--help"], capture_output=True, text=True,
+                         cwd=PACKAGE.parent, timeout=300)
+    assert out.returncode == 0 and out.stdout.startswith(usage), out.stderr[-2000:]

@@ -234,7 +234,7 @@ FAITHFULNESS_METHODS = ("attention", "charts (mean)", "rollout", "relevance", "i
 
 
 def _faithfulness(report: Any, models: dict[str, LoadedModel], images: torch.Tensor, steps: int = 7) -> dict[str, Any]:
-    """Deletion / insertion ranking of the saliency maps (mkviz.faithfulness) per model, as one small table."""
+    """Deletion / insertion ranking of the saliency maps (mkviz.explain.faithfulness) per model, as one small table."""
     gaps, rows = {}, []
     for name in MAIN_MODELS:
         table = {r["method"]: r for r in faithfulness_table(compare_saliency(models[name].model, images, steps=steps))}
@@ -401,7 +401,7 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def _demo_parser(**kwargs: Any) -> argparse.ArgumentParser:
-    """`mkviz demo`'s parser: errors as one line (train's ArgumentParser, via mkviz.cli), and `_check_args` run on
+    """`mkviz demo`'s parser: errors as one line (train's ArgumentParser, via mkviz.apps.cli), and `_check_args` run on
     what it parses."""
 
     class DemoParser(ArgumentParser):

@@ -78,7 +78,7 @@ def _train_one(dataset: str, name: str, runs: Path, export_root: Path) -> str:
     out, export = runs / dataset / name, export_root / dataset / name
     if (export / "model.safetensors").is_file():
         return f"{name}: already in {export}"
-    cmd = [sys.executable, "-m", "mkviz.cli", "train", *train_args(dataset, name), "--quiet",
+    cmd = [sys.executable, "-m", "mkviz.apps.cli", "train", *train_args(dataset, name), "--quiet",
            "--out", str(out), "--export", str(export)]
     if (out / "latest.json").is_file():
         cmd.append("--resume")

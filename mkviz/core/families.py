@@ -2,7 +2,7 @@
 
 Each class is a drop-in for one timm attention module (same constructor and forward arguments, the family's
 math kept as timm computes it) whose key rows of `qkv` are replaced by a `ManifoldKey`, like
-`mkviz.attention.ManifoldAttention` does for `timm.layers.Attention`:
+`mkviz.core.attention.ManifoldAttention` does for `timm.layers.Attention`:
 
     ManifoldBeitAttention        timm.models.beit.Attention                  relative position bias (own table
                                                                              and/or the model's shared one),

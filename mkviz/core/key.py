@@ -1,6 +1,6 @@
 """The manifold key: one base key expanded into H charts and fused back into one key.
 
-This module holds the key path only; `mkviz.attention` puts it inside timm-shaped attention.
+This module holds the key path only; `mkviz.core.attention` puts it inside timm-shaped attention.
 The math (a documented reconstruction of arXiv 2402.00534, see `docs/design.md` §2), for tokens
 x of shape (B, N, C_in) and H charts of width C:
 

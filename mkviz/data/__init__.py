@@ -1,4 +1,5 @@
-"""Datasets: one module per dataset, the registry that builds them by name, and what they share.
+"""Layer 2, data: datasets, one module per dataset, the registry that builds them by name, and what they share.
+Imports core.
 
     common          Sample, collate, splits, argument checks (every dataset)
     shapes          the procedural spatial-relation "shapes" dataset, with ground-truth masks

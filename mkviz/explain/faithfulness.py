@@ -25,7 +25,7 @@ target class where the method has one:
     "attention"        the last layer's attention from the output token(s) to the patches, heads averaged
                        (what the classifier reads: the class token's row for a class-token ViT);
     "chart c"          the same row of chart c's map (manifold-key models; docs/design.md §2.8);
-    "rollout"          the same row of `mkviz.metrics.attention_rollout` over every layer;
+    "rollout"          the same row of `mkviz.explain.metrics.attention_rollout` over every layer;
     "relevance"        `mkviz.class_relevance` (Chefer et al.);
     "ig"               captum integrated gradients on the patch embedding (`mkviz.layer_integrated_gradients`,
                        zero baseline), summed over channels: one signed number per patch;

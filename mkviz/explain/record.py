@@ -64,7 +64,7 @@ from timm.models.swin_transformer_v2 import WindowAttention as WindowAttentionV2
 from ..core import hf
 from ..core.attention import ManifoldQKV
 from ..core.switches import LayerSpec, attention_layers, eager_attention, eval_mode, select_layers
-from . import metrics as _metrics
+from . import metrics
 from .chart_attention import chart_attention_of, chart_keys_of, chart_linear_map
 from .maps import (patch_grid, query_index, swin_block_geometry, swin_token_window, swin_window_attention_to_image,
                    vit_attention_to_image)
@@ -385,7 +385,7 @@ class AttentionRecording:
     # ------------------------------------------------------------------ conveniences
     def image_map(self, name: str, query: Union[int, Tuple[int, int]], image_size=None, chart: Optional[int] = None,
                   head: Optional[int] = None, batch_index: int = 0, mode: Optional[str] = None) -> torch.Tensor:
-        """One query's attention as a picture, via `mkviz.maps`.
+        """One query's attention as a picture, via `mkviz.explain.maps`.
 
         name: recorded layer; query: (row, col) on the patch grid (ViT) or the stage token grid (Swin), or for
         ViT a token index (0 = cls); chart: None for the fused attention, else that chart's A_c; head: None
@@ -419,26 +419,26 @@ class AttentionRecording:
                                            mode=mode) for c in range(H)])
 
     def chart_similarity(self, name: str, kind: str = "cosine", **kwargs) -> torch.Tensor:
-        """`mkviz.metrics.chart_similarity` of a layer's recorded charts: (H, H)."""
+        """`mkviz.explain.chart_similarity.chart_similarity` of a layer's recorded charts: (H, H)."""
         if kind == "js":
             if self._recorded(name):
                 chart_attn = self._get(self.chart_attention, name, "chart attention")
             else:
                 H = self.model.get_submodule(name).key.num_charts
                 chart_attn = torch.stack([self.full_attention(name, c) for c in range(H)], dim=1)
-            return _metrics.chart_similarity(chart_attn=chart_attn, kind=kind, **kwargs)
-        return _metrics.chart_similarity(chart_keys=self.chart_keys_for(name), kind=kind, **kwargs)
+            return metrics.chart_similarity(chart_attn=chart_attn, kind=kind, **kwargs)
+        return metrics.chart_similarity(chart_keys=self.chart_keys_for(name), kind=kind, **kwargs)
 
     def entropy(self, name: str, chart: Optional[int] = None, reduce: str = "mean") -> torch.Tensor:
-        """`mkviz.metrics.attention_entropy` of the fused (or one chart's) attention."""
-        return _metrics.attention_entropy(self.full_attention(name, chart), reduce=reduce)
+        """`mkviz.explain.metrics.attention_entropy` of the fused (or one chart's) attention."""
+        return metrics.attention_entropy(self.full_attention(name, chart), reduce=reduce)
 
     def rollout(self, **kwargs) -> torch.Tensor:
-        """`mkviz.metrics.attention_rollout` over the recorded layers in model order (ViT layers only)."""
+        """`mkviz.explain.metrics.attention_rollout` over the recorded layers in model order (ViT layers only)."""
         names = [n for n in self.layers if (n in self.attention or n in self.queries) and n not in self.layout]
         if not names:
             raise ValueError("rollout needs recorded ViT attention (Swin windows cannot be rolled out)")
-        return _metrics.attention_rollout([self.full_attention(n) for n in names], **kwargs)
+        return metrics.attention_rollout([self.full_attention(n) for n in names], **kwargs)
 
     def __repr__(self) -> str:
         return (f"AttentionRecording(layers={len(self.layers)}, charts={self.charts}, recorded={len(self.attention)}, "

@@ -26,7 +26,7 @@ the model actually used; plain layers keep Ā. Where every chart's map equals th
 chart's relevance equals the fused relevance (tested).
 
 Swin: the window maps are placed in the stage's full token grid (the shift and padding of
-`mkviz.maps.swin_window_attention_to_image`), patch merging hands a merged token's relevance to its
+`mkviz.explain.maps.swin_window_attention_to_image`), patch merging hands a merged token's relevance to its
 2×2 source tokens in equal parts, the output row is the mean over the last stage's tokens (Swin's
 average pooling); the result is on the patch grid of the first stage.
 
@@ -100,7 +100,7 @@ def _vit_row_step(row: torch.Tensor, weighted: torch.Tensor) -> torch.Tensor:
 def _swin_row_step(row: torch.Tensor, weighted: torch.Tensor, geo: dict) -> torch.Tensor:
     """r ← r + r Ā with Ā block-diagonal over Swin's (shifted, padded) windows.
 
-    row (B, K, Hs, Ws) on the stage grid; weighted (B·nW, K, Nw, Nw) in window order (mkviz.maps docstring).
+    row (B, K, Hs, Ws) on the stage grid; weighted (B·nW, K, Nw, Nw) in window order (mkviz.explain.maps docstring).
     """
     Hs, Ws = geo["resolution"]
     wh, ww = geo["window_size"]
@@ -193,7 +193,7 @@ def relevance_map(relevance: torch.Tensor, model: nn.Module, image_size=None, in
     """Lay a relevance (…, P) on the patch grid (…, gh, gw), or upsample it to `image_size` (…, H_img, W_img).
 
     input_size: the size of the images the relevance was computed on (default: the model's own); the grid is
-    `mkviz.maps.patch_grid(model, input_size)` (the first stage's grid for Swin). mode as in `upsample_map`.
+    `mkviz.explain.maps.patch_grid(model, input_size)` (the first stage's grid for Swin). mode as in `upsample_map`.
     """
     gh, gw = patch_grid(model, input_size).grid_size
     if not isinstance(relevance, torch.Tensor) or relevance.shape[-1] != gh * gw:

@@ -1,9 +1,9 @@
 """The analysis of a sweep that states its comparisons before running (`report.primary`, `report.controls` in
 its YAML), and its chart-specialisation page, generated from the per-run JSON.
 
-Blocks of the reproduction page (see `mkviz.sweep_report` for how blocks are kept in sync):
+Blocks of the reproduction page (see `mkviz.studies.sweep_report` for how blocks are kept in sync):
     comparisons     every comparison of the family (primary, controls, each configuration vs the baseline), each
-                    read every way `mkviz.stats.compare` gives, with Holm's adjustment over the primary pair and
+                    read every way `mkviz.studies.stats.compare` gives, with Holm's adjustment over the primary pair and
                     over the whole family
     lr-check        the learning-rate check (`report.lr_check`: another sweep file) by family and rate
     cost            parameters, FLOPs of a forward and of a training step, measured training time

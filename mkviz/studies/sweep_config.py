@@ -6,7 +6,7 @@ The YAML file (paths are relative to the working directory; see configs/repro_sm
     name: repro_small
     results_dir: docs/results/repro_small   # one <run_id>.json per finished run (commit these)
     runs_dir: outputs/sweeps/repro_small    # training checkpoints (resumable; not committed)
-    page: docs/reproduction.md              # regenerated from the JSON by mkviz.sweep_report
+    page: docs/reproduction.md              # regenerated from the JSON by mkviz.studies.sweep_report
     plots_dir: docs/reproduction
     baseline: baseline                      # the configuration differences are measured against
     seeds: [0, 1, 2]

@@ -1,4 +1,4 @@
-"""Training: a run from a TrainConfig to checkpoints and results.
+"""Layer 4, training: a run from a TrainConfig to checkpoints and results. Imports core, data, explain.
 
     config        TrainConfig, presets, the model spec a configuration implies
     inputs        the datasets of a run and the sampler that fixes their order

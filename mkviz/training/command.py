@@ -66,7 +66,7 @@ def _model_options(m: argparse._ArgumentGroup) -> None:
                    help="KUA unbalanced-atlas weight λ, added to the loss; 0: off (default: %(default)s)")
     m.add_argument("--key-hidden", type=int, default=0, metavar="E",
                    help="baseline only: factorise each key projection into two linear layers C_in -> E -> C, the "
-                   "over-parameterised key control (mkviz.overparam); 0: off (default: %(default)s)")
+                   "over-parameterised key control (mkviz.core.overparam); 0: off (default: %(default)s)")
     m.add_argument("--pretrained", action="store_true", help="timm pretrained weights (downloads), converted "
                    "function-preservingly")
     m.add_argument("--init-from", metavar="CKPT", help="start from an mkviz checkpoint (a baseline one is "
@@ -99,7 +99,7 @@ def _optimisation_options(o: argparse._ArgumentGroup) -> None:
                    help="learning rate at the end of the cosine schedule (default: %(default)s)")
     o.add_argument("--weight-decay", type=float, default=0.05,
                    help="AdamW weight decay; chart maps and SimpleK's fusion decay towards their function-"
-                   "preserving values, chart scales not at all (mkviz.optim) (default: %(default)s)")
+                   "preserving values, chart scales not at all (mkviz.training.optim) (default: %(default)s)")
     o.add_argument("--warmup-steps", type=int, help="linear warmup steps (default: 5%% of the total steps)")
     o.add_argument("--label-smoothing", type=float, default=0.1,
                    help="label smoothing of the cross-entropy (default: %(default)s)")

@@ -157,7 +157,7 @@ class _Run:
     model: nn.Module
     train_model: nn.Module                    # `model`, or its DDP / torch.compile wrapper
     optimizer: torch.optim.Optimizer
-    anchored_decay: Any                       # mkviz.optim's decay towards the chart maps' anchors
+    anchored_decay: Any                       # mkviz.training.optim's decay towards the chart maps' anchors
     train_data: Dataset
     val_loader: DataLoader
     steps_per_epoch: int
@@ -220,7 +220,7 @@ def _setup_run(cfg: TrainConfig, d: Dist, device: torch.device) -> _Run:
 
     torch.manual_seed(cfg.seed)
     model, spec, data, meta = _build_model_and_data(cfg, device, resuming=resume_from is not None)
-    # AdamW; chart scales undecayed, chart maps decayed towards the identity (mkviz.optim)
+    # AdamW; chart scales undecayed, chart maps decayed towards the identity (mkviz.training.optim)
     optimizer, anchored_decay = build_optimizer(model, cfg.lr, cfg.weight_decay)
     steps_per_epoch, total_steps, warmup = _schedule(cfg, d, len(data["train"]))
     progress: dict[str, Any] = {}
@@ -238,7 +238,7 @@ def _setup_run(cfg: TrainConfig, d: Dist, device: torch.device) -> _Run:
                             sampler=list(range(d.rank, len(data["val"]), d.world)))
     run = _Run(cfg, d, device, amp, Path(cfg.out), meta, model, train_model, optimizer, anchored_decay,
                data["train"], val_loader, steps_per_epoch, total_steps, warmup, **progress)
-    if cfg.variant != "baseline":  # follow the charts over training (mkviz.specialisation)
+    if cfg.variant != "baseline":  # follow the charts over training (mkviz.explain.specialisation)
         run.probe = probe_images(data["val"])
         run.chart_init = state.get("chart_init", {}) if state is not None else chart_statistics(model, run.probe)
     if d.main:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..core.attention import ManifoldQKV, ManifoldWindowAttention
-from ..explain import metrics as _metrics
+from ..explain import metrics
 from ..explain.maps import patch_grid, query_index, swin_block_geometry
 from ..explain.metrics import SIMILARITY_KINDS
 from ..explain.record import record_attention
@@ -132,20 +132,20 @@ class AttentionCache:
             with torch.no_grad():
                 if kind == "js":  # every row of every chart: computed once per (image, layer, head), then memoised
                     ca = torch.stack([rec.full_attention(layer, c) for c in range(self.num_charts)], dim=1)
-                    out = _metrics.chart_similarity(chart_attn=ca if head is None else ca[:, :, head:head + 1],
+                    out = metrics.chart_similarity(chart_attn=ca if head is None else ca[:, :, head:head + 1],
                                                     kind="js")
                 else:
                     keys = rec.chart_keys_for(layer)
                     if head is not None:
                         d = keys.shape[-1] // self.num_heads
                         keys = keys[..., head * d:(head + 1) * d]
-                    out = _metrics.chart_similarity(chart_keys=keys, kind=kind)
+                    out = metrics.chart_similarity(chart_keys=keys, kind=kind)
             self._memo[key] = out
         return self._memo[key]
 
     def coverage(self, mask: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
-        """Patch coverage (gh*gw,) of an evidence mask on a token grid (`mkviz.metrics.patch_coverage`)."""
-        return _metrics.patch_coverage(mask, grid)
+        """Patch coverage (gh*gw,) of an evidence mask on a token grid (`mkviz.explain.metrics.patch_coverage`)."""
+        return metrics.patch_coverage(mask, grid)
 
 def evidence_share(map_: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
     """Share of a map's mass on the evidence (per map, leading dims kept); 0 where a map has no mass."""

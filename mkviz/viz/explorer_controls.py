@@ -13,7 +13,7 @@ import torch
 from torch.nn import functional as F
 
 from ..explain.metrics import SIMILARITY_KINDS
-from . import figures as _fig
+from . import figures
 from .attention_cache import AttentionCache, Head, head_index
 
 __all__ = ["to_images", "to_masks", "as_display_images", "ExplorerControls"]
@@ -61,7 +61,7 @@ def as_display_images(display_images: Any, images: torch.Tensor) -> List[np.ndar
             im = F.interpolate(im[None], size=tuple(images.shape[-2:]), mode="bilinear", align_corners=False)[0]
         elif not im.is_floating_point() and tuple(im.shape[-2:]) != tuple(images.shape[-2:]):
             im = F.interpolate(im[None].float(), size=tuple(images.shape[-2:]), mode="nearest")[0].to(torch.uint8)
-        out.append(_fig.to_uint8_image(im))
+        out.append(figures.to_uint8_image(im))
     return out
 
 def _points_xy(points: Any) -> Optional[Tuple[float, float]]:
@@ -173,7 +173,7 @@ class ExplorerControls:
         """Redraw the chart-similarity heat map (its size follows the current model's chart count)."""
         kind = self.similarity_toggle.value
         sim = self.cache.similarity(self.image_index, self.layer, self.head, kind)
-        ref = _fig.similarity_heatmap(sim, kind)
+        ref = figures.similarity_heatmap(sim, kind)
         with self.similarity_figure.batch_update():
             self.similarity_figure.data[0].update(z=sim.numpy(), x=ref.data[0].x, y=ref.data[0].y,
                                                   colorscale=ref.data[0].colorscale, zmin=ref.data[0].zmin,
@@ -244,7 +244,7 @@ class ExplorerControls:
 
     def _update_images(self) -> None:
         """Show the current image under every map panel (the maps figure's layout images, PNG sources)."""
-        src = _fig.image_source(self._display[self.image_index])
+        src = figures.image_source(self._display[self.image_index])
         with self.maps_figure.batch_update():
             for im in self.maps_figure.layout.images:
                 im.source = src

@@ -29,10 +29,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..explain import metrics as _metrics
+from ..explain import metrics
 from ..explain.maps import query_index, query_position
 from ..explain.metrics import SIMILARITY_KINDS
-from . import figures as _fig
+from . import figures
 from .attention_cache import AttentionCache, evidence_share
 from .explorer_controls import ExplorerControls, as_display_images, to_images, to_masks
 
@@ -87,7 +87,7 @@ class ChartExplorer(ExplorerControls):
 
         H = self.cache.num_charts
         fused, charts, frow, crow = self.cache.maps(self.image_index, self.layer, self.head, self.query)
-        fig = _fig.chart_maps_figure(self._display[0], fused, charts, query=self.query, panel_size=height_per_row)
+        fig = figures.chart_maps_figure(self._display[0], fused, charts, query=self.query, panel_size=height_per_row)
         self.maps_figure = go.FigureWidget(fig)
         self.heat_traces = [self._trace(self.maps_figure, "fused")] + \
             [self._trace(self.maps_figure, f"chart {c + 1}") for c in range(H)]
@@ -95,7 +95,7 @@ class ChartExplorer(ExplorerControls):
         for t in self.heat_traces:  # each heat map covers its panel's image: a click on a panel lands on it
             t.on_click(self.on_image_click)
 
-        self.similarity_figure = go.FigureWidget(_fig.similarity_heatmap(
+        self.similarity_figure = go.FigureWidget(figures.similarity_heatmap(
             self.cache.similarity(self.image_index, self.layer, self.head, "cosine"), "cosine", height=360))
         self.stats_figure = go.FigureWidget(self._stats_layout(H))
         self.atlas_figure = None if self.cache.is_swin else go.FigureWidget(self._atlas())
@@ -164,7 +164,7 @@ class ChartExplorer(ExplorerControls):
     def current_stats(self) -> Dict[str, torch.Tensor]:
         """{"entropy": (1 + H,) fused then charts, "evidence": (1 + H,) or absent, "chance": float} for the query."""
         fused, charts, frow, crow = self.cache.maps(self.image_index, self.layer, self.head, self.query)
-        out = {"entropy": torch.cat([_metrics.attention_entropy(frow)[None], _metrics.attention_entropy(crow)]),
+        out = {"entropy": torch.cat([metrics.attention_entropy(frow)[None], metrics.attention_entropy(crow)]),
                "max_entropy": float(np.log(frow.shape[-1]))}
         if self.masks is not None:
             cov = self.cache.coverage(self.masks[self.image_index], self._grid())
@@ -180,7 +180,7 @@ class ChartExplorer(ExplorerControls):
     def _atlas(self):
         rec = self.cache.entry(self.image_index)["recording"]
         with torch.no_grad():
-            return _fig.key_atlas(rec, self.layer, head=self.head, query=self._query_token())
+            return figures.key_atlas(rec, self.layer, head=self.head, query=self._query_token())
 
     def on_atlas_click(self, trace: Any = None, points: Any = None, state: Any = None) -> Optional[Tuple[int, int]]:
         """Atlas click handler: a click on a query or a chart key selects that token's patch as the query.
@@ -236,8 +236,8 @@ class ChartExplorer(ExplorerControls):
         zs = [fused.numpy()] + [c.numpy() for c in charts]
         shared = self.shared_scale_checkbox.value
         lo, hi = (float(min(z.min() for z in zs)), float(max(z.max() for z in zs))) if shared else (None, None)
-        geo = _fig.heat_geometry(self.cache.image_size, fused.shape)
-        xs, ys = _fig.query_box_path(*self.query, self._cell())
+        geo = figures.heat_geometry(self.cache.image_size, fused.shape)
+        xs, ys = figures.query_box_path(*self.query, self._cell())
         st = self.current_stats()
         with self.maps_figure.batch_update():
             for t, z in zip(self.heat_traces, zs):
@@ -309,7 +309,7 @@ class ChartCountExplorer(ExplorerControls):
 
         self.max_charts = max(counts)
         fused, chs = self.cache.maps(self.image_index, self.layer, self.head, self.query)[:2]
-        fig = _fig.chart_maps_figure(self._display[0], fused, chs, query=self.query, num_panels=1 + self.max_charts,
+        fig = figures.chart_maps_figure(self._display[0], fused, chs, query=self.query, num_panels=1 + self.max_charts,
                                      panel_size=height_per_row, title="fused map and the charts' maps")
         self.maps_figure = go.FigureWidget(fig)
         self.heat_traces = [ChartExplorer._trace(self.maps_figure, "fused")] + \
@@ -317,11 +317,11 @@ class ChartCountExplorer(ExplorerControls):
         self._boxes = [ChartExplorer._trace(self.maps_figure, f"query {p}") for p in range(self.max_charts + 1)]
         for t in self.heat_traces:  # each heat map covers its panel's image: a click on a panel lands on it
             t.on_click(self.on_image_click)
-        self.similarity_figure = go.FigureWidget(_fig.similarity_heatmap(
+        self.similarity_figure = go.FigureWidget(figures.similarity_heatmap(
             self.cache.similarity(self.image_index, self.layer, self.head, "cosine"), "cosine", height=360))
         self.accuracy_figure = None
         if self.accuracies:
-            self.accuracy_figure = go.FigureWidget(_fig.accuracy_vs_charts(
+            self.accuracy_figure = go.FigureWidget(figures.accuracy_vs_charts(
                 self.accuracies, baseline=baseline, current=self.num_charts, height=360))
         self._refresh_all()
 
@@ -379,11 +379,11 @@ class ChartCountExplorer(ExplorerControls):
         zs = [fused.numpy()] + [c.numpy() for c in charts]
         shared = self.shared_scale_checkbox.value
         lo, hi = (float(min(z.min() for z in zs)), float(max(z.max() for z in zs))) if shared else (None, None)
-        geo = _fig.heat_geometry(self.cache.image_size, fused.shape)
-        xs, ys = _fig.query_box_path(*self.query, self._cell())
+        geo = figures.heat_geometry(self.cache.image_size, fused.shape)
+        xs, ys = figures.query_box_path(*self.query, self._cell())
         with self.maps_figure.batch_update():
             if self.maps_figure.layout.meta["charts"] != H:  # the grid for 1 + H panels, the rest hidden
-                _fig.show_chart_panels(self.maps_figure, 1 + H)
+                figures.show_chart_panels(self.maps_figure, 1 + H)
             for z, t in zip(zs, self.heat_traces):
                 t.update(z=z, zmin=lo if shared else float(z.min()), zmax=hi if shared else float(z.max()))
                 if t.dx != geo["dx"] or t.dy != geo["dy"]:

@@ -19,7 +19,7 @@ H_img/h × W_img/w pixels whose centres sit on the pixel-centre coordinates of t
 map (ViT (gh, gw), Swin stage grid) lines up with its patches without being resampled, and the heat-map
 `z` is exactly the map that was passed in.
 
-`mkviz.explorers` builds its interactive explorers on these figures (it updates their trace data in place):
+`mkviz.viz.explorers` builds its interactive explorers on these figures (it updates their trace data in place):
 traces carry stable `name`s ("image", "fused", "chart 3", "query", ...), listed in each docstring.
 Accepted array types: torch tensors, numpy arrays, nested lists.
 """
@@ -164,7 +164,7 @@ def chart_maps_figure(image: Any, fused_map: Any, chart_maps: Any, query: Option
         False gives each panel its own range.
     image_in_charts: draw the image under every chart map (else only under the fused map).
     num_panels: reserve this many panels (>= 1 + H_c); unused panels (traces, images and titles) are
-        hidden and the shown ones fill a grid sized for them (`show_chart_panels`). `mkviz.explorers` uses it to
+        hidden and the shown ones fill a grid sized for them (`show_chart_panels`). `mkviz.viz.explorers` uses it to
         switch chart counts without rebuilding the figure.
     Traces per panel p (0 = fused): a heat map named "fused" / "chart c" (c from 1), and "query p" (when
     query is given); the image is a layout image named "image p" (panel 0 always, charts with

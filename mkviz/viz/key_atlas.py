@@ -33,7 +33,7 @@ def key_atlas(rec: Any, layer: str, head: Optional[int] = None, image: int = 0, 
 
     rec: an `AttentionRecording` (lazy or full, charts=True) of a manifold-key ViT / DeiT; layer: a recorded
     layer; head: one head's d channels, or None for all heads' channels side by side; image: batch index;
-    method: "pca" (default) or "umap" (`mkviz.metrics.project_2d`); query: token index to mark.
+    method: "pca" (default) or "umap" (`mkviz.explain.metrics.project_2d`); query: token index to mark.
 
     The points: the N queries q_i (after q_norm, times the logit scale) and, for each chart c, the N chart keys
     K_c,j (the channels of the head), projected together so that a query near a chart's key is one that
