@@ -106,7 +106,7 @@ def test_grading_a_student_notebook_reports_checks_and_errors(tmp_path, capsys):
     nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
                                                             "language": "python"}})
     nb.cells = [nbformat.v4.new_code_cell(source) for source in (
-        "from mkviz.course.exercises import check",
+        "from mkviz.exercises import check",
         "# ✎ exercise 06.spread-vs-noise\nanswer = False",
         'check("06.spread-vs-noise", answer, accuracies={1: 0.88, 2: 0.881})',
         "# ✎ exercise 06.params-vs-charts\n1 / 0",

@@ -25,7 +25,7 @@ from typing import Any, Optional, Sequence
 
 __all__ = ["WIDGET_NOTE", "add_plotly_html", "build", "execute_notebook", "main", "stage"]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository: mkviz/course/book.py -> mkviz -> the root
 PLOTLY_JSON, WIDGET_VIEW = "application/vnd.plotly.v1+json", "application/vnd.jupyter.widget-view+json"
 WIDGET_NOTE = ('<p class="mkviz-widget-note"><em>Interactive explorer: it needs a running kernel. Open this '
                'notebook in JupyterLab (<code>make lab</code>) to use its sliders; the figures below draw the same '
