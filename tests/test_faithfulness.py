@@ -119,3 +119,26 @@ def test_saliency_maps_rank_every_method_for_one_target():
     for r in rows:
         assert r["gap"] == pytest.approx(r["insertion_auc"] - r["deletion_auc"])
         assert results[r["method"]]["target"].tolist() == [1, 1]
+
+
+def test_compare_saliency_runs_the_clean_forward_once_and_matches_deletion_insertion():
+    """The shared work once: of all forwards on the clean images, one is compare_saliency's own (recorded; the
+    target comes from it), one class_relevance's and one captum's (they need gradients); each map adds only
+    forwards of perturbed images."""
+    from mkviz.explain.faithfulness import compare_saliency, deletion_insertion, saliency_maps
+    torch.manual_seed(0)
+    model = small_vit().eval()
+    x = torch.randn(2, 3, 32, 32)
+    clean = []
+    handle = model.register_forward_pre_hook(lambda m, args: clean.append(args[0] is x))
+    try:
+        results = compare_saliency(model, x, steps=4)
+    finally:
+        handle.remove()
+    assert sum(clean) == 3  # it was 4 + one per map: 9 for these 5 maps
+    maps = saliency_maps(model, x)
+    for name in ("attention", "rollout", "random"):
+        expected = deletion_insertion(model, x, maps[name], steps=4)
+        torch.testing.assert_close(results[name]["deletion"], expected["deletion"])
+        torch.testing.assert_close(results[name]["insertion_auc"], expected["insertion_auc"])
+        assert results[name]["target"].tolist() == expected["target"].tolist()
