@@ -139,7 +139,7 @@ def _decay_exposure(run: dict) -> float:
 
 
 def decay_share_numbers() -> dict[str, float]:
-    """What design.md §3.1 quotes: the mean chart cosine of VanillaK-8 at initialisation and after training,
+    """What docs/design.md §3.1 quotes: the mean chart cosine of VanillaK-8 at initialisation and after training,
     the shrinkage of chart differences relative to the shared part it implies (1 − cos ∝ that ratio² to first
     order), Σ η λ and the shrinkage decay towards the identity alone gives, Π (1 − η_t λ) ≈ exp(−Σ η λ)."""
     runs = _vanillak8_runs()
@@ -156,7 +156,7 @@ def test_decay_explains_a_small_part_of_the_shrinkage():
     assert n["implied_shrink"] == pytest.approx(0.31, abs=0.005)
     assert n["sum_lr_wd"] == pytest.approx(0.063, abs=5e-4)
     assert n["decay_shrink"] == pytest.approx(0.061, abs=5e-4)
-    # design.md §3.1 quotes exactly these roundings
+    # docs/design.md §3.1 quotes exactly these roundings
     design = (ROOT / "docs/design.md").read_text()
     section = design[design.index("### 3.1"):design.index("## 4.")]
     for text in (f"{n['cos_init']:.3f}", f"{n['cos_final']:.3f}", f"{100 * n['implied_shrink']:.0f} %",
