@@ -281,7 +281,7 @@ ys, xs = torch.nonzero(s.evidence_mask, as_tuple=True)                   # the s
 ph, pw = grid.patch_size
 query = (min(int(ys.float().mean()) // ph, G[0] - 1), min(int(xs.float().mean()) // pw, G[1] - 1))
 fused = rec.image_map(layer, query)                                      # head mean, (7, 7)
-charts = torch.stack([rec.image_map(layer, query, chart=c) for c in range(ex.cache.num_charts)])  # (H, 7, 7)
+charts = rec.chart_maps(layer, query)                                    # (H, 7, 7), one map per chart
 print(f"test image {explore[image_i]}: {test.class_names[s.label]}; query {query} (under the article's centroid); "
       f"{layer}")
 fig = figures.chart_maps_figure(test.images_uint8([explore[image_i]])[0], fused, charts, query=query,

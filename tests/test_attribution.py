@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import mkviz
-from mkviz.attribution import (attention_attribution, attention_replaced, integrated_gradients,
+from mkviz.explain.attribution import (attention_attribution, attention_replaced, integrated_gradients,
                                layer_integrated_gradients)
-from mkviz.record import record_attention
+from mkviz.explain.record import record_attention
 from conftest import small_swin, small_vit
 
 TARGET = torch.tensor([1, 3])

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import mkviz
-from mkviz import bench
-from mkviz.key import ManifoldKey
+from mkviz.apps import bench, bench_suite
+from mkviz.core.key import ManifoldKey
 
 from conftest import assert_fast_matches_reference, small_vit
 
@@ -69,11 +69,11 @@ def test_suite_tables(records, tmp_path):
 
 
 def test_quick_grid_covers_the_required_records():
-    pairs = bench._pairs(mkviz.VARIANTS, bench.DEFAULT_CHARTS, quick=True, explicit=False)
+    pairs = bench_suite.suite_pairs(mkviz.VARIANTS, bench.DEFAULT_CHARTS, quick=True, explicit=False)
     assert {(v, 8) for v in mkviz.VARIANTS} <= set(pairs)
     assert {("vanillak", h) for h in (1, 2, 4, 8, 16)} <= set(pairs)
     assert len(pairs) == 8
-    full = bench._pairs(["VanillaK", "kua"], [2, 8], quick=False, explicit=True)
+    full = bench_suite.suite_pairs(["VanillaK", "kua"], [2, 8], quick=False, explicit=True)
     assert full == [("vanillak", 2), ("vanillak", 8), ("kua", 2), ("kua", 8)]
 
 
@@ -82,7 +82,7 @@ def test_training_step_optimiser_is_adamw_with_the_same_updates():
     torch.manual_seed(0)
     a, b = torch.nn.Linear(8, 4), torch.nn.Linear(8, 4)
     b.load_state_dict(a.state_dict())
-    opt_a, opt_b = bench._adamw(a), torch.optim.AdamW(b.parameters(), lr=1e-6)
+    opt_a, opt_b = bench_suite._adamw(a), torch.optim.AdamW(b.parameters(), lr=1e-6)
     assert opt_a.defaults["fused"] is True
     x = torch.randn(16, 8)
     for m, opt in ((a, opt_a), (b, opt_b)):
@@ -137,7 +137,7 @@ def test_fast_key_orders_match_reference(variant, tokens):
 
 
 def test_explorer_latency_measures_a_slider_move():
-    from mkviz.bench import explorer_latency
+    from mkviz.apps.bench import explorer_latency
 
     ms = explorer_latency("vit_tiny_patch16_224", img_size=32, num_charts=2, moves=3)
     assert set(ms) == {"first_forward_ms", "slider_move_ms"}

@@ -1,4 +1,4 @@
-"""The course site (`make book`, mkviz/book.py) in headless chromium, opened from file:// with the network cut.
+"""The course site (`make book`, mkviz/course/book.py) in headless chromium, opened from file:// with the network cut.
 
 Every page loads without a page error or a failed request, and requests nothing but local files (MathJax,
 plotly.js and the theme's assets are bundled); every notebook page shows at least one drawn plotly figure;
@@ -33,7 +33,7 @@ def site(tmp_path_factory) -> Path:
         pytest.skip("course site test skipped: MKVIZ_BOOK_BUILD=0 and no MKVIZ_BOOK_DIR (run `make book`, then "
                     "MKVIZ_BOOK_DIR=build/book/html)")
     pytest.importorskip("sphinx", reason="the course site needs the book extra (pip install -e '.[book]')")
-    from mkviz.book import build
+    from mkviz.course.book import build
 
     return build(tmp_path_factory.mktemp("book"), small=True).parent
 
@@ -44,7 +44,7 @@ def test_plotly_outputs_become_local_html_and_widgets_a_note():
     import nbformat
     import plotly.graph_objects as go
 
-    from mkviz.book import WIDGET_NOTE, add_plotly_html
+    from mkviz.course.book import WIDGET_NOTE, add_plotly_html
 
     fig = go.Figure(go.Scatter(y=[1, 3, 2]))
     nb = nbformat.v4.new_notebook(metadata={"widgets": {"state": {}}})

@@ -255,7 +255,7 @@ ATLAS_NOTEBOOK = "key_atlas_click.ipynb"
 ATLAS_CELLS = [
     "import torch\n"
     "import mkviz\n"
-    "from mkviz.checkpoint import load_checkpoint, shipped_checkpoints_dir\n"
+    "from mkviz.training.checkpoint import load_checkpoint, shipped_checkpoints_dir\n"
     "from mkviz.data import build_dataset\n"
     "torch.set_num_threads(1)\n"
     "model = load_checkpoint(shipped_checkpoints_dir() / 'fashion-mnist' / 'vanillak-8')[0]\n"

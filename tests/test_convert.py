@@ -10,7 +10,7 @@ from timm.layers import Attention
 from timm.models.swin_transformer import WindowAttention
 
 import mkviz
-from mkviz.attention import ManifoldAttention, ManifoldWindowAttention
+from mkviz.core.attention import ManifoldAttention, ManifoldWindowAttention
 
 from conftest import small_swin, small_vit
 

@@ -10,9 +10,9 @@ import pytest
 
 from conftest import screenshots_dir
 
-from mkviz.checkpoint import shipped_checkpoints_dir
+from mkviz.training.checkpoint import shipped_checkpoints_dir
 from mkviz.data import FASHION_MNIST_SYSTEM_DIR
-from mkviz.shipped import MAIN_MODELS, NAMES
+from mkviz.apps.shipped import MAIN_MODELS, NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOTS = screenshots_dir()

@@ -15,9 +15,9 @@ import torch
 
 from mkviz import exercises
 from mkviz.data import FASHION_MNIST_SYSTEM_DIR
-from mkviz.exercises import EXERCISES, check
-from mkviz.grading import exercise_cells, grade, solutions_for, with_solutions
-from mkviz.key import ManifoldKey
+from mkviz.course.exercises import EXERCISES, check
+from mkviz.course.grading import exercise_cells, grade, solutions_for, with_solutions
+from mkviz.core.key import ManifoldKey
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("0*.ipynb"))
@@ -101,12 +101,12 @@ def test_grading_a_student_notebook_reports_checks_and_errors(tmp_path, capsys):
     """`mkviz grade` on a small notebook: one exercise right, one cell raising, one exercise never checked."""
     import nbformat
 
-    from mkviz.cli import main
+    from mkviz.apps.cli import main
 
     nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
                                                             "language": "python"}})
     nb.cells = [nbformat.v4.new_code_cell(source) for source in (
-        "from mkviz.exercises import check",
+        "from mkviz.course.exercises import check",
         "# ✎ exercise 06.spread-vs-noise\nanswer = False",
         'check("06.spread-vs-noise", answer, accuracies={1: 0.88, 2: 0.881})',
         "# ✎ exercise 06.params-vs-charts\n1 / 0",

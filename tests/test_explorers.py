@@ -5,6 +5,8 @@ Expected maps are computed independently: a separate forward inside `mkviz.recor
 """
 from __future__ import annotations
 
+import re
+
 import base64
 import io
 import math
@@ -432,6 +434,10 @@ def test_key_atlas_projection_is_pca_of_queries_and_keys(vit4, images):
         mkviz.figures.key_atlas(rec, "blocks.0.attn", head=4)
     with pytest.raises(ValueError, match="`method` must be one of"):
         mkviz.figures.key_atlas(rec, "blocks.0.attn", method="tsne")
+    layers = [f"blocks.{i}.attn" for i in range(len(vit4.blocks))]
+    with pytest.raises(ValueError, match=r"^layer: expected the name of a recorded layer, one of "
+                                         + re.escape(str(layers)) + "; got 0$"):
+        mkviz.figures.key_atlas(rec, 0)  # a layer index instead of a recorded layer's name
 
 
 def test_explorer_latency_uses_cache(explorer):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from mkviz.faithfulness import baseline_images, deletion_insertion, patch_order
+from mkviz.explain.faithfulness import baseline_images, deletion_insertion, patch_order
 from conftest import small_vit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -87,15 +87,17 @@ def test_patch_vectors_use_the_models_grid_and_bad_inputs_are_named():
         p = model(x).softmax(-1).amax(1)
     torch.testing.assert_close(a["deletion"][:, 0], p)  # nothing deleted yet: the model's own confidence
     torch.testing.assert_close(a["insertion"][:, -1], p)  # everything inserted: the image again
-    with pytest.raises(ValueError, match="saliency: expected 16 patches"):
+    with pytest.raises(ValueError, match=r"saliency: expected \(2, 4, 4\) or \(2, 16\) .* 4x4 patch grid; got \(2, 15\)"):
         deletion_insertion(model, x, flat[:, :15])
+    with pytest.raises(ValueError, match=r"saliency: expected \(2, 4, 4\) or \(2, 16\) .* got \(2, 5, 5\)"):
+        deletion_insertion(model, x, torch.rand(2, 5, 5))  # a 5x5 map for the 4x4 patch grid
     with pytest.raises(ValueError, match=r"steps: expected an int in \[1, 16\]"):
         deletion_insertion(model, x, flat, steps=17)
 
 
 def test_saliency_maps_rank_every_method_for_one_target():
     import mkviz
-    from mkviz.faithfulness import compare_saliency, faithfulness_table, saliency_maps
+    from mkviz.explain.faithfulness import compare_saliency, faithfulness_table, saliency_maps
     torch.manual_seed(0)
     plain = small_vit().eval()
     mk = mkviz.convert(plain, "vanillak", num_charts=2, seed=1).eval()

@@ -7,7 +7,7 @@ import timm
 import torch
 
 import mkviz
-from mkviz.families import FAMILIES
+from mkviz.core.families import FAMILIES
 
 from small_models import randomized, small_family
 
@@ -137,7 +137,7 @@ def test_fold_refuses_context_broadcast_on_families(seeded):
 @pytest.mark.parametrize("name", ["beit", "eva", "rope", "relpos"])
 def test_chart_explorer_on_vit_like_families(name, seeded):
     """The explorer shows a converted BEiT / EVA / RoPE / RelPos ViT: its fused panel is the recorded map."""
-    from mkviz.explorers import ChartExplorer
+    from mkviz.viz.explorers import ChartExplorer
 
     model = mkviz.convert(small_family(name), "vanillak", 2).eval()
     images = torch.rand(2, 3, 32, 32)

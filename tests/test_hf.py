@@ -9,7 +9,7 @@ import torch
 transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install mkviz[hf])")
 
 import mkviz  # noqa: E402
-from mkviz.key import ManifoldKey  # noqa: E402
+from mkviz.core.key import ManifoldKey  # noqa: E402
 
 from small_models import randomized  # noqa: E402
 

@@ -8,8 +8,8 @@ import timm
 import torch
 
 import mkviz
-from mkviz.attention import ManifoldAttention
-from mkviz.key import ManifoldKey
+from mkviz.core.attention import ManifoldAttention
+from mkviz.core.key import ManifoldKey
 
 from conftest import assert_fast_matches_reference, small_swin, small_vit
 

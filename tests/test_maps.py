@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from timm.models.swin_transformer import SwinTransformer, window_partition
 
-from mkviz.maps import (
+from mkviz.explain.maps import (
     patch_grid,
     query_index,
     query_position,

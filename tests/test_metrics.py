@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from mkviz.metrics import (
+from mkviz.explain.metrics import (
     attention_entropy,
     attention_on_evidence,
     attention_rollout,
@@ -344,7 +344,7 @@ def test_evidence_fraction_weighting_and_batched_mask():
 
 def test_js_divergence_is_finite_for_denormal_weights():
     """A float32 softmax can give weights ~1e-45 whose half underflows; JS must stay finite and in [0, 1]."""
-    from mkviz.metrics import chart_js_divergence
+    from mkviz.explain.metrics import chart_js_divergence
 
     tiny = torch.finfo(torch.float32).smallest_normal / 2 ** 23  # the smallest float32 denormal, 2^-149
     a = torch.tensor([1.0 - tiny, tiny, 0.0])

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 import mkviz
-from mkviz.optim import build_optimizer, decay_anchors
-from mkviz.checkpoint import load_checkpoint
-from mkviz.train import TrainConfig, train
+from mkviz.training.optim import build_optimizer, decay_anchors
+from mkviz.training.build import load_checkpoint
+from mkviz.training.loop import train
+from mkviz.training.config import TrainConfig
 
 from conftest import small_vit
 

@@ -3,11 +3,11 @@ import pytest
 import timm
 import torch
 
-from mkviz.checkpoint import build_model
-from mkviz.cost import count_params
-from mkviz.overparam import FactorisedKeyQKV, factorise_key, fold_key, key_hidden_for_params
-from mkviz.sweep import match_key_hidden
-from mkviz.train import PRESETS, TrainConfig, model_spec
+from mkviz.training.build import build_model
+from mkviz.core.cost import count_params
+from mkviz.core.overparam import FactorisedKeyQKV, factorise_key, fold_key, key_hidden_for_params
+from mkviz.studies.sweep_config import match_key_hidden
+from mkviz.training.config import PRESETS, TrainConfig, model_spec
 
 
 def _vit(**kw):

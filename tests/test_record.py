@@ -7,7 +7,7 @@ import torch
 from timm.utils import AttentionExtract
 
 import mkviz
-from mkviz.record import attention_layers, record_attention, select_layers
+from mkviz.explain.record import attention_layers, record_attention, select_layers
 from conftest import small_swin, small_vit
 
 
@@ -279,7 +279,7 @@ def test_timm_attention_extract_on_converted_model():
 
 
 def test_bench_record_runs(capsys):
-    from mkviz.bench_record import main
+    from mkviz.apps.bench_record import main
     assert main(["--model", "vit_tiny_patch16_224", "--img-size", "32", "--batch-size", "1", "--repeats", "1",
                  "--num-charts", "2"]) == 0
     out = capsys.readouterr().out
@@ -295,7 +295,7 @@ def test_bench_record_runs(capsys):
 def test_fast_and_reference_key_paths_record_the_same_maps(variant):
     """Chart keys from the fast key path (one matmul for all charts) and from the reference path (the grouped
     convolution as written) give the same recorded keys and maps, Swin bias + shift mask included."""
-    from mkviz.key import key_impl
+    from mkviz.core.key import key_impl
     torch.manual_seed(0)
     m = mkviz.convert(small_swin().eval(), variant, num_charts=3, seed=1)
     x = _images(seed=2)
@@ -425,3 +425,18 @@ def test_lazy_rows_equal_the_full_recording_swin_and_plain_models():
         lazy.attention_rows(full.layers[0], [0], chart=0)
     qk = mkviz.convert(small_vit(qk_norm=True).eval(), "vanillak", num_charts=2, seed=1).eval()  # k_norm on charts
     _lazy_vs_full(qk, _images(), [[1], list(range(17))])
+
+
+def test_chart_maps_stack_every_charts_image_map():
+    torch.manual_seed(0)
+    model = mkviz.convert(small_vit(), "vanillak", 4).eval()  # 32 px, 4 x 4 patches
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad(), record_attention(model) as rec:
+        model(x)
+    maps = rec.chart_maps("blocks.1.attn", (1, 2), head=0, batch_index=1)
+    assert maps.shape == (4, 4, 4)
+    for c in range(4):
+        torch.testing.assert_close(maps[c], rec.image_map("blocks.1.attn", (1, 2), chart=c, head=0, batch_index=1))
+    # each chart's row of query (1, 2) is a distribution over the 16 patches and the class token
+    cls_share = rec.chart_attention["blocks.1.attn"][1, :, 0, 1 + 4 + 2, 0]  # (H,) attention on the class token
+    torch.testing.assert_close(maps.sum((1, 2)) + cls_share, torch.ones(4))

@@ -6,8 +6,8 @@ import torch
 from torch.nn import functional as F
 
 import mkviz
-from mkviz.maps import swin_window_attention_to_image
-from mkviz.relevance import class_relevance, relevance_map
+from mkviz.explain.maps import swin_window_attention_to_image
+from mkviz.explain.relevance import class_relevance, relevance_map
 from conftest import small_swin, small_vit
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from mkviz import checkpoint as ckpt
-from mkviz.cli import main as cli_main
-from mkviz.train import TrainConfig, train
+from mkviz.apps.cli import main as cli_main
+from mkviz.training.loop import train
+from mkviz.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
@@ -325,7 +326,7 @@ def test_argument_parsing_errors_are_one_line_in_every_command(capsys, argv, wor
 
 
 def test_report_html_is_written_with_the_usual_permissions(tmp_path):
-    from mkviz.report import Report
+    from mkviz.viz.report import Report
     umask = os.umask(0o022)
     os.umask(umask)
     path = Report("r").write(tmp_path / "report.html")

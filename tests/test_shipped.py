@@ -12,11 +12,13 @@ import timm
 import torch
 from PIL import Image
 
-from mkviz.checkpoint import shipped_checkpoints_dir
+from mkviz.training.checkpoint import shipped_checkpoints_dir
 from mkviz.data import FASHION_MNIST_SYSTEM_DIR, ShapesDataset, load_fashion_mnist
-from mkviz.shipped import NAMES, SHIPPED_NAMES, checkpoint_dir, train_args
-from mkviz.checkpoint import load_checkpoint
-from mkviz.train import TrainConfig, config_from_args, train
+from mkviz.apps.shipped import NAMES, SHIPPED_NAMES, checkpoint_dir, train_args
+from mkviz.training.build import load_checkpoint
+from mkviz.training.command import config_from_args
+from mkviz.training.loop import train
+from mkviz.training.config import TrainConfig
 
 HAVE_DATA = (FASHION_MNIST_SYSTEM_DIR / "t10k-images-idx3-ubyte.gz").is_file()
 FASHION = [n for n in NAMES if (shipped_checkpoints_dir() / "fashion-mnist" / n / "model.safetensors").is_file()]

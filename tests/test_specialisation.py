@@ -5,9 +5,10 @@ import timm
 import torch
 
 import mkviz
-from mkviz.key import membership_mode
-from mkviz.specialisation import chart_statistics, off_diagonal_mean
-from mkviz.train import TrainConfig, train
+from mkviz.core.key import membership_mode
+from mkviz.explain.specialisation import chart_statistics, off_diagonal_mean
+from mkviz.training.loop import train
+from mkviz.training.config import TrainConfig
 
 
 def _vit():

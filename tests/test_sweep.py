@@ -11,9 +11,11 @@ import yaml
 from scipy import stats
 
 from mkviz import sweep_report
-from mkviz.cli import main as cli
-from mkviz.sweep import expand_runs, load_sweep, match_mlp_ratio, run_state, run_sweep
-from mkviz.train import TrainConfig, train
+from mkviz.apps.cli import main as cli
+from mkviz.studies.sweep import run_state, run_sweep
+from mkviz.studies.sweep_config import expand_runs, load_sweep, match_mlp_ratio
+from mkviz.training.loop import train
+from mkviz.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 REPRO = ROOT / "configs" / "repro_small.yaml"
@@ -39,10 +41,10 @@ def test_param_matched_control_matches_vanillak8(monkeypatch: pytest.MonkeyPatch
     monkeypatch.chdir(ROOT)  # the sweep file's paths are relative to the repository root
     sweep = load_sweep(REPRO)
     runs = {r.run_id: r for r in expand_runs(sweep, "shapes__*__s0")}
-    from mkviz.sweep import _params_of
-    wide = _params_of(TrainConfig(**runs["shapes__baseline-wide__s0"].train))
-    target = _params_of(TrainConfig(**runs["shapes__vanillak-8__s0"].train))
-    base = _params_of(TrainConfig(**runs["shapes__baseline__s0"].train))
+    from mkviz.studies.sweep_config import params_of
+    wide = params_of(TrainConfig(**runs["shapes__baseline-wide__s0"].train))
+    target = params_of(TrainConfig(**runs["shapes__vanillak-8__s0"].train))
+    base = params_of(TrainConfig(**runs["shapes__baseline__s0"].train))
     assert abs(wide - target) / target < 1e-3, (wide, target)
     assert wide > 1.5 * base                                   # the control really is bigger than the baseline
     # the ratio lands on an integer hidden width through timm's int(width * mlp_ratio)

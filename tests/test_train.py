@@ -15,8 +15,10 @@ import pytest
 import torch
 
 from mkviz import checkpoint as ckpt
-from mkviz.checkpoint import load_checkpoint
-from mkviz.train import EpochBatchSampler, TrainConfig, evaluate, lr_at, train
+from mkviz.training.build import load_checkpoint
+from mkviz.training.loop import evaluate, lr_at, train
+from mkviz.training.inputs import EpochBatchSampler
+from mkviz.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
@@ -131,7 +133,7 @@ def test_tiny_run_learns_and_logs(tmp_path):
     # the final model reloads from safetensors + json alone and gives the reported accuracy
     model, config = load_checkpoint(out / "final")
     assert config["model_spec"]["variant"] == "baseline" and config["metrics"]["test"]["acc"] > 0.25
-    from mkviz.train import build_datasets
+    from mkviz.training.inputs import build_datasets
     ds = build_datasets(TrainConfig(**config["train"]).resolved(), model, ("val",))["val"]
     acc = evaluate(model, torch.utils.data.DataLoader(ds, batch_size=64))["acc"]
     assert acc == pytest.approx(hist[-1]["val_acc"])
@@ -266,7 +268,7 @@ def test_cli_errors_are_one_clear_line(tmp_path, vk8_run, capsys):
                                     env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for name in names[:6]}
     results = {name: (proc.communicate(timeout=300)[1], proc.returncode) for name, proc in procs.items()}
-    from mkviz.cli import main as cli_main
+    from mkviz.apps.cli import main as cli_main
     for name in names[6:]:
         capsys.readouterr()
         code = cli_main(["train", *MICRO, *cases[name][0]])
@@ -297,8 +299,8 @@ def test_help_says_each_default_once_and_truly(capsys, monkeypatch):
     store_false --no-optimizer-state does not claim a True/False default that contradicts its effect."""
     import re
 
-    from mkviz.cli import main as cli_main
-    from mkviz.train import make_parser
+    from mkviz.apps.cli import main as cli_main
+    from mkviz.training.command import make_parser
 
     monkeypatch.setenv("COLUMNS", "100")  # a fixed width: the help wraps the same way everywhere
     with pytest.raises(SystemExit) as exit_:

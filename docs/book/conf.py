@@ -1,4 +1,4 @@
-"""Sphinx configuration of the course site (`make book`; mkviz/book.py stages the sources and runs this).
+"""Sphinx configuration of the course site (`make book`; mkviz/course/book.py stages the sources and runs this).
 
 The pages are the staged README, docs pages and the notebooks, already executed (MyST-NB does not re-run
 them). Everything a page needs is a local file: MathJax from sphinx-mathjax-offline, plotly.js from the
@@ -23,7 +23,7 @@ nb_ipywidgets_js = {}          # no widget manager from a CDN (mkviz.book replac
 nb_merge_streams = True
 myst_enable_extensions = ["dollarmath", "amsmath"]
 myst_heading_anchors = 3
-# links from the README and docs to source files (mkviz/key.py, configs/...) have no page on the site
+# links from the README and docs to source files (mkviz/core/key.py, configs/...) have no page on the site
 suppress_warnings = ["myst.xref_missing", "myst.header", "misc.highlighting_failure"]
 
 

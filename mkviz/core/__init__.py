@@ -1,0 +1,13 @@
+"""Layer 1, core: the model. Imports no other mkviz layer.
+
+    key             ManifoldKey: the key path (docs/design.md §2), variants, the fast / reference switch
+    attention       ManifoldAttention, ManifoldWindowAttention: timm drop-ins, fused and eager paths side by side
+    families        BEiT, Swin V2, relative-position ViTs (rope_attention: RoPE / EVA; family_parts: shared parts)
+    hf              Hugging Face transformers attention, converted and recorded
+    models          convert / create_model / fold, the unbalanced-atlas loss, class_logits
+    overparam       the over-parameterised key control
+    cost            parameters, FLOPs, the machine a cost was measured on
+    switches        the attention layers of a model; eval mode and timm's eager path for a while
+    modes           `temporarily`: set an attribute on several objects, restore each after
+    checks          the one-line error convention: check_choice, ArgumentParser, run_command
+"""

@@ -1,0 +1,70 @@
+"""How different are the charts? One number per question, measured on a fixed batch of images.
+
+`chart_statistics(model, images)` records a manifold-key model's chart keys and per-chart attention
+(`mkviz.record_attention`) and summarises, averaged over layers (and over the off-diagonal pairs of charts):
+
+    chart_cosine      mean cosine similarity between the keys of two charts (1: the charts' keys are parallel)
+    chart_js          mean Jensen–Shannon divergence (bits) between two charts' attention rows (0: same maps)
+    membership_max    KUA only: mean over tokens of max_c p(c|n) (1/H: uniform, 1: one chart per token)
+
+Training logs them after every epoch (`metrics.jsonl`: `chart_cosine`, `chart_js`, ...; `chart_init` before
+the first step), which is how `docs/chart_specialisation.md` follows the charts over training. Why charts can
+or cannot drift apart is argued in `docs/design.md` §3.1.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..core.models import manifold_modules
+from ..core.switches import eval_mode
+from .metrics import chart_cosine_similarity, chart_js_divergence
+from .record import record_attention
+
+__all__ = ["chart_statistics", "off_diagonal_mean", "probe_images"]
+
+
+def off_diagonal_mean(pairwise: torch.Tensor) -> float:
+    """Mean of the off-diagonal entries of an (H, H) matrix (NaN for H = 1: no pair of charts)."""
+    H = pairwise.shape[-1]
+    if H < 2:
+        return float("nan")
+    mask = ~torch.eye(H, dtype=torch.bool, device=pairwise.device)
+    return float(pairwise[mask].mean())
+
+
+def probe_images(dataset: Any, n: int = 256) -> torch.Tensor:
+    """The first `n` images of a dataset whose items are (image (C, H, W), label), stacked: (n, C, H, W)."""
+    return torch.stack([dataset[i][0] for i in range(min(n, len(dataset)))])
+
+
+@torch.no_grad()
+def chart_statistics(model: nn.Module, images: torch.Tensor, batch_size: int = 128) -> dict[str, Any]:
+    """Chart similarity of `model` on `images` (B, 3, H, W): the means above and their per-layer values
+    (`chart_cosine_layers`, `chart_js_layers`, `membership_max_layers`, in block order). {} for a model
+    without manifold layers."""
+    layers = [name for name, _ in manifold_modules(model)]
+    if not layers:
+        return {}
+    sums: dict[str, list[float]] = {}
+    device = next(model.parameters()).device
+    with eval_mode(model):
+        for start in range(0, len(images), batch_size):
+            batch = images[start:start + batch_size].to(device)
+            with record_attention(model, layers) as rec:
+                model(batch)
+            for i, name in enumerate(layers):
+                row = {"chart_cosine": off_diagonal_mean(chart_cosine_similarity(rec.chart_keys[name])),
+                       "chart_js": off_diagonal_mean(chart_js_divergence(rec.chart_attention[name]))}
+                if name in rec.membership:  # (B, N, H)
+                    row["membership_max"] = float(rec.membership[name].max(dim=-1).values.mean())
+                for key, value in row.items():
+                    sums.setdefault(key, [0.0] * len(layers))[i] += value * len(batch)
+    out: dict[str, Any] = {}
+    for key, per_layer in sums.items():
+        values = [v / len(images) for v in per_layer]
+        out[key] = sum(values) / len(values)
+        out[f"{key}_layers"] = values
+    return out

@@ -1,0 +1,265 @@
+"""The analysis of a sweep that states its comparisons before running (`report.primary`, `report.controls` in
+its YAML), and its chart-specialisation page, generated from the per-run JSON.
+
+Blocks of the reproduction page (see `mkviz.studies.sweep_report` for how blocks are kept in sync):
+    comparisons     every comparison of the family (primary, controls, each configuration vs the baseline), each
+                    read every way `mkviz.studies.stats.compare` gives, with Holm's adjustment over the primary pair and
+                    over the whole family
+    lr-check        the learning-rate check (`report.lr_check`: another sweep file) by family and rate
+    cost            parameters, FLOPs of a forward and of a training step, measured training time
+    curves          how flat the training curves ended (table); validation accuracy and training loss per
+                    epoch (plot)
+Blocks of the specialisation page (`report.specialisation_page`):
+    chart-similarity, chart-membership, and the plot chart_similarity.svg.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Optional
+import os
+
+import numpy as np
+
+from ..core.cost import count_train_flops
+from ..training.build import build_model
+from ..training.config import TrainConfig, model_spec, num_classes_of
+from . import stats
+
+__all__ = ["comparison_family", "comparisons_block", "lr_check_block", "cost_block", "curves_block",
+           "curves_figure", "specialisation_blocks", "specialisation_figure", "page_link"]
+
+
+def _pp(x: float, digits: int = 1) -> str:
+    return "–" if x is None or math.isnan(x) else f"{100 * x:+.{digits}f}"
+
+
+def _p(p: float) -> str:
+    if p is None or math.isnan(p):
+        return "–"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _ms(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
+    v = np.asarray([x for x in values if x is not None and not math.isnan(x)], float)
+    if not len(v):
+        return "–"
+    sd = f"{scale * v.std(ddof=1):.{digits}f}" if len(v) > 1 else "–"
+    return f"{scale * v.mean():.{digits}f} ± {sd}"
+
+
+# ----------------------------------------------------------------------------- the comparisons
+def comparison_family(sweep: dict[str, Any], rows: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """(a, b, role) for every comparison a − b on the page, roles "primary", "control", "vs baseline"; each
+    unordered pair once, in that order, restricted to configurations with results."""
+    rep, base = sweep.get("report") or {}, sweep["baseline"]
+    out, seen = [], set()
+    candidates = [(a, b, "primary") for a, b in rep.get("primary", [])]
+    candidates += [(a, b, "control") for a, b in rep.get("controls", [])]
+    candidates += [(c, base, "vs baseline") for c in sweep["configs"] if c != base]
+    for a, b, role in candidates:
+        if a in rows and b in rows and frozenset((a, b)) not in seen:
+            seen.add(frozenset((a, b)))
+            out.append((a, b, role))
+    return out
+
+
+def comparisons_block(sweep: dict[str, Any], rows: dict[str, dict[str, Any]]) -> str:
+    """The family's table: Welch and paired differences with 95 % intervals and p, exact permutation p with
+    their floors, minimum detectable effects at 80 % power, Hedges' g, Holm-adjusted paired p."""
+    fam = comparison_family(sweep, rows)
+    if not fam:
+        return "No comparison has results yet.\n"
+    res = [stats.compare(rows[a]["accs"], rows[b]["accs"]) for a, b, _ in fam]
+    paired_p = [r["paired"]["p"] for r in res]
+    holm_all = stats.holm(paired_p)
+    primary = [i for i, (_, _, role) in enumerate(fam) if role == "primary"]
+    holm_primary = dict(zip(primary, stats.holm([paired_p[i] for i in primary])))
+    lines = ["| comparison (a − b) | role | n | Δ pp, Welch [95 % CI] | Welch p | Δ pp, paired [95 % CI] | paired p "
+             "| exact perm. p (floor) | exact paired perm. p (floor) | MDE pp (Welch / paired) | Hedges g "
+             "| Holm p (primary) | Holm p (family) |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for i, ((a, b, role), r) in enumerate(zip(fam, res)):
+        w, pr = r["welch"], r["paired"]
+        g = "–" if math.isnan(r["g"]) else f"{r['g']:+.2f}"
+        lines.append(
+            f"| `{a}` − `{b}` | {role} | {rows[a]['n']}/{rows[b]['n']} "
+            f"| {_pp(w['diff'])} [{_pp(w['lo'])}, {_pp(w['hi'])}] | {_p(w['p'])} "
+            f"| {_pp(pr['diff'])} [{_pp(pr['lo'])}, {_pp(pr['hi'])}] | {_p(pr['p'])} "
+            f"| {_p(r['perm']['p'])} ({r['perm']['floor']:.2g}) | {_p(r['perm_paired']['p'])} "
+            f"({r['perm_paired']['floor']:.2g}) | {_pp(r['mde_welch']).lstrip('+')} / "
+            f"{_pp(r['mde_paired']).lstrip('+')} | {g} "
+            f"| {_p(holm_primary[i]) if i in holm_primary else '–'} | {_p(holm_all[i])} |")
+    lines.append("")
+    lines.append(f"Family: {len(fam)} comparisons ({len(primary)} primary). Holm's adjustment is applied to the "
+                 "paired t-test p-values, over the primary comparisons (the stated test) and over the whole family.")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- learning rates
+def lr_check_block(lr_sweep: dict[str, Any], records: list[dict[str, Any]]) -> str:
+    """Mean validation accuracy ± std per family and peak rate; the best rate per family in bold."""
+    table: dict[str, dict[float, list[float]]] = {}
+    for r in records:
+        family = r["config"].rsplit("-lr", 1)[0]
+        table.setdefault(family, {}).setdefault(float(r["train"]["lr"]), []).append(float(r["val_acc"]))
+    if not table:
+        return "No finished runs yet.\n"
+    rates = sorted({lr for per in table.values() for lr in per})
+    lines = ["| family | " + " | ".join(f"lr {lr:g}" for lr in rates) + " | chosen |",
+             "|---|" + "---:|" * len(rates) + "---|"]
+    for family in [c.rsplit("-lr", 1)[0] for c in lr_sweep["configs"]]:
+        per = table.pop(family, None)
+        if per is None:
+            continue
+        best = max(per, key=lambda lr: np.mean(per[lr]))
+        cells = []
+        for lr in rates:
+            v = per.get(lr)
+            text = "–" if not v else f"{_ms(v)} (n={len(v)})"
+            cells.append(f"**{text}**" if lr == best and v else text)
+        lines.append(f"| `{family}` | " + " | ".join(cells) + f" | {best:g} |")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- cost
+def _train_step_flops(train: dict[str, Any], batch: int) -> int:
+    cfg = TrainConfig(**{k: v for k, v in train.items() if k != "timm_kwargs"},
+                      timm_kwargs=dict(train["timm_kwargs"])).resolved()
+    model = build_model(model_spec(cfg, num_classes_of(cfg)))
+    size = cfg.timm_kwargs.get("img_size", 28)
+    return count_train_flops(model, (batch, 3, size, size))
+
+
+def cost_block(sweep: dict[str, Any], rows: dict[str, dict[str, Any]], records: list[dict[str, Any]]) -> str:
+    """Parameters, forward MFLOPs per image, training-step GFLOPs (forward + backward, one batch), epochs and
+    mean measured training time per run, with ratios to the baseline."""
+    base = sweep["baseline"]
+    info = {}
+    for config, row in rows.items():
+        recs = [r for r in records if r["config"] == config]
+        train = recs[0]["train"]
+        info[config] = {"params": row["params"], "flops": row["flops"], "epochs": train["epochs"],
+                        "step": _train_step_flops(train, train["batch_size"]), "batch": train["batch_size"],
+                        "time": float(np.mean([r["train_time_s"] for r in recs]))}
+    b = info.get(base)
+    lines = ["| configuration | params | × | forward MFLOPs/image | training-step GFLOPs (batch) | × | epochs "
+             "| training FLOPs × | mean training time (s) | × |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for config, i in info.items():
+        ratio = (lambda key: f"{i[key] / b[key]:.2f}") if b else (lambda key: "–")
+        total = f"{i['step'] * i['epochs'] / (b['step'] * b['epochs']):.2f}" if b else "–"
+        lines.append(f"| `{config}` | {i['params'] / 1e3:.0f}k | {ratio('params')} | {i['flops'] / 1e6:.1f} "
+                     f"| {i['step'] / 1e9:.2f} ({i['batch']}) | {ratio('step')} | {i['epochs']} | {total} "
+                     f"| {i['time']:.0f} | {ratio('time')} |")
+    return "\n".join(lines) + "\n"
+
+
+def curves_block(sweep: dict[str, Any], records: list[dict[str, Any]]) -> str:
+    """How flat the training curves were at the end, per configuration: validation accuracy after the last
+    epoch, what the last epoch added to it (mean and range over seeds), and the train − validation gap then."""
+    lines = ["| configuration | n | epochs | val acc % after the last epoch | last epoch's gain, pp (mean [min, max]) "
+             "| train − val, pp |", "|---|---:|---:|---:|---:|---:|"]
+    gains_all = []
+    for config in sweep["configs"]:
+        hists = [r["history"] for r in records if r["config"] == config and len(r["history"]) >= 2]
+        if not hists:
+            continue
+        gains = [h[-1]["val_acc"] - h[-2]["val_acc"] for h in hists]
+        gaps = [h[-1]["train_acc"] - h[-1]["val_acc"] for h in hists]
+        gains_all += gains
+        lines.append(f"| `{config}` | {len(hists)} | {len(hists[0])} | {_ms([h[-1]['val_acc'] for h in hists])} "
+                     f"| {_pp(float(np.mean(gains)), 2)} [{_pp(min(gains), 2)}, {_pp(max(gains), 2)}] "
+                     f"| {_pp(float(np.mean(gaps)))} |")
+    if gains_all:
+        lines += ["", f"Over all {len(gains_all)} runs the last epoch added {_pp(float(np.mean(gains_all)), 2)} points "
+                      f"of validation accuracy on average ({_pp(min(gains_all), 2)} to {_pp(max(gains_all), 2)})."]
+    return "\n".join(lines) + "\n"
+
+
+def curves_figure(sweep: dict[str, Any], records: list[dict[str, Any]], configs: list[str]) -> Any:
+    """Validation accuracy and training loss per epoch, mean over seeds, one line per configuration."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(1, 2, subplot_titles=["validation accuracy (%)", "training loss"])
+    for config in configs:
+        hists = [r["history"] for r in records if r["config"] == config]
+        if not hists:
+            continue
+        epochs = min(len(h) for h in hists)
+        x = list(range(1, epochs + 1))
+        for col, key, scale in ((1, "val_acc", 100.0), (2, "train_loss", 1.0)):
+            y = [scale * float(np.mean([h[e][key] for h in hists])) for e in range(epochs)]
+            fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=config, legendgroup=config,
+                                     showlegend=col == 1), 1, col)
+    fig.update_xaxes(title_text="epoch")
+    fig.update_layout(title="Training curves (mean over seeds)", width=1000, height=430, template="plotly_white")
+    return fig
+
+
+# ----------------------------------------------------------------------------- chart specialisation
+def _chart_series(recs: list[dict[str, Any]], key: str) -> list[list[float]]:
+    """Per run: [value at init, after epoch 1, ..., after the last epoch] of a chart statistic."""
+    return [[r.get("chart_init", {}).get(key, math.nan)] + [h.get(key, math.nan) for h in r["history"]]
+            for r in recs]
+
+
+def specialisation_blocks(sweep: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, str]:
+    """Chart similarity at initialisation, after the first epoch and at the end, per configuration; and for
+    KUA the memberships and the accuracy with one-hot memberships at inference."""
+    lines = ["| configuration | variant | charts | kernel | expands | n | key cosine: init → epoch 1 → end "
+             "| map JS (bits ×1000): init → epoch 1 → end |",
+             "|---|---|---:|---:|---|---:|---|---|"]
+    kua = ["| configuration | n | max membership: init → end (1/H = uniform) | test acc % soft | test acc % one-hot "
+           "| Δ pp |", "|---|---:|---|---:|---:|---:|"]
+    for config in sweep["configs"]:
+        recs = [r for r in records if r["config"] == config and r.get("chart_init")]
+        if not recs or recs[0]["num_charts"] in (None, 1):
+            continue
+        t = recs[0]["train"]
+        cells = []
+        for key, scale in (("chart_cosine", 1.0), ("chart_js", 1000.0)):
+            series = _chart_series(recs, key)
+            picks = [[s[0] for s in series], [s[1] for s in series], [s[-1] for s in series]]
+            cells.append(" → ".join(_ms(v, scale, 3 if scale == 1 else 2) for v in picks))
+        lines.append(f"| `{config}` | {t['variant']} | {t['num_charts']} | {t['kernel_size']} | {t['expand_from']} "
+                     f"| {len(recs)} | {cells[0]} | {cells[1]} |")
+        if t["variant"] == "kua":
+            series = _chart_series(recs, "membership_max")
+            soft = [r["test_acc"] for r in recs]
+            hard = [r.get("test_acc_one_hot", math.nan) for r in recs]
+            kua.append(f"| `{config}` | {len(recs)} | {_ms([s[0] for s in series], 1, 3)} → "
+                       f"{_ms([s[-1] for s in series], 1, 3)} | {_ms(soft)} | {_ms(hard)} "
+                       f"| {_pp(float(np.mean(hard) - np.mean(soft)))} |")
+    return {"chart-similarity": "\n".join(lines) + "\n" if len(lines) > 2 else "No finished runs yet.\n",
+            "chart-membership": "\n".join(kua) + "\n" if len(kua) > 2 else "No KUA run yet.\n"}
+
+
+def specialisation_figure(sweep: dict[str, Any], records: list[dict[str, Any]]) -> Optional[Any]:
+    """Chart key cosine and map JS per epoch (0 = initialisation), mean over seeds, per configuration."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(1, 2, subplot_titles=["key cosine between charts", "map JS between charts (bits)"])
+    any_trace = False
+    for config in sweep["configs"]:
+        recs = [r for r in records if r["config"] == config and r.get("chart_init")]
+        if not recs or recs[0]["num_charts"] in (None, 1):
+            continue
+        for col, key in ((1, "chart_cosine"), (2, "chart_js")):
+            series = _chart_series(recs, key)
+            n = min(len(s) for s in series)
+            y = [float(np.nanmean([s[e] for s in series])) for e in range(n)]
+            fig.add_trace(go.Scatter(x=list(range(n)), y=y, mode="lines+markers", name=config, legendgroup=config,
+                                     showlegend=col == 1), 1, col)
+            any_trace = True
+    fig.update_xaxes(title_text="epoch (0: initialisation)")
+    fig.update_layout(title="Do the charts drift apart? (mean over seeds)", width=1000, height=430,
+                      template="plotly_white")
+    return fig if any_trace else None
+
+
+def page_link(page: str | Path, target: str | Path) -> str:
+    """`target`'s path relative to the folder of `page` (for links between generated pages)."""
+    return os.path.relpath(Path(target), Path(page).parent)

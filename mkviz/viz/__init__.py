@@ -1,0 +1,7 @@
+"""Layer 5, viz: pictures. Imports core, data, explain, training.
+
+    figures         plain plotly figures (figure_base: what they are drawn with; key_atlas: the key atlas)
+    explorers       ChartExplorer, ChartCountExplorer (attention_cache: one recorded forward per image;
+                    explorer_controls: the widgets both share)
+    report          the HTML report `mkviz demo` writes
+"""
