@@ -92,3 +92,35 @@ def test_holm_level_and_the_mde_at_it():
     assert mde == pytest.approx((sps.t.ppf(1 - 0.05 / 42, 9) + sps.t.ppf(0.8, 9)) * 0.002, rel=1e-12)
     assert mde == pytest.approx(0.0101, abs=1e-4)  # 1.01 points, against 0.63 at alpha 0.05
     assert stats.min_detectable_effect(0.002, 9) == pytest.approx(0.0063, abs=1e-4)
+
+
+# ----------------------------------------------------------------------------- the page's comparison table
+def _table_rows(text: str) -> dict[str, list[str]]:
+    return {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in text.splitlines() if line.startswith("| `")}
+
+
+def test_stated_family_and_equivalence_columns_follow_the_stats():
+    """`report.family: stated` adjusts over the primary and control comparisons only, the other rows are marked
+    description; `report.equivalence_margin` adds the TOST p, its Holm values and the MDE at Holm's level."""
+    from mkviz.studies import sweep_analysis as analysis
+    rng = np.random.default_rng(0)
+    base = 0.82 + 0.004 * rng.standard_normal(10)
+    accs = {"b": base, "a": base + 0.001 + 0.003 * rng.standard_normal(10),
+            "c": base + 0.010 + 0.003 * rng.standard_normal(10)}
+    rows = {k: {"accs": dict(enumerate(v.tolist())), "n": 10} for k, v in accs.items()}
+    sweep = {"baseline": "b", "configs": {"a": {}, "b": {}, "c": {}},
+             "report": {"primary": [["a", "c"]], "controls": [["a", "b"]], "family": "stated",
+                        "equivalence_margin": 0.005}}
+    table = _table_rows(analysis.comparisons_block(sweep, rows))
+    assert list(table) == ["`a` − `c`", "`a` − `b`", "`c` − `b`"]
+    assert table["`c` − `b`"][0] == "vs baseline (description)" and table["`c` − `b`"][11] == "–"
+    p = [stats.paired(rows[x]["accs"], rows[y]["accs"])["p"] for x, y in (("a", "c"), ("a", "b"))]
+    assert table["`a` − `b`"][11] == f"{stats.holm(p)[1]:.3f}"
+    tost = stats.tost_paired(rows["a"]["accs"], rows["b"]["accs"], 0.005)
+    assert tost["equivalent"] and table["`a` − `b`"][12] == ("<0.001" if tost["p"] < 0.001 else f"{tost['p']:.3f}")
+    # its paired p is the larger of the two: Holm compares it at alpha / 1 within the family of two
+    se = stats.paired(rows["a"]["accs"], rows["b"]["accs"])["se"]
+    assert p[1] > p[0] and table["`a` − `b`"][15] == f"{100 * stats.min_detectable_effect(se, 9, alpha=0.05):.1f} (0.05)"
+    with pytest.raises(ValueError, match="report.family must be one of all, stated"):
+        analysis.comparisons_block({**sweep, "report": {**sweep["report"], "family": "some"}}, rows)
