@@ -21,13 +21,16 @@ import os
 
 import numpy as np
 
+import torch
+
 from ..core.cost import count_train_flops
+from ..explain.specialisation import usage_entropy
 from ..training.build import build_model
 from ..training.config import TrainConfig, model_spec, num_classes_of
 from . import stats
 
 __all__ = ["FAMILIES", "comparison_family", "in_holm_family", "holm_steps", "equivalence_columns", "comparisons_block", "lr_check_block", "cost_block", "curves_block",
-           "curves_figure", "specialisation_blocks", "specialisation_figure", "page_link"]
+           "curves_figure", "specialisation_blocks", "usage_block", "usage_entropy_of", "specialisation_figure", "page_link"]
 
 
 def _pp(x: float, digits: int = 1) -> str:
@@ -299,8 +302,40 @@ def specialisation_blocks(sweep: dict[str, Any], records: list[dict[str, Any]]) 
             kua.append(f"| `{config}` | {len(recs)} | {_ms([s[0] for s in series], 1, 3)} → "
                        f"{_ms([s[-1] for s in series], 1, 3)} | {_ms(soft)} | {_ms(hard)} "
                        f"| {_pp(float(np.mean(hard) - np.mean(soft)))} |")
-    return {"chart-similarity": "\n".join(lines) + "\n" if len(lines) > 2 else "No finished runs yet.\n",
-            "chart-membership": "\n".join(kua) + "\n" if len(kua) > 2 else "No KUA run yet.\n"}
+    blocks = {"chart-similarity": "\n".join(lines) + "\n" if len(lines) > 2 else "No finished runs yet.\n",
+              "chart-membership": "\n".join(kua) + "\n" if len(kua) > 2 else "No KUA run yet.\n"}
+    usage = usage_block(sweep, records)
+    if usage:
+        blocks["chart-usage"] = usage
+    return blocks
+
+
+def usage_block(sweep: dict[str, Any], records: list[dict[str, Any]]) -> Optional[str]:
+    """KUA's chart usage (`mkviz.explain.specialisation.chart_usage`) for the configurations whose runs logged it:
+    the usage entropy at initialisation and at the end (log2 H: every chart used alike; 0: a collapse onto one
+    chart), the least- and most-used chart's share at the end (mean over layers), and the range of the per-class
+    entropies at the end. None when no run logged it."""
+    lines = ["| configuration | n | usage entropy, bits (uniform = log2 H): init → end | least / most used chart, "
+             "share at end (uniform = 1/H) | per-class usage entropy at end, bits: min – max |",
+             "|---|---:|---|---|---|"]
+    for config in sweep["configs"]:
+        recs = [r for r in records if r["config"] == config and "chart_usage_entropy" in r["history"][-1]]
+        if not recs:
+            continue
+        init = [r["chart_init"]["chart_usage_entropy"] for r in recs]
+        end = [r["history"][-1]["chart_usage_entropy"] for r in recs]
+        shares = [np.mean(r["history"][-1]["chart_usage_layers"], axis=0) for r in recs]  # (H,) per run
+        by_class = [usage_entropy_of(u) for r in recs for u in r["history"][-1].get("chart_usage_by_class", {}).values()]
+        classes = f"{min(by_class):.3f} – {max(by_class):.3f}" if by_class else "–"
+        lines.append(f"| `{config}` | {len(recs)} | {_ms(init, 1, 3)} → {_ms(end, 1, 3)} "
+                     f"| {_ms([s.min() for s in shares], 1, 3)} / {_ms([s.max() for s in shares], 1, 3)} "
+                     f"| {classes} |")
+    return "\n".join(lines) + "\n" if len(lines) > 2 else None
+
+
+def usage_entropy_of(usage: list[float]) -> float:
+    """`usage_entropy` of a logged usage list."""
+    return usage_entropy(torch.tensor(usage, dtype=torch.float64))
 
 
 def specialisation_figure(sweep: dict[str, Any], records: list[dict[str, Any]]) -> Optional[Any]:
