@@ -310,9 +310,10 @@ assert all(0.9 < v <= 1.0 + 1e-6 for row in mean_cos.values() for v in row.value
 
 # %% [markdown]
 # At every $H$ the charts stay near-copies (mean cosine well above 0.9 in every layer). Notebook 04
-# explains why ([`docs/design.md`](../docs/design.md) §3.1): under VanillaK's mean fusion every
-# chart receives the same gradient with respect to its key, so chart differences are only carried
-# along from the initialisation, never grown. More charts therefore mostly mean more parameters
+# discusses why ([`docs/design.md`](../docs/design.md) §3.1): under VanillaK's mean fusion every
+# chart receives the same gradient with respect to its key, so identical charts stay identical; small
+# differences can grow or shrink with that shared gradient, and on Fashion-MNIST they shrink relative to
+# the shared part of the key. More charts therefore mostly mean more parameters
 # doing the same thing, on Fashion-MNIST and with this training. Variants whose fusion treats
 # charts differently (SimpleK's learned fusion, KUA's per-token membership; notebook 04 shows them
 # side by side) may behave otherwise: point the explorer at your own checkpoints
@@ -327,9 +328,10 @@ assert all(0.9 < v <= 1.0 + 1e-6 for row in mean_cos.values() for v in row.value
 # - `ChartCountExplorer` switches models with a slider and redraws the fused map, the $H$ chart
 #   maps and the $H\times H$ similarity (checked against `record_attention` for every $H$).
 # - VanillaK's charts stay near-copies at every $H$ (mean off-diagonal cosine well above 0.9): under a
-#   mean fusion every chart gets the same gradient, so their differences never grow on their own.
+#   mean fusion every chart gets the same key gradient, so identical charts stay identical, while small
+#   differences can grow or shrink; on this data they shrink.
 #   [`docs/chart_specialisation.md`](../docs/chart_specialisation.md) argues this and measures, over
-#   training, when charts can differ and when they cannot.
+#   training, how far charts of each variant moved apart or together.
 #
 # This is the end of the course. `README.md` lists the library's entry points; `mkviz train`
 # trains your own models and `mkviz.ChartExplorer` opens any of them.

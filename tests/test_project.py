@@ -167,6 +167,65 @@ def test_design_document_cross_references_and_named_tests_exist():
         assert re.search(rf"^def {func}\(", source, re.M), f"docs/design.md names {file}::{func}; no such test"
 
 
+# ----------------------------------------------------------------------------- module paths in the documents
+MODULE_PATH = r"`?(mkviz/[\w/]+\.py)`?"
+CODE_NAME = r"`([A-Za-z_][\w.]*)(?:\([^`]*\))?`"  # "`f`", "`f()`", "`f(lazy=True)`"
+# "`mkviz/x.py`: `a`, `b` and `C.d`" (names after the path) and "`a` (`mkviz/x.py`" / "`a` in `mkviz/x.py`"
+NAMES_AFTER_PATH = re.compile(r"`(mkviz/[\w/]+\.py)`:\s+((?:" + CODE_NAME + r"(?:,\s+|\s+and\s+|\s*/\s*)?)+)")
+NAME_BEFORE_PATH = re.compile(CODE_NAME + r"\s+(?:\(|in\s+)`(mkviz/[\w/]+\.py)`")
+# a CHANGELOG sentence with one of these words tells of a path as it was, which need not exist now
+OLD_PATH_WORDS = re.compile(r"\b(was|were|used to|old|formerly|moved|dropped|removed|renamed|became|split)\b", re.I)
+
+
+def _cited_module_paths() -> dict[str, list[str]]:
+    """Each `mkviz/....py` path the documents cite -> where: docs/*.md, README.md, data/README.md, and
+    CHANGELOG.md except its sentences about paths as they were (OLD_PATH_WORDS)."""
+    cited: dict[str, list[str]] = {}
+    for path in [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md", ROOT / "data" / "README.md"]:
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            for m in re.finditer(MODULE_PATH, line):
+                cited.setdefault(m.group(1), []).append(f"{path.relative_to(ROOT)}:{number}")
+    changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    for sentence in re.split(r"(?<=[.;])\s+|\n\s*\n|\n(?=\s*- )", changelog):
+        if not OLD_PATH_WORDS.search(sentence):
+            for m in re.finditer(MODULE_PATH, sentence):
+                cited.setdefault(m.group(1), []).append("CHANGELOG.md")
+    return cited
+
+
+def test_module_paths_cited_in_the_documents_exist():
+    """A document that sends a reader to `mkviz/x.py` sends them to a file there is (modules move: the
+    package was regrouped into layers, CHANGELOG.md 2026-12-04)."""
+    cited = _cited_module_paths()
+    assert {"mkviz/__init__.py", "mkviz/core/key.py", "mkviz/training/checkpoint.py"} <= set(cited), sorted(cited)
+    missing = {p: where for p, where in cited.items() if not (ROOT / p).is_file()}
+    assert not missing, "documents cite module paths that do not exist:\n" + "\n".join(
+        f"{p} ({', '.join(where)})" for p, where in sorted(missing.items()))
+
+
+def _defines(source: str, name: str) -> bool:
+    """`source` defines `name` (a function, class, module-level or class-level assignment, or attribute
+    set on self); "A.b" needs both A and b."""
+    return all(re.search(rf"^\s*(?:(?:async\s+)?def|class)\s+{re.escape(part)}\b"
+                         rf"|^\s*{re.escape(part)}\s*(?::[^=\n]*)?=(?!=)"
+                         rf"|\bself\.{re.escape(part)}\s*(?::[^=\n]*)?=(?!=)", source, re.M)
+               for part in name.split("."))
+
+
+def test_names_cited_with_a_module_path_in_the_design_document_live_there():
+    """In docs/design.md, "`mkviz/x.py`: `a`, `b`", "`a` (`mkviz/x.py`)" and "`a` in `mkviz/x.py`" say
+    that mkviz/x.py defines `a` (a leading "mkviz." is the public name); a renamed or moved function
+    must take its citations with it."""
+    text = DESIGN.read_text(encoding="utf-8")
+    pairs = {(m.group(1), name) for m in NAMES_AFTER_PATH.finditer(text) for name in re.findall(CODE_NAME, m.group(2))}
+    pairs |= {(m.group(2), m.group(1)) for m in NAME_BEFORE_PATH.finditer(text)}
+    assert len(pairs) >= 40 and ("mkviz/training/loop.py", "_train_step") in pairs, sorted(pairs)
+    wrong = sorted(f"{path}: {name}" for path, name in pairs
+                   if not (ROOT / path).is_file()
+                   or not _defines((ROOT / path).read_text(encoding="utf-8"), name.removeprefix("mkviz.")))
+    assert not wrong, "docs/design.md cites names where they are not defined:\n" + "\n".join(wrong)
+
+
 def test_no_function_in_the_package_is_longer_than_100_lines():
     """Functions a reader can hold in their head: from `def` to the last line, docstring included."""
     import ast

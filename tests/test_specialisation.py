@@ -6,7 +6,7 @@ import torch
 
 import mkviz
 from mkviz.core.key import membership_mode
-from mkviz.explain.specialisation import chart_statistics, off_diagonal_mean
+from mkviz.explain.specialisation import chart_statistics, chart_usage, off_diagonal_mean, usage_entropy
 from mkviz.training.loop import train
 from mkviz.training.config import TrainConfig
 
@@ -60,3 +60,33 @@ def test_training_logs_chart_statistics_every_epoch(tmp_path):
     assert set(res["chart_init"]) >= {"chart_cosine", "chart_js"}
     assert [set(r) >= {"chart_cosine", "chart_js", "chart_cosine_layers"} for r in res["history"]] == [True, True]
     assert -1.0 <= res["history"][-1]["chart_cosine"] <= 1.0
+
+
+def test_kua_chart_usage_sums_to_one_and_its_entropy_tells_uniform_from_collapse():
+    """A converted KUA key (membership logits 0) uses every chart alike: entropy log2 H exactly; a collapse onto
+    one chart has entropy 0; per-class usage is the mean over that class's images."""
+    H = 4
+    model = mkviz.convert(_vit(), "kua", num_charts=H)
+    labels = torch.tensor([0, 1, 1, 2, 0, 1])
+    stats = chart_statistics(model, torch.randn(6, 3, 32, 32), batch_size=4, labels=labels)
+    usage = torch.tensor(stats["chart_usage_layers"])  # (layers, H)
+    assert usage.shape == (2, H) and torch.allclose(usage, torch.full((2, H), 1 / H), atol=1e-6)
+    assert math.isclose(stats["chart_usage_entropy"], math.log2(H), abs_tol=1e-5)
+    assert sorted(stats["chart_usage_by_class"]) == ["0", "1", "2"]
+    collapsed = torch.zeros(3, 5, H)
+    collapsed[..., 2] = 1.0  # every token of every image on chart 2
+    spread = torch.softmax(torch.randn(3, 5, H, generator=torch.Generator().manual_seed(0)), dim=-1)
+    out = chart_usage([collapsed, spread], labels=torch.tensor([0, 1, 1]))
+    assert out["chart_usage_entropy_layers"][0] == 0.0 and out["chart_usage_layers"][0] == [0.0, 0.0, 1.0, 0.0]
+    mean_spread = spread.mean(dim=(0, 1))
+    assert math.isclose(out["chart_usage_entropy_layers"][1], usage_entropy(mean_spread), rel_tol=1e-6)
+    expected = ((collapsed[1:].mean(dim=1) + spread[1:].mean(dim=1)) / 2).mean(dim=0)  # class 1: images 1 and 2
+    assert torch.allclose(torch.tensor(out["chart_usage_by_class"]["1"]), expected, atol=1e-6)
+
+
+def test_training_logs_kua_chart_usage_every_epoch(tmp_path):
+    res = train(TrainConfig(preset="micro", variant="kua", num_charts=4, dataset="shapes", num_train=64,
+                            num_val=32, num_test=0, epochs=1, batch_size=32, out=str(tmp_path / "run"), quiet=True))
+    for row in (res["chart_init"], res["history"][-1]):
+        assert [math.isclose(sum(u), 1.0, abs_tol=1e-5) for u in row["chart_usage_layers"]] == [True] * 2
+        assert 0.0 <= row["chart_usage_entropy"] <= math.log2(4) + 1e-6 and row["chart_usage_by_class"]

@@ -205,11 +205,17 @@ def test_a_sweep_with_stated_comparisons_reports_every_reading(tmp_path: Path) -
     assert "Over all 9 runs the last epoch added" in curves
     charts = Path(tmp_path / "charts.md").read_text()
     assert "| `vanillak-2` | vanillak | 2 | 1 | key | 3 |" in charts and "| `kua-2` | 1 |" in charts
+    # KUA's chart usage: the entropy at the end, recomputed from the run's history
+    usage = charts.split("<!-- mkviz:begin chart-usage -->")[1].split("<!-- mkviz:end")[0]
+    kua_end = [r["history"][-1]["chart_usage_entropy"] for r in records if r["config"] == "kua-2"]
+    assert f"| `kua-2` | 1 | " in usage and f"→ {kua_end[0]:.3f} ± –" in usage
     assert sweep_report.check_page(sweep) == []
 
 
 def test_committed_fashion_mnist_pages_are_in_sync_with_their_json(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)
+    for name in ("kernel_fmnist", "kua_usage_fmnist"):
+        assert sweep_report.check_page(load_sweep(ROOT / "configs" / f"{name}.yaml")) == [], name
     sweep = load_sweep(ROOT / "configs" / "repro_fmnist.yaml")
     assert sweep_report.check_page(sweep) == []
     assert sweep["report"]["primary"] == [["vanillak-8", "baseline"], ["vanillak-8", "overparam-key"]]

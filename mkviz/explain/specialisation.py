@@ -6,6 +6,10 @@
     chart_cosine      mean cosine similarity between the keys of two charts (1: the charts' keys are parallel)
     chart_js          mean Jensen–Shannon divergence (bits) between two charts' attention rows (0: same maps)
     membership_max    KUA only: mean over tokens of max_c p(c|n) (1/H: uniform, 1: one chart per token)
+    chart_usage       KUA only: each chart's mean membership over tokens and images, per layer (`chart_usage_layers`,
+                      (layers, H)); `chart_usage_entropy` its entropy in bits (log2 H: every chart used alike, 0: one
+                      chart takes every token, a collapse); with labels, `chart_usage_by_class` (class -> H, averaged
+                      over layers)
 
 Training logs them after every epoch (`metrics.jsonl`: `chart_cosine`, `chart_js`, ...; `chart_init` before
 the first step), which is how `docs/chart_specialisation.md` follows the charts over training. Why charts can
@@ -13,7 +17,7 @@ or cannot drift apart is argued in `docs/design.md` §3.1.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -23,7 +27,7 @@ from ..core.switches import eval_mode
 from .metrics import chart_cosine_similarity, chart_js_divergence
 from .record import record_attention
 
-__all__ = ["chart_statistics", "off_diagonal_mean", "probe_images"]
+__all__ = ["chart_statistics", "chart_usage", "off_diagonal_mean", "probe_images", "probe_labels", "usage_entropy"]
 
 
 def off_diagonal_mean(pairwise: torch.Tensor) -> float:
@@ -40,15 +44,43 @@ def probe_images(dataset: Any, n: int = 256) -> torch.Tensor:
     return torch.stack([dataset[i][0] for i in range(min(n, len(dataset)))])
 
 
+def probe_labels(dataset: Any, n: int = 256) -> torch.Tensor:
+    """The labels of `probe_images(dataset, n)`: (n,) long."""
+    return torch.tensor([int(dataset[i][1]) for i in range(min(n, len(dataset)))], dtype=torch.long)
+
+
+def usage_entropy(usage: torch.Tensor) -> float:
+    """Entropy in bits of a chart-usage vector (H,) that sums to 1 (0 · log 0 = 0)."""
+    u = usage[usage > 0]
+    return float(-(u * torch.log2(u)).sum())
+
+
+def chart_usage(memberships: list[torch.Tensor], labels: Optional[torch.Tensor] = None) -> dict[str, Any]:
+    """KUA's chart usage from each layer's memberships p(c|n), (B, N, H) per layer, on the same images: each chart's
+    mean membership per layer and its entropy, and (with `labels` (B,)) per class, averaged over layers."""
+    per_image = torch.stack([m.float().mean(dim=1) for m in memberships])  # (layers, B, H)
+    usage = per_image.mean(dim=1)  # (layers, H)
+    entropies = [usage_entropy(u) for u in usage]
+    out: dict[str, Any] = {"chart_usage_layers": usage.tolist(), "chart_usage_entropy": sum(entropies) / len(entropies),
+                           "chart_usage_entropy_layers": entropies}
+    if labels is not None:
+        by_image = per_image.mean(dim=0)  # (B, H)
+        out["chart_usage_by_class"] = {str(int(c)): by_image[labels == c].mean(dim=0).tolist()
+                                       for c in labels.unique()}
+    return out
+
+
 @torch.no_grad()
-def chart_statistics(model: nn.Module, images: torch.Tensor, batch_size: int = 128) -> dict[str, Any]:
+def chart_statistics(model: nn.Module, images: torch.Tensor, batch_size: int = 128,
+                     labels: Optional[torch.Tensor] = None) -> dict[str, Any]:
     """Chart similarity of `model` on `images` (B, 3, H, W): the means above and their per-layer values
-    (`chart_cosine_layers`, `chart_js_layers`, `membership_max_layers`, in block order). {} for a model
-    without manifold layers."""
+    (`chart_cosine_layers`, `chart_js_layers`, `membership_max_layers`, in block order), and KUA's chart usage
+    (`chart_usage`; per class with `labels` (B,)). {} for a model without manifold layers."""
     layers = [name for name, _ in manifold_modules(model)]
     if not layers:
         return {}
     sums: dict[str, list[float]] = {}
+    memberships: dict[str, list[torch.Tensor]] = {}
     device = next(model.parameters()).device
     with eval_mode(model):
         for start in range(0, len(images), batch_size):
@@ -60,6 +92,7 @@ def chart_statistics(model: nn.Module, images: torch.Tensor, batch_size: int = 1
                        "chart_js": off_diagonal_mean(chart_js_divergence(rec.chart_attention[name]))}
                 if name in rec.membership:  # (B, N, H)
                     row["membership_max"] = float(rec.membership[name].max(dim=-1).values.mean())
+                    memberships.setdefault(name, []).append(rec.membership[name].cpu())
                 for key, value in row.items():
                     sums.setdefault(key, [0.0] * len(layers))[i] += value * len(batch)
     out: dict[str, Any] = {}
@@ -67,4 +100,6 @@ def chart_statistics(model: nn.Module, images: torch.Tensor, batch_size: int = 1
         values = [v / len(images) for v in per_layer]
         out[key] = sum(values) / len(values)
         out[f"{key}_layers"] = values
+    if memberships:
+        out.update(chart_usage([torch.cat(memberships[name]) for name in memberships], labels))
     return out

@@ -8,13 +8,20 @@ the data and its order for every configuration):
     paired       the per-seed differences d_s: mean, 95 % t interval, p of a one-sample t-test
     permutation  exact tests without a normality assumption: unpaired, every relabelling of the pooled runs
                  (C(n_a + n_b, n_a) of them); paired, every sign flip of the d_s (2^n). Their smallest
-                 possible two-sided p (the "floor") is 2 / C(n_a + n_b, n_a) and 2 / 2^n: with 5 paired seeds
-                 the floor is 0.0625, so no result can reach p < 0.05 that way.
+                 possible two-sided p (the "floor"): paired 2 / 2^n (a sign pattern and its negation give the
+                 same |mean|; with 5 paired seeds 0.0625, so no result can reach p < 0.05 that way); unpaired
+                 2 / C(n_a + n_b, n_a) when n_a = n_b (a split and its complement give the same |difference|),
+                 but 1 / C(n_a + n_b, n_a) when n_a ≠ n_b, where the most extreme split is generically unique
+                 (3 against 10 runs: 1/286 ≈ 0.0035, not 2/286).
+    equivalence  two one-sided tests (TOST) of |true difference| < margin, paired or Welch: p is the larger
+                 one-sided p, and equivalence at alpha means the (1 − 2 alpha) interval lies inside ±margin.
     power        the minimum detectable effect: the true difference a two-sided test at level alpha would
                  find with 80 % probability, given the observed spread and n (normal approximation with t
                  quantiles): MDE = (t_{1-alpha/2, df} + t_{0.8, df}) · se.
     effect size  Hedges' g: the difference over the pooled standard deviation, bias-corrected.
-    family       Holm's step-down adjustment of all p-values of a page (controls the family-wise error).
+    family       Holm's step-down adjustment of all p-values of a page (controls the family-wise error);
+                 `holm_level` gives the level Holm's procedure tests a step at (alpha / m for the smallest p of
+                 m), the alpha to quote an MDE at.
 """
 from __future__ import annotations
 
@@ -25,7 +32,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 __all__ = ["welch", "paired", "permutation_unpaired", "permutation_paired", "min_detectable_effect",
-           "hedges_g", "holm", "compare"]
+           "hedges_g", "holm", "holm_level", "tost_paired", "tost_welch", "compare"]
 
 NAN = float("nan")
 
@@ -69,7 +76,8 @@ def paired(a: Mapping[int, float], b: Mapping[int, float]) -> dict[str, float]:
 
 def permutation_unpaired(a: Sequence[float], b: Sequence[float], max_splits: int = 2_000_000) -> dict[str, float]:
     """Exact two-sided permutation test of mean(a) − mean(b): {p, floor, splits}. Enumerates every split of
-    the pooled runs (refuses more than `max_splits`)."""
+    the pooled runs (refuses more than `max_splits`). floor, the smallest p any data can give: 2 / splits for
+    equal group sizes (the complement of the most extreme split is as extreme), 1 / splits otherwise."""
     a, b = np.asarray(a, float), np.asarray(b, float)
     pooled, na = np.concatenate([a, b]), len(a)
     splits = math.comb(len(pooled), na)
@@ -82,7 +90,7 @@ def permutation_unpaired(a: Sequence[float], b: Sequence[float], max_splits: int
     sums = np.array([pooled[list(idx)].sum() for idx in itertools.combinations(range(len(pooled)), na)])
     diffs = np.abs(sums / na - (total - sums) / len(b))
     p = float(np.mean(diffs >= observed - 1e-12))
-    return {"p": p, "floor": 2 / splits, "splits": splits}
+    return {"p": p, "floor": (2 if na == len(b) else 1) / splits, "splits": splits}
 
 
 def permutation_paired(a: Mapping[int, float], b: Mapping[int, float]) -> dict[str, float]:
@@ -129,6 +137,44 @@ def holm(pvalues: Sequence[float]) -> list[float]:
         running = max(running, min(1.0, (m - rank) * p[i]))
         out[i] = running
     return out.tolist()
+
+
+def holm_level(m: int, step: int = 0, alpha: float = 0.05) -> float:
+    """The level Holm's procedure compares the `step`-th smallest of m p-values with (0-based): alpha / (m − step).
+    The first step, alpha / m, is the level at which anything in the family can be declared at all."""
+    if not 0 <= step < m:
+        raise ValueError(f"step must be in [0, {m}); got {step}")
+    return alpha / (m - step)
+
+
+def _tost(diff: float, se: float, df: float, margin: float, alpha: float) -> dict[str, float]:
+    from scipy import stats
+    if not margin > 0:
+        raise ValueError(f"margin must be > 0 (in the data's units, e.g. 0.005 = 0.5 points); got {margin!r}")
+    if not (se > 0 and df > 0):
+        return {"diff": diff, "p": NAN, "p_lower": NAN, "p_upper": NAN, "lo": NAN, "hi": NAN,
+                "equivalent": False, "margin": margin, "alpha": alpha}
+    p_lower = float(stats.t.sf((diff + margin) / se, df))   # H0: diff <= -margin
+    p_upper = float(stats.t.cdf((diff - margin) / se, df))  # H0: diff >= +margin
+    half = float(stats.t.ppf(1 - alpha, df)) * se
+    p = max(p_lower, p_upper)
+    return {"diff": diff, "p": p, "p_lower": p_lower, "p_upper": p_upper, "lo": diff - half, "hi": diff + half,
+            "equivalent": bool(p < alpha), "margin": margin, "alpha": alpha}
+
+
+def tost_paired(a: Mapping[int, float], b: Mapping[int, float], margin: float,
+                alpha: float = 0.05) -> dict[str, float]:
+    """Two one-sided t-tests of equivalence of a and b within ±margin, on the per-seed differences a[s] − b[s]:
+    {diff, p (the larger one-sided p), p_lower, p_upper, lo, hi (the (1 − 2 alpha) interval), equivalent
+    (p < alpha, i.e. the interval inside ±margin), margin, alpha}. margin in the data's units."""
+    pr = paired(a, b)
+    return _tost(pr["diff"], pr["se"], pr["n"] - 1, margin, alpha)
+
+
+def tost_welch(a: Sequence[float], b: Sequence[float], margin: float, alpha: float = 0.05) -> dict[str, float]:
+    """`tost_paired` for unpaired groups, with Welch's standard error and degrees of freedom."""
+    w = welch(a, b)
+    return _tost(w["diff"], w["se"], w["df"], margin, alpha)
 
 
 def compare(a: Mapping[int, float], b: Mapping[int, float]) -> dict[str, object]:

@@ -21,13 +21,16 @@ import os
 
 import numpy as np
 
+import torch
+
 from ..core.cost import count_train_flops
+from ..explain.specialisation import usage_entropy
 from ..training.build import build_model
 from ..training.config import TrainConfig, model_spec, num_classes_of
 from . import stats
 
-__all__ = ["comparison_family", "comparisons_block", "lr_check_block", "cost_block", "curves_block",
-           "curves_figure", "specialisation_blocks", "specialisation_figure", "page_link"]
+__all__ = ["FAMILIES", "comparison_family", "in_holm_family", "holm_steps", "equivalence_columns", "comparisons_block", "lr_check_block", "cost_block", "curves_block",
+           "curves_figure", "specialisation_blocks", "usage_block", "usage_entropy_of", "specialisation_figure", "page_link"]
 
 
 def _pp(x: float, digits: int = 1) -> str:
@@ -49,6 +52,9 @@ def _ms(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
 
 
 # ----------------------------------------------------------------------------- the comparisons
+FAMILIES = ("all", "stated")  # report.family: every comparison on the page, or only primary and controls
+
+
 def comparison_family(sweep: dict[str, Any], rows: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]:
     """(a, b, role) for every comparison a − b on the page, roles "primary", "control", "vs baseline"; each
     unordered pair once, in that order, restricted to configurations with results."""
@@ -64,35 +70,99 @@ def comparison_family(sweep: dict[str, Any], rows: dict[str, dict[str, Any]]) ->
     return out
 
 
+def in_holm_family(sweep: dict[str, Any], role: str) -> bool:
+    """Whether a comparison of this role is in the family Holm adjusts over: `report.family` "all" (default)
+    takes every comparison on the page, "stated" only the primary comparisons and the stated controls."""
+    family = (sweep.get("report") or {}).get("family", "all")
+    if family not in FAMILIES:
+        raise ValueError(f"report.family must be one of {', '.join(FAMILIES)}; got {family!r}")
+    return family == "all" or role in ("primary", "control")
+
+
+def holm_steps(pvalues: list[float]) -> list[Optional[int]]:
+    """Each p-value's 0-based step in Holm's procedure (its rank among the valid p-values; None for NaN)."""
+    valid = sorted((p, i) for i, p in enumerate(pvalues) if not math.isnan(p))
+    steps: list[Optional[int]] = [None] * len(pvalues)
+    for rank, (_, i) in enumerate(valid):
+        steps[i] = rank
+    return steps
+
+
+def equivalence_columns(sweep: dict[str, Any], res: list[dict[str, Any]], fam: list[tuple[str, str, str]],
+                        rows: dict[str, dict[str, Any]], members: list[int]) -> list[str]:
+    """Per comparison, the cells of the equivalence reading (`report.equivalence_margin`, in accuracy units):
+    the paired TOST p at ±margin and its Holm-adjusted p over the primary comparisons and over the family, and
+    the paired minimum detectable effect (80 % power) at the level Holm actually compared the comparison's paired
+    p with (α / (m − step); for a primary comparison within the primary comparisons, the stated test)."""
+    margin = (sweep.get("report") or {}).get("equivalence_margin")
+    if margin is None:
+        return [""] * len(fam)
+    primary = [i for i, (_, _, role) in enumerate(fam) if role == "primary"]
+    tost = [stats.tost_paired(rows[a]["accs"], rows[b]["accs"], margin) for a, b, _ in fam]
+    paired_p = [r["paired"]["p"] for r in res]
+    held, levels = {}, {}
+    for group in (members, primary):  # primary last: its level is the stated test's
+        held[len(held)] = dict(zip(group, stats.holm([tost[i]["p"] for i in group])))
+        for i, step in zip(group, holm_steps([paired_p[i] for i in group])):
+            if step is not None:
+                levels[i] = stats.holm_level(len(group), step)
+    cells = []
+    for i, r in enumerate(res):
+        lv = levels.get(i)
+        mde = ("–" if lv is None else
+               f"{_pp(stats.min_detectable_effect(r['paired']['se'], r['paired']['n'] - 1, alpha=lv)).lstrip('+')} "
+               f"({lv:.3g})")
+        family_p, primary_p = (_p(held[k][i]) if i in held[k] else "–" for k in (0, 1))
+        cells.append(f" | {_p(tost[i]['p'])} | {primary_p} | {family_p} | {mde}")
+    return cells
+
+
 def comparisons_block(sweep: dict[str, Any], rows: dict[str, dict[str, Any]]) -> str:
     """The family's table: Welch and paired differences with 95 % intervals and p, exact permutation p with
-    their floors, minimum detectable effects at 80 % power, Hedges' g, Holm-adjusted paired p."""
+    their floors, minimum detectable effects at 80 % power, Hedges' g, Holm-adjusted paired p; with
+    `report.equivalence_margin`, the equivalence reading (`equivalence_columns`)."""
     fam = comparison_family(sweep, rows)
     if not fam:
         return "No comparison has results yet.\n"
+    rep = sweep.get("report") or {}
     res = [stats.compare(rows[a]["accs"], rows[b]["accs"]) for a, b, _ in fam]
     paired_p = [r["paired"]["p"] for r in res]
-    holm_all = stats.holm(paired_p)
+    members = [i for i, (_, _, role) in enumerate(fam) if in_holm_family(sweep, role)]
+    holm_all = dict(zip(members, stats.holm([paired_p[i] for i in members])))
     primary = [i for i, (_, _, role) in enumerate(fam) if role == "primary"]
     holm_primary = dict(zip(primary, stats.holm([paired_p[i] for i in primary])))
+    margin = rep.get("equivalence_margin")
+    extra_head = (f" | TOST p (±{100 * margin:g} pp) | Holm TOST p (primary) | Holm TOST p (family) "
+                  "| MDE pp, paired, at Holm's level (level)" if margin is not None else "")
     lines = ["| comparison (a − b) | role | n | Δ pp, Welch [95 % CI] | Welch p | Δ pp, paired [95 % CI] | paired p "
              "| exact perm. p (floor) | exact paired perm. p (floor) | MDE pp (Welch / paired) | Hedges g "
-             "| Holm p (primary) | Holm p (family) |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| Holm p (primary) | Holm p (family)" + extra_head + " |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" * 4 if extra_head else "")]
+    extra = equivalence_columns(sweep, res, fam, rows, members)
     for i, ((a, b, role), r) in enumerate(zip(fam, res)):
         w, pr = r["welch"], r["paired"]
         g = "–" if math.isnan(r["g"]) else f"{r['g']:+.2f}"
         lines.append(
-            f"| `{a}` − `{b}` | {role} | {rows[a]['n']}/{rows[b]['n']} "
+            f"| `{a}` − `{b}` | {role if i in holm_all else role + ' (description)'} | {rows[a]['n']}/{rows[b]['n']} "
             f"| {_pp(w['diff'])} [{_pp(w['lo'])}, {_pp(w['hi'])}] | {_p(w['p'])} "
             f"| {_pp(pr['diff'])} [{_pp(pr['lo'])}, {_pp(pr['hi'])}] | {_p(pr['p'])} "
             f"| {_p(r['perm']['p'])} ({r['perm']['floor']:.2g}) | {_p(r['perm_paired']['p'])} "
             f"({r['perm_paired']['floor']:.2g}) | {_pp(r['mde_welch']).lstrip('+')} / "
             f"{_pp(r['mde_paired']).lstrip('+')} | {g} "
-            f"| {_p(holm_primary[i]) if i in holm_primary else '–'} | {_p(holm_all[i])} |")
+            f"| {_p(holm_primary[i]) if i in holm_primary else '–'} | {_p(holm_all[i]) if i in holm_all else '–'}"
+            f"{extra[i]} |")
     lines.append("")
-    lines.append(f"Family: {len(fam)} comparisons ({len(primary)} primary). Holm's adjustment is applied to the "
-                 "paired t-test p-values, over the primary comparisons (the stated test) and over the whole family.")
+    lines.append(f"Family: {len(members)} comparisons ({len(primary)} primary)"
+                 + (f"; {len(fam) - len(members)} more rows are description, outside the family"
+                    if len(members) < len(fam) else "")
+                 + ". Holm's adjustment is applied to the paired t-test p-values, over the primary comparisons (the "
+                   "stated test) and over the whole family.")
+    if margin is not None:
+        lines.append(f"Equivalence: two one-sided paired t-tests at ±{100 * margin:g} points (`report.equivalence_margin`"
+                     "); a difference is shown equivalent when its Holm-adjusted TOST p is below 0.05. The last "
+                     "column is the paired minimum detectable effect (80 % power) at the level Holm compared the "
+                     "comparison's paired p with: within the primary comparisons for a primary one (the stated "
+                     "test), within the family for the others.")
     return "\n".join(lines) + "\n"
 
 
@@ -232,8 +302,40 @@ def specialisation_blocks(sweep: dict[str, Any], records: list[dict[str, Any]]) 
             kua.append(f"| `{config}` | {len(recs)} | {_ms([s[0] for s in series], 1, 3)} → "
                        f"{_ms([s[-1] for s in series], 1, 3)} | {_ms(soft)} | {_ms(hard)} "
                        f"| {_pp(float(np.mean(hard) - np.mean(soft)))} |")
-    return {"chart-similarity": "\n".join(lines) + "\n" if len(lines) > 2 else "No finished runs yet.\n",
-            "chart-membership": "\n".join(kua) + "\n" if len(kua) > 2 else "No KUA run yet.\n"}
+    blocks = {"chart-similarity": "\n".join(lines) + "\n" if len(lines) > 2 else "No finished runs yet.\n",
+              "chart-membership": "\n".join(kua) + "\n" if len(kua) > 2 else "No KUA run yet.\n"}
+    usage = usage_block(sweep, records)
+    if usage:
+        blocks["chart-usage"] = usage
+    return blocks
+
+
+def usage_block(sweep: dict[str, Any], records: list[dict[str, Any]]) -> Optional[str]:
+    """KUA's chart usage (`mkviz.explain.specialisation.chart_usage`) for the configurations whose runs logged it:
+    the usage entropy at initialisation and at the end (log2 H: every chart used alike; 0: a collapse onto one
+    chart), the least- and most-used chart's share at the end (mean over layers), and the range of the per-class
+    entropies at the end. None when no run logged it."""
+    lines = ["| configuration | n | usage entropy, bits (uniform = log2 H): init → end | least / most used chart, "
+             "share at end (uniform = 1/H) | per-class usage entropy at end, bits: min – max |",
+             "|---|---:|---|---|---|"]
+    for config in sweep["configs"]:
+        recs = [r for r in records if r["config"] == config and "chart_usage_entropy" in r["history"][-1]]
+        if not recs:
+            continue
+        init = [r["chart_init"]["chart_usage_entropy"] for r in recs]
+        end = [r["history"][-1]["chart_usage_entropy"] for r in recs]
+        shares = [np.mean(r["history"][-1]["chart_usage_layers"], axis=0) for r in recs]  # (H,) per run
+        by_class = [usage_entropy_of(u) for r in recs for u in r["history"][-1].get("chart_usage_by_class", {}).values()]
+        classes = f"{min(by_class):.3f} – {max(by_class):.3f}" if by_class else "–"
+        lines.append(f"| `{config}` | {len(recs)} | {_ms(init, 1, 3)} → {_ms(end, 1, 3)} "
+                     f"| {_ms([s.min() for s in shares], 1, 3)} / {_ms([s.max() for s in shares], 1, 3)} "
+                     f"| {classes} |")
+    return "\n".join(lines) + "\n" if len(lines) > 2 else None
+
+
+def usage_entropy_of(usage: list[float]) -> float:
+    """`usage_entropy` of a logged usage list."""
+    return usage_entropy(torch.tensor(usage, dtype=torch.float64))
 
 
 def specialisation_figure(sweep: dict[str, Any], records: list[dict[str, Any]]) -> Optional[Any]:

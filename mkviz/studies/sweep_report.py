@@ -247,7 +247,7 @@ def pages(sweep: dict[str, Any], records: Optional[list[dict[str, Any]]] = None,
     records = load_results(sweep["results_dir"]) if records is None else records
     out = {Path(sweep["page"]): render_blocks(sweep, records, summary)}
     if (sweep.get("report") or {}).get("specialisation_page"):
-        out[Path(sweep["report"]["specialisation_page"])] = specialisation_blocks(sweep, records)
+        out.setdefault(Path(sweep["report"]["specialisation_page"]), {}).update(specialisation_blocks(sweep, records))
     return out
 
 

@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..core.models import convert, manifold_modules, unbalanced_atlas_loss
-from ..explain.specialisation import chart_statistics, probe_images
+from ..explain.specialisation import chart_statistics, probe_images, probe_labels
 from . import checkpoint as ckpt
 from .build import (build_model, derive_data_config, describe_spec, load_checkpoint, model_input_size,
                     state_dict_mismatch)
@@ -169,6 +169,7 @@ class _Run:
     running: dict[str, float] = field(default_factory=_new_running)
     history: list[dict[str, Any]] = field(default_factory=list)
     probe: Optional[torch.Tensor] = None      # manifold models: the first 256 val images, for chart statistics
+    probe_labels: Optional[torch.Tensor] = None  # their labels (KUA's chart usage per class)
     chart_init: dict[str, Any] = field(default_factory=dict)  # chart statistics before the first step
 
     @property
@@ -239,8 +240,9 @@ def _setup_run(cfg: TrainConfig, d: Dist, device: torch.device) -> _Run:
     run = _Run(cfg, d, device, amp, Path(cfg.out), meta, model, train_model, optimizer, anchored_decay,
                data["train"], val_loader, steps_per_epoch, total_steps, warmup, **progress)
     if cfg.variant != "baseline":  # follow the charts over training (mkviz.explain.specialisation)
-        run.probe = probe_images(data["val"])
-        run.chart_init = state.get("chart_init", {}) if state is not None else chart_statistics(model, run.probe)
+        run.probe, run.probe_labels = probe_images(data["val"]), probe_labels(data["val"])
+        run.chart_init = (state.get("chart_init", {}) if state is not None
+                          else chart_statistics(model, run.probe, labels=run.probe_labels))
     if d.main:
         run.out.mkdir(parents=True, exist_ok=True)
         ckpt.atomic_write_json(run.out / "run.json", meta)
@@ -399,7 +401,7 @@ def _end_epoch(run: _Run) -> None:
     if cfg.variant == "kua":
         row["ua_loss"] = sums[1].item() / n
     if run.probe is not None:
-        row.update(chart_statistics(run.model, run.probe))
+        row.update(chart_statistics(run.model, run.probe, labels=run.probe_labels))
     run.history.append(row)
     run.epoch, run.batch_in_epoch = run.epoch + 1, 0
     run.running = _new_running()
