@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install data chromium demo test test-fast lab book bench-params checkpoints repro repro-small sync-notebooks clean
+.PHONY: install data chromium demo test test-fast lab book bench-params checkpoints repro repro-kernel repro-small sync-notebooks clean
 
 install: $(STAMP) data
 
@@ -72,6 +72,12 @@ checkpoints: install
 repro: install
 	$(BIN)/mkviz sweep configs/fmnist_lr.yaml
 	$(BIN)/mkviz sweep configs/repro_fmnist.yaml
+
+# study v3 (docs/kernel_size_fmnist.md: is the kernel-size-3 lead from the charts?), then KUA's chart usage
+# (docs/kua_usage_fmnist.md); about 2 hours on 2 cores; resumable: run it again after a stop
+repro-kernel: install
+	$(BIN)/mkviz sweep configs/kernel_fmnist.yaml
+	$(BIN)/mkviz sweep configs/kua_usage_fmnist.yaml
 
 # the first, superseded study on shapes and digits (docs/reproduction.md; about 40 minutes)
 repro-small: install

@@ -196,6 +196,7 @@ CLAIMS = [
     Claim(REPRO, "inside ±{} points (TOST p = {},\nHolm over the primary pair {}), and VanillaK-8 − over-parameterised "
                  "key too (p = {}, Holm {}).\nOver the whole family of comparisons neither is shown equivalent "
                  "(Holm {} and {})", lambda: (margin_pp(), *tost_readings())),
+    Claim(README, "give two one-sided tests at ±{} points", lambda: (margin_pp(),)),
     # --- kernel_size_fmnist.md: the question, stated before its runs (the margin is the sweep file's)
     Claim(KERNEL, "equivalence at a margin of **±{}\n  points** stated here in advance", lambda: (kernel_margin(),)),
     Claim(KERNEL, "The equivalence test at ±{} points", lambda: (kernel_margin(),)),
