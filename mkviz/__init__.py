@@ -72,3 +72,7 @@ class _Package(types.ModuleType):
 
 
 sys.modules[__name__].__class__ = _Package
+
+from . import plugins  # noqa: E402  (registers with timm and transformers once they are imported)
+
+plugins.install()

@@ -39,6 +39,7 @@ from torch import nn
 
 from .convert import create_model
 from .data import data_config
+from .timm_hub import with_hub_fields
 
 __all__ = [
     "CheckpointError", "atomic_write_bytes", "atomic_write_json", "save_tensors", "load_tensors",
@@ -238,7 +239,7 @@ def write_checkpoint_dir(run_dir: str | os.PathLike, name: str, model_state: dic
     try:
         os.chmod(tmp, 0o777 & ~_UMASK)
         save_tensors(tmp / MODEL_FILE, model_state, _model_metadata(config))
-        atomic_write_json(tmp / CONFIG_FILE, config)
+        atomic_write_json(tmp / CONFIG_FILE, with_hub_fields(config))
         if optim_tensors is not None:
             save_tensors(tmp / OPTIM_FILE, optim_tensors)
         if state is not None:
@@ -389,7 +390,7 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, half: bool
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
     save_tensors(dst / MODEL_FILE, tensors, _model_metadata(config))
-    atomic_write_json(dst / CONFIG_FILE, config)
+    atomic_write_json(dst / CONFIG_FILE, with_hub_fields(config))
     return dst
 
 
