@@ -216,6 +216,9 @@ def convert(
     if not found:
         raise ValueError(f"model ({type(model).__name__}) has no timm Attention (or other supported attention) to convert; supported: {SUPPORTED}")
     model.mkviz_config = dict(options)
+    if any(True for _ in hf.manifold_keys(model)):  # save_pretrained / from_pretrained keep the key
+        from .hf_io import to_manifold_class
+        to_manifold_class(model, options)
     return model
 
 
@@ -330,7 +333,8 @@ def fold(model: nn.Module, inplace: bool = False) -> nn.Module:
     Hugging Face models: every manifold `k_proj` becomes an `nn.Linear` again (`mkviz/hf.py`).
     """
     if any(True for _ in hf.manifold_keys(model)):
-        return hf.fold(model, inplace)
+        from .hf_io import to_plain_class
+        return to_plain_class(hf.fold(model, inplace))
     modules = list(manifold_modules(model))
     if not modules:
         raise ValueError(f"model ({type(model).__name__}) has no manifold-key attention to fold")
