@@ -32,7 +32,7 @@ from torch import nn
 
 from .timm_models import MANIFOLD_ARGS, PREFIX
 
-__all__ = ["HUB_KEYS", "is_hub_config", "hub_architecture", "hub_fields", "with_hub_fields", "migrate_checkpoint",
+__all__ = ["HUB_KEYS", "is_hub_config", "hub_architecture", "hub_fields", "with_hub_fields", "save_hub", "migrate_checkpoint",
            "main"]
 
 HUB_KEYS = ("architecture", "num_classes", "num_features", "global_pool", "label_names", "model_args",
@@ -90,6 +90,22 @@ def with_hub_fields(config: dict[str, Any]) -> dict[str, Any]:
         return config
     fields = _fields_for(json.dumps(spec, sort_keys=True), json.dumps(config.get("class_names") or []))
     return {**config, **json.loads(fields)}
+
+
+def save_hub(model: nn.Module, folder: str | Path, spec: dict[str, Any],
+             metadata: Optional[dict[str, Any]] = None) -> Path:
+    """Write `model` (built from `spec`; folded or not) as a timm Hub folder: model.safetensors and config.json
+    (timm's keys, `model_spec` and `metadata`). ValueError when `folder` exists and is not empty."""
+    from .checkpoint import CONFIG_FILE, MODEL_FILE, atomic_write_json, save_tensors
+
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()):
+        raise ValueError(f"{folder} exists and is not empty; choose a new folder (nothing is overwritten)")
+    config = {**(metadata or {}), "model_spec": spec}
+    config.update(hub_fields(model, spec, config.get("class_names")))
+    save_tensors(folder / MODEL_FILE, model.state_dict(), {"format": "pt"})
+    atomic_write_json(folder / CONFIG_FILE, config)
+    return folder
 
 
 def migrate_checkpoint(path: str | Path) -> bool:

@@ -54,7 +54,7 @@ def _source_cfg(arch: str, pretrained_cfg: Any, overlay: Optional[dict]) -> dict
         if part is not None:
             cfg.update(part if isinstance(part, dict) else part.to_dict())
     cfg.update(overlay or {})
-    return cfg
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}  # as timm's own cfgs
 
 
 def _is_saved(pretrained_cfg: Any) -> bool:
