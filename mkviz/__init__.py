@@ -32,13 +32,19 @@ transformers, nbformat/nbclient/jupytext, sphinx) are imported inside the functi
 needs it.
 
 This file is the package's face: the public names above, loaded on first use (so that `mkviz --version`
-answers without loading torch), and the old flat module paths (`mkviz.figures`, `mkviz.train`, ...), each
-kept as a name for its new module (`MOVED`; CHANGELOG.md, 2026-12-04).
+answers without loading torch), the old flat module paths (`mkviz.figures`, `mkviz.train`, ...), each
+kept as a name for its new module (`MOVED`; CHANGELOG.md, 2026-12-04), and mkviz's registrations with timm
+and transformers (`REGISTRARS`), run as soon as mkviz and the library are both imported.
+
+A wheel also carries the repository's data/checkpoints as `mkviz/_data/checkpoints` (pyproject.toml's
+package-dir; not a module, absent from a clone), found by `mkviz.training.shipped_checkpoints_dir`.
 """
 import importlib
 import importlib.abc
+import importlib.machinery
 import importlib.util
 import sys
+import warnings
 from typing import Any
 
 __version__ = "0.1.0"
@@ -123,3 +129,62 @@ class MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 
 sys.meta_path.append(MovedModuleFinder())
+
+
+# a library -> the module whose `register()` registers mkviz with it (timm's `mkviz_<arch>` entrypoints;
+# transformers' Auto classes), run as soon as mkviz and the library are both imported
+REGISTRARS = {"timm": "core.timm_models", "transformers": "core.hf_io"}
+
+
+def register(library: str) -> None:
+    """Run the registration of `library` (a key of REGISTRARS); a failure is one warning, not a failed import."""
+    try:
+        importlib.import_module(f"{__name__}.{REGISTRARS[library]}").register()
+    except Exception as err:  # noqa: BLE001 - the library itself must still import
+        warnings.warn(f"mkviz could not register with {library}: {type(err).__name__}: {err}", stacklevel=2)
+
+
+class RegisteringLoader(importlib.abc.Loader):
+    """A library's own loader, followed by mkviz's registration with it."""
+
+    def __init__(self, loader: Any, library: str) -> None:
+        self.loader, self.library = loader, library
+
+    def create_module(self, spec: Any) -> Any:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        self.loader.exec_module(module)
+        register(self.library)
+
+
+class AfterImportFinder(importlib.abc.MetaPathFinder):
+    """Finds nothing itself: gives a library of REGISTRARS not yet imported a loader that registers after it."""
+
+    def __init__(self, pending: set[str]) -> None:
+        self.pending = pending
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname not in self.pending:
+            return None
+        self.pending.discard(fullname)
+        if not self.pending:
+            sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is not None and spec.loader is not None:
+            spec.loader = RegisteringLoader(spec.loader, fullname)
+        return spec
+
+
+def install_registrations() -> None:
+    """Register now with the libraries already imported, and after the import of the others (once)."""
+    if any(isinstance(f, AfterImportFinder) for f in sys.meta_path):
+        return
+    pending = {library for library in REGISTRARS if library not in sys.modules}
+    for library in sorted(set(REGISTRARS) - pending):
+        register(library)
+    if pending:
+        sys.meta_path.insert(0, AfterImportFinder(pending))
+
+
+install_registrations()

@@ -7,6 +7,7 @@ import ast
 import importlib
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -60,8 +61,13 @@ def layer_of(name: str) -> int | None:
 
 
 def test_the_package_root_holds_only_its_face_and_the_layers():
+    """In a clone; a built wheel adds the data folder `mkviz/_data` (pyproject.toml's package-dir: the shipped
+    checkpoints), which holds no module."""
+    assert {p.name for p in PACKAGE.iterdir() if p.name != "__pycache__"} == {"__init__.py", *LAYERS}
     assert {p.name for p in PACKAGE.iterdir() if p.suffix == ".py"} == {"__init__.py"}
     assert {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()} == set(LAYERS)
+    pyproject = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text(encoding="utf-8"))
+    assert pyproject["tool"]["setuptools"]["packages"] == ["mkviz", *(f"mkviz.{n}" for n in LAYERS), "mkviz._data"]
 
 
 @pytest.mark.parametrize("name", sorted(n for n in MODULES if layer_of(n) is not None))

@@ -4,7 +4,9 @@
     attention       ManifoldAttention, ManifoldWindowAttention: timm drop-ins, fused and eager paths side by side
     families        BEiT, Swin V2, relative-position ViTs (rope_attention: RoPE / EVA; family_parts: shared parts)
     hf              Hugging Face transformers attention, converted and recorded
+    hf_io           Hugging Face save_pretrained / from_pretrained: manifold-key config and model classes
     models          convert / create_model / fold, the unbalanced-atlas loss, class_logits
+    timm_models     timm's registry: the `mkviz_<arch>` entrypoints (timm_build: the models behind them)
     overparam       the over-parameterised key control
     cost            parameters, FLOPs, the machine a cost was measured on
     switches        the attention layers of a model; eval mode and timm's eager path for a while

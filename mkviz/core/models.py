@@ -20,6 +20,7 @@ from . import hf
 from .attention import ContextBroadcast, ManifoldAttention, ManifoldQKV, ManifoldWindowAttention
 from .checks import check_choice
 from .families import FAMILIES
+from .hf_io import to_manifold_class, to_plain_class
 from .key import INITS, ManifoldKey, check_perturbation, resolve_variant
 
 __all__ = ["convert", "create_model", "fold", "manifold_modules", "unbalanced_atlas_loss", "class_logits"]
@@ -223,6 +224,8 @@ def convert(
     if not found:
         raise ValueError(f"model ({type(model).__name__}) has no timm Attention (or other supported attention) to convert; supported: {SUPPORTED}")
     model.mkviz_config = dict(options)
+    if any(True for _ in hf.manifold_keys(model)):  # save_pretrained / from_pretrained keep the key
+        to_manifold_class(model, options)
     return model
 
 
@@ -337,7 +340,7 @@ def fold(model: nn.Module, inplace: bool = False) -> nn.Module:
     Hugging Face models: every manifold `k_proj` becomes an `nn.Linear` again (`mkviz/core/hf.py`).
     """
     if any(True for _ in hf.manifold_keys(model)):
-        return hf.fold(model, inplace)
+        return to_plain_class(hf.fold(model, inplace))
     modules = list(manifold_modules(model))
     if not modules:
         raise ValueError(f"model ({type(model).__name__}) has no manifold-key attention to fold")

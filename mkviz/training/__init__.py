@@ -7,6 +7,7 @@
     optim         the optimiser and its parameter groups
     checkpoint    checkpoint files: safetensors + JSON, atomic writes, finding and resuming
     build         models from a spec or a checkpoint folder (`build_model`, `load_checkpoint`)
+    timm_hub      checkpoint folders in timm's Hub format (config.json keys), migrating older folders
     loop          `train(cfg)`, `evaluate`, the learning-rate schedule
     command       `mkviz train`: options -> TrainConfig
 

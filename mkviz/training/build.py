@@ -11,8 +11,7 @@ import torch
 from timm.data import resolve_data_config
 from torch import nn
 
-from ..core.models import create_model
-from ..core.overparam import factorise_key
+from ..core.timm_build import build_spec
 from ..data.registry import data_config
 from .checkpoint import CheckpointError, CONFIG_FILE, MODEL_FILE, find_checkpoint, load_tensors, read_json
 
@@ -25,17 +24,11 @@ __all__ = [
 # ----------------------------------------------------------------------------- models from checkpoints
 def build_model(spec: dict[str, Any], pretrained: bool = False, seed: int = 0) -> nn.Module:
     """The model a spec describes (`model`, `timm_kwargs`, `variant`, `num_charts`, ...)."""
-    variant = None if spec["variant"] == "baseline" else spec["variant"]
     try:
-        model = create_model(spec["model"], variant=variant, num_charts=spec["num_charts"], pretrained=pretrained,
-                             context_broadcast=spec["context_broadcast"], kernel_size=spec["kernel_size"],
-                             expand_from=spec["expand_from"], ua_weight=spec["ua_weight"], seed=seed,
-                             **spec["timm_kwargs"])
+        model = build_spec(spec, pretrained=pretrained, seed=seed)
     except TypeError as err:  # a timm kwarg this model does not take
         raise ValueError(f"model {spec['model']!r} does not accept these arguments {spec['timm_kwargs']}: {err}") \
             from None
-    if spec.get("key_hidden"):
-        factorise_key(model, spec["key_hidden"], seed=seed)
     if spec.get("data_config"):
         apply_data_config(model, spec["data_config"])
     return model

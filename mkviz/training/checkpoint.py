@@ -22,6 +22,7 @@ repository's `data/checkpoints`. This module reads and writes files only; `mkviz
 from __future__ import annotations
 
 import base64
+import importlib.resources
 import json
 import os
 import shutil
@@ -55,14 +56,18 @@ _PACKAGE_CHECKPOINTS = Path(__file__).resolve().parents[2] / "data" / "checkpoin
 
 def shipped_checkpoints_dir() -> Path:
     """The repository's `data/checkpoints/` folder: under $MKVIZ_ROOT if set, else in the first folder
-    upwards from the working directory with a pyproject.toml and a data/ folder, else beside the package."""
+    upwards from the working directory with a pyproject.toml and a data/checkpoints folder, else beside the
+    package    (a clone), else the copy an installed wheel carries (`mkviz/_data/checkpoints`)."""
     if os.environ.get("MKVIZ_ROOT"):
         return Path(os.environ["MKVIZ_ROOT"]).resolve() / "data" / "checkpoints"
     for folder in (Path.cwd(), *Path.cwd().parents):
-        if (folder / "pyproject.toml").is_file() and (folder / "data").is_dir():
+        if (folder / "pyproject.toml").is_file() and (folder / "data" / "checkpoints").is_dir():
             return folder / "data" / "checkpoints"
     if _PACKAGE_CHECKPOINTS.is_dir():
         return _PACKAGE_CHECKPOINTS
+    installed = Path(str(importlib.resources.files(__name__.partition(".")[0]) / "_data" / "checkpoints"))
+    if installed.is_dir():  # an installed wheel carries them (pyproject.toml's package-dir)
+        return installed
     raise FileNotFoundError("cannot find the mkviz repository's data/checkpoints: set MKVIZ_ROOT to the "
                             "repository root")
 

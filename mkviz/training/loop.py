@@ -51,6 +51,7 @@ from .distributed import Dist, init_dist
 from .inputs import EpochBatchSampler, build_datasets
 from .optim import build_optimizer
 from .run_dir import check_out_dir, check_resume_config, read_jsonl, write_jsonl
+from .timm_hub import hub_fields
 
 __all__ = ["train", "evaluate", "lr_at"]
 
@@ -285,6 +286,7 @@ def _build_model_and_data(cfg: TrainConfig, device: torch.device, resuming: bool
         class_names = [str(i) for i in range(num_classes)]
     meta = {"train": cfg.to_dict(), "model_spec": spec, "class_names": class_names,
             "image_size": cfg.image_size or model_input_size(model), "dataset": cfg.dataset, "format_version": 1}
+    meta.update(hub_fields(model, spec, class_names))  # timm's config.json keys (mkviz.training.timm_hub)
     return model, spec, data, meta
 
 def _schedule(cfg: TrainConfig, d: Dist, n_train: int) -> tuple[int, int, int]:
