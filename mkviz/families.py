@@ -39,6 +39,8 @@ from timm.models.vision_transformer_relpos import RelPosAttention
 
 from .attention import ContextBroadcast, ManifoldQKV, window_bias
 
+torch.fx.wrap("resolve_self_attn_mask")  # timm's FX leaf, here too (torch.fx.wrap patches this module's name)
+
 __all__ = ["ManifoldBeitAttention", "ManifoldRopeAttention", "ManifoldEvaAttention", "ManifoldWindowAttentionV2",
            "ManifoldRelPosAttention", "FAMILIES", "load_projections"]
 
@@ -254,12 +256,10 @@ class ManifoldRopeAttention(ManifoldQKV):
         q, k, v = self.project_qkv(x)  # each (B, heads, N, d)
         q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.rotate(q, rope).type_as(v), self.rotate(k, rope).type_as(v)
-        bias = None
-        if attn_mask is not None and not is_causal:
-            bias = resolve_self_attn_mask(N, q, attn_mask, False)
+        bias = resolve_self_attn_mask(N, q, attn_mask, is_causal)  # timm's FX leaf: no branch on the mask
         self._rope = rope if self.recorder is not None else None
         try:
-            out = self.attend(x, q, k, v, bias, is_causal)  # (B, N, A)
+            out = self.attend(x, q, k, v, bias)  # (B, N, A)
         finally:
             self._rope = None
         out = self.norm(out)

@@ -47,6 +47,9 @@ __all__ = [
     "membership_mode",
     "MEMBERSHIP_MODES",
     "check_choice",
+    "check_tokens",
+    "is_symbolic",
+    "SCRIPT_REFUSAL",
 ]
 
 VARIANTS: tuple[str, ...] = ("vanillak", "simplek", "spatialk", "kua")
@@ -54,6 +57,8 @@ LINEAR_VARIANTS: tuple[str, ...] = ("vanillak", "simplek", "spatialk")
 EXPAND_FROM: tuple[str, ...] = ("key", "input")
 INITS: tuple[str, ...] = ("preserve", "scratch")
 MEMBERSHIP_MODES: tuple[str, ...] = ("soft", "one_hot")
+SCRIPT_REFUSAL = ("torch.jit.script: mkviz's manifold-key modules are not scriptable (TorchScript is deprecated in "
+                  "torch 2.14); use torch.export or torch.compile, or mkviz.fold(model) for a plain timm model")
 
 
 def resolve_variant(variant: str) -> str:
@@ -85,6 +90,23 @@ def check_kernel_size(kernel_size: int) -> int:
     if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be an odd integer >= 1 (1, 3, 5, ...); got {kernel_size!r}")
     return kernel_size
+
+
+def check_tokens(x: torch.Tensor, width: int, what: str) -> None:
+    """ValueError unless x is (batch, tokens, width). A leaf of torch.fx tracing (`torch.fx.wrap` below): traced
+    graphs record the call and run the check on real tensors; the trace itself never branches on x's shape."""
+    if x.dim() != 3 or x.shape[-1] != width:
+        raise ValueError(f"x: expected shape (batch, tokens, {width}) for {what} of input width {width}; "
+                         f"got {tuple(x.shape)}")
+
+
+torch.fx.wrap("check_tokens")
+
+
+def is_symbolic(t: object) -> bool:
+    """True for a torch.fx symbolic-tracing proxy (parameters and activations while `torch.fx.symbolic_trace` or
+    torchvision's feature extraction traces): no value, no storage, no autocast state to read."""
+    return isinstance(t, torch.fx.Proxy)
 
 
 def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
@@ -170,6 +192,10 @@ class ManifoldKey(nn.Module):
         self.fusion = nn.Conv1d(H * C, C, 1, bias=bias, **dd) if self.variant == "simplek" else None
         self.membership = nn.Linear(in_dim, H, **dd) if self.variant == "kua" else None
         self.reset_parameters("scratch")
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """torch.jit.script calls this first: refuse in one line (README's support table)."""
+        raise RuntimeError(SCRIPT_REFUSAL)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -285,11 +311,7 @@ class ManifoldKey(nn.Module):
 
     # ------------------------------------------------------------------ reference computation (docs/design.md §2)
     def _check_input(self, x: torch.Tensor) -> None:
-        if x.dim() != 3 or x.shape[-1] != self.in_dim:
-            raise ValueError(
-                f"x: expected shape (batch, tokens, {self.in_dim}) for a key of input width {self.in_dim}; "
-                f"got {tuple(x.shape)}"
-            )
+        check_tokens(x, self.in_dim, "a key")
 
     def chart_keys(self, x: torch.Tensor) -> torch.Tensor:
         """Every chart's key K_c: x (B, N, C_in) -> (B, H, N, C).
@@ -334,7 +356,7 @@ class ManifoldKey(nn.Module):
         return torch.einsum("bnh,bhnc->bnc", probs, charts)
 
     def _update_ua_loss(self, probs: torch.Tensor) -> None:
-        if self.ua_weight > 0 and self.training:
+        if self.ua_weight > 0 and self.training and not is_symbolic(probs):  # FX graphs do not carry the term
             uniform = 1.0 / self.num_charts
             self.ua_loss = -self.ua_weight * (probs - uniform).pow(2).sum(-1).mean()
 
@@ -364,8 +386,12 @@ class ManifoldKey(nn.Module):
     # chart_keys itself (impl "fast", kernel_size 1) also stacks the chart operators into one matmul.
     def _parameter_space(self) -> contextlib.AbstractContextManager:
         """Products of parameters run outside autocast, in the parameters' dtype: they are tiny (no batch or
-        token dimension) and their rounding would otherwise be multiplied into every token's key."""
-        return torch.autocast(self.scale.device.type, enabled=False)
+        token dimension) and their rounding would otherwise be multiplied into every token's key. Nothing to
+        leave where autocast is off, on the meta device (no autocast there) or while torch.fx traces."""
+        scale = self.scale
+        if is_symbolic(scale) or scale.is_meta or not torch.is_autocast_enabled(scale.device.type):
+            return contextlib.nullcontext()
+        return torch.autocast(scale.device.type, enabled=False)
 
     def chart_operators(self) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Each chart's linear operator on its input, folded with the scale s_c.
@@ -440,7 +466,7 @@ class ManifoldKey(nn.Module):
         if not self.is_linear:
             return "kua"
         order = "weight" if self.foldable else "token"
-        if self.variant != "simplek":
+        if self.variant != "simplek" or not isinstance(tokens, int):  # torch.fx traces: a proxy, not a count
             return order
         H, C, cin, cx, k = self.num_charts, self.key_dim, self.chart_in_dim, self.in_dim, self.kernel_size
         base = C * cx * tokens if self.base is not None else 0  # every token's base key
