@@ -41,7 +41,7 @@ CI_MODELS: dict[str, dict] = {
 # outcome -> count over CI_MODELS (measured; tests/timm_suite_plugin.py lists the expected refusals): 8 or 9
 # tests per model (Swin and Swin V2 also run timm's standard-config and features tests), each model's
 # test_model_forward_torchscript refused, test_vit3's 9 refused, Swin V2's fixed 256-px input skipped by
-# timm's own size limit in one test
+# timm's own size limit in test_model_backward_fx (tests/test_fx.py traces its gradients)
 CI_EXPECTED = {"passed": 73, "xfailed": 18, "skipped": 1, "failed": 0}
 
 # family -> its model in the per-family x variant report (`--matrix`)
