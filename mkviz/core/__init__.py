@@ -12,4 +12,5 @@
     switches        the attention layers of a model; eval mode and timm's eager path for a while
     modes           `temporarily`: set an attribute on several objects, restore each after
     checks          the one-line error convention: check_choice, ArgumentParser, run_command
+    tracing         torch.fx and TorchScript: check_tokens (an FX leaf), is_symbolic, SCRIPT_REFUSAL
 """

@@ -27,6 +27,12 @@ from timm.layers.attention import maybe_add_mask, resolve_self_attn_mask
 from timm.models.swin_transformer import WindowAttention
 
 from .key import ManifoldKey
+from .tracing import SCRIPT_REFUSAL, check_tokens, is_symbolic
+
+# leaves of torch.fx tracing in this module too (torch.fx.wrap patches a name in the globals of its caller)
+torch.fx.wrap("check_tokens")
+torch.fx.wrap("maybe_add_mask")
+torch.fx.wrap("resolve_self_attn_mask")
 
 __all__ = ["ContextBroadcast", "ManifoldQKV", "ManifoldAttention", "ManifoldWindowAttention", "attn_layer",
            "window_bias"]
@@ -94,11 +100,11 @@ class ManifoldQKV(nn.Module):
         return k_norm(k) if k_norm is not None else k
 
     def check_width(self, x: torch.Tensor) -> None:
-        if x.dim() != 3 or x.shape[-1] != self.key.in_dim:
-            raise ValueError(
-                f"x: expected shape (batch, tokens, {self.key.in_dim}) for an attention of width "
-                f"{self.key.in_dim}; got {tuple(x.shape)}"
-            )
+        check_tokens(x, self.key.in_dim, "an attention")
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """torch.jit.script calls this first: refuse in one line (README's support table)."""
+        raise RuntimeError(SCRIPT_REFUSAL)
 
     def qkv_linear(self) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """timm's fused `qkv` for a foldable key: weight (3A, C_in) with rows [q; k; v], bias (3A,) or None.
@@ -110,7 +116,7 @@ class ManifoldQKV(nn.Module):
         The cache. `_qkv_cache = (stamp, weight, bias)` is written and read only while
         `torch.is_grad_enabled()` is False and no torch.compile / torch.export trace runs, so a cached tensor
         never carries autograd history and a forward that records gradients always rebuilds (its gradients reach every parameter). The stamp
-        is `(p.data_ptr(), p._version)` for every parameter the result is built from (`qv.weight`,
+        is `(p.data_ptr(), p._version, p.dtype, p.device)` for every parameter the result is built from (`qv.weight`,
         `qv.bias`, then `self.key.parameters()` in order); `_version` is the (private, long-stable) torch
         version counter that autograd uses to detect in-place changes to saved tensors. Equal stamps mean:
         the same number of parameters, each still backed by the same memory and not modified in place
@@ -119,7 +125,8 @@ class ManifoldQKV(nn.Module):
           * any in-place update of a parameter: `optimizer.step()`, `p.add_()`/`p.copy_()`/`p.mul_()` also
             under `torch.no_grad()` or `torch.inference_mode()`, `load_state_dict` (copies in place),
             `reset_parameters`, `load_base_key`;
-          * new storage for a parameter: `module.to(device/dtype)`, `.half()`, `p.data = t`,
+          * new storage for a parameter: `module.to(device/dtype)`, `.half()`, `p.data = t` (a new dtype or
+            device never hits the cache, even where the allocator reuses the old address),
             `load_state_dict(assign=True)`, a parameter replaced by another;
         (tests/test_key.py::test_inference_cache_follows_parameter_changes: an optimiser step and a
         `load_state_dict`). The key's configuration (variant, charts, kernel size) is fixed at construction,
@@ -129,11 +136,13 @@ class ManifoldQKV(nn.Module):
         replaced by one the allocator places at the very address the cache saw, with an equal version.
         After such a change, `del module._qkv_cache` (or any in-place op on the parameter itself).
         """
-        # no cache while autograd records, nor under torch.compile / torch.export (fake tensors have no storage)
-        use_cache = not torch.is_grad_enabled() and not _is_compiling()
+        # no cache while autograd records, nor under torch.compile / torch.export (fake tensors have no storage),
+        # torch.fx tracing (proxies) or on the meta device (no storage: every data_ptr is 0)
+        ref = self.qv.weight
+        use_cache = not torch.is_grad_enabled() and not _is_compiling() and not is_symbolic(ref) and not ref.is_meta
         if use_cache:
             params = [p for p in (self.qv.weight, self.qv.bias) if p is not None] + list(self.key.parameters())
-            stamp = tuple((p.data_ptr(), p._version) for p in params)
+            stamp = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
             cached = getattr(self, "_qkv_cache", None)
             if cached is not None and cached[0] == stamp:
                 return cached[1], cached[2]
@@ -178,7 +187,7 @@ class ManifoldQKV(nn.Module):
         additive, broadcastable to (B, heads, N, N), or None -> (B, heads, N, d). `self.scale` is a float, or a
         tensor broadcastable to q (Swin V2's learned per-head logit scale (heads, 1, 1))."""
         extra = {}
-        if isinstance(self.scale, torch.Tensor):  # a per-head scale goes into the queries
+        if not isinstance(self.scale, (int, float)):  # a per-head scale (tensor, or a proxy under FX) goes into q
             q, extra = q * self.scale, {"scale": 1.0}
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias,
                                               dropout_p=self.attn_drop.p if self.training else 0.,
@@ -294,16 +303,15 @@ class ManifoldAttention(ManifoldQKV):
         gate = self.gate(x).sigmoid() if self.gate is not None else None
         q, k, v = self.project_qkv(x)  # each (B, heads, N, d)
         q, k = self.q_norm(q), self.k_norm(k)
-        bias = None
-        if attn_mask is not None and not is_causal:
-            bias = resolve_self_attn_mask(N, q, attn_mask, False) if attn_mask.dtype == torch.bool else attn_mask
+        # the causal mask or attn_mask as an additive bias: timm's FX leaf, so tracing never branches on them
+        bias = resolve_self_attn_mask(N, q, attn_mask, is_causal)
         # the two paths side by side, as in timm's Attention.forward (`attend` is this branch for the other classes)
         if self.qk_recorder is not None:  # record_attention(lazy=True): q and k; the fused path stays on
             self.qk_recorder(self, x, q, k, bias)
         if self.fused_attn and self.recorder is None:
-            out = self.fused_attention(q, k, v, bias, is_causal)  # F.scaled_dot_product_attention: (B, heads, N, d)
+            out = self.fused_attention(q, k, v, bias)  # F.scaled_dot_product_attention: (B, heads, N, d)
         else:
-            attn, bias = self.attention_matrix(q, k, bias, is_causal)  # softmax(q·kᵀ·scale + bias): (B, heads, N, N)
+            attn, bias = self.attention_matrix(q, k, bias)  # softmax(q·kᵀ·scale + bias): (B, heads, N, N)
             if self.recorder is not None:  # record_attention: the input, the queries, the matrix and its bias
                 self.recorder(self, x, q, attn, bias)
             out = self.attn_drop(attn) @ v  # hooks on attn_drop (timm's AttentionExtract, captum) see the matrix

@@ -36,6 +36,9 @@ from torch.nn import functional as F
 
 from .checks import check_choice
 from .modes import temporarily
+from .tracing import SCRIPT_REFUSAL, check_tokens, is_symbolic
+
+torch.fx.wrap("check_tokens")  # an FX leaf in this module (torch.fx.wrap patches the name where it is called)
 
 __all__ = [
     "VARIANTS", "ManifoldKey", "resolve_variant", "check_num_charts", "check_kernel_size", "max_charts", "key_impl",
@@ -158,6 +161,10 @@ class ManifoldKey(nn.Module):
         self.membership = nn.Linear(in_dim, H, **dd) if self.variant == "kua" else None
         self.reset_parameters("scratch")
 
+    def __prepare_scriptable__(self) -> nn.Module:
+        """torch.jit.script calls this first: refuse in one line (README's support table)."""
+        raise RuntimeError(SCRIPT_REFUSAL)
+
     # ------------------------------------------------------------------ properties
     @property
     def chart_in_dim(self) -> int:
@@ -272,11 +279,7 @@ class ManifoldKey(nn.Module):
 
     # ------------------------------------------------------------------ reference computation (docs/design.md §2)
     def _check_input(self, x: torch.Tensor) -> None:
-        if x.dim() != 3 or x.shape[-1] != self.in_dim:
-            raise ValueError(
-                f"x: expected shape (batch, tokens, {self.in_dim}) for a key of input width {self.in_dim}; "
-                f"got {tuple(x.shape)}"
-            )
+        check_tokens(x, self.in_dim, "a key")
 
     def chart_keys(self, x: torch.Tensor) -> torch.Tensor:
         """Every chart's key K_c: x (B, N, C_in) -> (B, H, N, C).
@@ -321,7 +324,7 @@ class ManifoldKey(nn.Module):
         return torch.einsum("bnh,bhnc->bnc", probs, charts)
 
     def _update_ua_loss(self, probs: torch.Tensor) -> None:
-        if self.ua_weight > 0 and self.training:
+        if self.ua_weight > 0 and self.training and not is_symbolic(probs):  # FX graphs do not carry the term
             uniform = 1.0 / self.num_charts
             self.ua_loss = -self.ua_weight * (probs - uniform).pow(2).sum(-1).mean()
 
@@ -351,8 +354,12 @@ class ManifoldKey(nn.Module):
     # chart_keys itself (impl "fast", kernel_size 1) also stacks the chart operators into one matmul.
     def _parameter_space(self) -> contextlib.AbstractContextManager:
         """Products of parameters run outside autocast, in the parameters' dtype: they are tiny (no batch or
-        token dimension) and their rounding would otherwise be multiplied into every token's key."""
-        return torch.autocast(self.scale.device.type, enabled=False)
+        token dimension) and their rounding would otherwise be multiplied into every token's key. Nothing to
+        leave where autocast is off, on the meta device (no autocast there) or while torch.fx traces."""
+        scale = self.scale
+        if is_symbolic(scale) or scale.is_meta or not torch.is_autocast_enabled(scale.device.type):
+            return contextlib.nullcontext()
+        return torch.autocast(scale.device.type, enabled=False)
 
     def chart_operators(self) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Each chart's linear operator on its input, folded with the scale s_c.
@@ -427,7 +434,7 @@ class ManifoldKey(nn.Module):
         if not self.is_linear:
             return "kua"
         order = "weight" if self.foldable else "token"
-        if self.variant != "simplek":
+        if self.variant != "simplek" or not isinstance(tokens, int):  # torch.fx traces: a proxy, not a count
             return order
         H, C, cin, cx, k = self.num_charts, self.key_dim, self.chart_in_dim, self.in_dim, self.kernel_size
         base = C * cx * tokens if self.base is not None else 0  # every token's base key

@@ -17,6 +17,8 @@ from .attention import ContextBroadcast, ManifoldQKV
 from .family_parts import (Projection, finish_conversion, fused_qkv_parts, load_projections, manifold_options,
                            refuse_context_broadcast, split_qkv)
 
+torch.fx.wrap("resolve_self_attn_mask")  # timm's FX leaf, here too (torch.fx.wrap patches this module's name)
+
 __all__ = ["ManifoldRopeAttention", "ManifoldEvaAttention"]
 
 
@@ -94,12 +96,10 @@ class ManifoldRopeAttention(ManifoldQKV):
         q, k, v = self.project_qkv(x)  # each (B, heads, N, d)
         q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.rotate(q, rope).type_as(v), self.rotate(k, rope).type_as(v)
-        bias = None
-        if attn_mask is not None and not is_causal:
-            bias = resolve_self_attn_mask(N, q, attn_mask, False)
+        bias = resolve_self_attn_mask(N, q, attn_mask, is_causal)  # timm's FX leaf: no branch on the mask
         self._rope = rope if self.recorder is not None else None
         try:
-            out = self.attend(x, q, k, v, bias, is_causal)  # (B, N, A)
+            out = self.attend(x, q, k, v, bias)  # (B, N, A)
         finally:
             self._rope = None
         out = self.norm(out)
