@@ -29,7 +29,7 @@ from timm.models._hub import save_config_for_hf
 from torch import nn
 
 from ..core.timm_models import MANIFOLD_ARGS, PREFIX
-from .build import load_checkpoint
+from .build import load_checkpoint, model_input_size
 from .checkpoint import CONFIG_FILE, MODEL_FILE, atomic_write_json, find_checkpoint, read_json, save_tensors
 
 __all__ = ["HUB_KEYS", "is_hub_config", "hub_architecture", "hub_fields", "save_hub", "migrate_checkpoint",
@@ -59,17 +59,36 @@ def hub_architecture(model: nn.Module, spec: dict[str, Any]) -> tuple[str, dict[
     return PREFIX + spec["model"], {**args, **options}
 
 
+def data_config_of(model: nn.Module) -> dict[str, Any]:
+    """timm's data config of `model`, its input size the one the model was built for (a model built with another
+    `img_size` than its architecture's default keeps the default in its pretrained cfg)."""
+    config = resolve_model_data_config(model)
+    size = model_input_size(model)
+    if size is not None:
+        config["input_size"] = (config["input_size"][0], size, size)
+    return config
+
+
 def hub_fields(model: nn.Module, spec: dict[str, Any], class_names: Optional[Sequence[str]] = None) -> dict:
     """timm's config.json keys (`HUB_KEYS`) for `model`, written by timm's own `save_config_for_hf`."""
     arch, model_args = hub_architecture(model, spec)
     model_config: dict[str, Any] = {"pretrained_cfg": {"architecture": arch}}
     if class_names:
         model_config["label_names"] = list(class_names)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "config.json"
-        save_config_for_hf(model, str(path), model_config=model_config, model_args=model_args,
-                           data_config=resolve_model_data_config(model))
-        return json.loads(path.read_text())
+    # timm's factory records the creation kwargs in `model._model_args`, which `save_config_for_hf` starts from:
+    # a model folded from `mkviz_<arch>` would carry the manifold options into a plain architecture's args
+    created = getattr(model, "_model_args", None)
+    if created is not None and _is_plain(model):
+        model._model_args = {k: v for k, v in created.items() if k not in MANIFOLD_ARGS}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "config.json"
+            save_config_for_hf(model, str(path), model_config=model_config, model_args=model_args,
+                               data_config=data_config_of(model))
+            return json.loads(path.read_text())
+    finally:
+        if created is not None:
+            model._model_args = created
 
 
 def save_hub(model: nn.Module, folder: str | Path, spec: dict[str, Any],
