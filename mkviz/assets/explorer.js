@@ -114,13 +114,13 @@
 
     buildFigures() {
       const d = this.data, m = d.models[0];
-      this.mapsDiv = el("div", {class: "mkviz-plot mkviz-maps"});
+      this.mapsDiv = el("div", {class: "mkviz-plot mkviz-plot-maps"});
       this.root.appendChild(this.mapsDiv);
       const bottom = el("div", {class: "mkviz-bottom"});
       this.root.appendChild(bottom);
       const add = (name, when) => {
         if (!when) return null;
-        const div = el("div", {class: "mkviz-plot mkviz-" + name});
+        const div = el("div", {class: "mkviz-plot mkviz-plot-" + name});
         bottom.appendChild(div);
         return div;
       };
@@ -130,7 +130,7 @@
       this.accuracyDiv = add("accuracy", d.accuracy_figure);
       this.atlasDiv = null;
       if (m.atlas) {
-        this.atlasDiv = el("div", {class: "mkviz-plot mkviz-atlas"});
+        this.atlasDiv = el("div", {class: "mkviz-plot mkviz-plot-atlas"});
         (d.kind === "atlas" ? bottom : this.root).appendChild(this.atlasDiv);
       }
     }
