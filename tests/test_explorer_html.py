@@ -17,7 +17,7 @@ import torch
 import mkviz
 from mkviz import explorer_html as eh
 from mkviz import figures, metrics
-from conftest import small_vit
+from conftest import small_swin, small_vit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 LAYERS = ("blocks.0.attn", "blocks.1.attn")
@@ -152,6 +152,8 @@ def test_bad_inputs_name_the_argument(vit4, images, tmp_path):
         eh.chart_explorer_html(vit4, torch.zeros(2, 5, 32, 32))
     with pytest.raises(ValueError, match="model: VisionTransformer has no recorded manifold-key attention layer"):
         eh.chart_explorer_html(small_vit().eval(), images, plotly_js="none")
+    with pytest.raises(ValueError, match="model: Swin window attention has no HTML explorer"):
+        eh.chart_explorer_html(mkviz.convert(small_swin(), "vanillak", 2).eval(), images, plotly_js="none")
     with pytest.raises(ValueError, match="model: expected a manifold-key torch model"):
         eh.key_atlas_html("vit", images)
     with pytest.raises(ValueError, match=r"models_by_charts\[2\]: the model has 4 charts, not 2"):
@@ -291,7 +293,7 @@ def test_chart_count_page_slider_switches_model(browser, by_charts, images, reco
     (tmp_path / "static").mkdir()
     (tmp_path / "static" / "plotly.min.js").write_text(get_plotlyjs(), encoding="utf-8")
     html = eh.chart_count_explorer_html(by_charts, images, accuracies={1: 0.5, 2: 0.55, 4: 0.6}, baseline=0.52,
-                                        dtype="float32", query=(1, 1), layer=-1,
+                                        dtype="float32", query=(1, 1), layer=-1, heads="all",
                                         plotly_js="shared:static/plotly.min.js")
     path = eh.save_html(tmp_path / "count.html", html)
     eid = _element_id(html)

@@ -263,7 +263,7 @@
       const labels = [...Array(H).keys()].map(i => "c" + (i + 1)), trace = copy(style.trace), layout = copy(style.layout);
       Object.assign(trace, {z: z, x: labels, y: labels});
       const count = this.data.kind === "count" ? "H = " + this.model().charts + ", " : "";
-      layout.title.text = layout.title.text + " — " + count + this.layerName() + ", " + this.headLabels[this.state.head];
+      layout.title.text = layout.title.text + "<br><sup>" + count + this.layerName() + ", " + this.headLabels[this.state.head] + "</sup>";
       this.draw(this.simDiv, {data: [trace], layout: layout});
     }
 
