@@ -43,7 +43,7 @@ import mkviz
 from mkviz import figures, maps, metrics
 
 __all__ = ["chart_explorer_html", "chart_count_explorer_html", "key_atlas_html", "save_html", "embedded_data",
-           "PLOTLY_JS_CHOICES", "ROW_DTYPES", "HEAD_CHOICES"]
+           "model_data", "PLOTLY_JS_CHOICES", "ROW_DTYPES", "HEAD_CHOICES"]
 
 PLOTLY_JS_CHOICES = ("inline", "shared:<relative path>", "none")
 ROW_DTYPES = ("float32", "float16")
@@ -157,7 +157,8 @@ def _layer_data(rec: Any, layer: str, grid: Any, cov: Optional[torch.Tensor], op
     """One image's arrays for one layer: rows (k_rows, G, M, G), entropy and evidence (k, G, M), similarity, atlas."""
     p = grid.num_prefix_tokens
     fused = rec.attention[layer][0][None]  # (1, heads, N, N)
-    allmaps = fused if opts["maps"] == "fused" else torch.cat([fused, rec.chart_attention[layer][0]])  # (M, heads, N, N)
+    charts = rec.chart_attention[layer][0]  # (H, heads, N, N)
+    allmaps = fused if opts["maps"] == "fused" else torch.cat([fused, charts])  # (M, heads, N, N)
     patch = allmaps[:, :, p:, p:]  # (M, heads, G, G)
     rows = patch if opts["heads"] == "all" else patch.mean(1, keepdim=True)
     stacked = _head_stack(allmaps[:, :, p:], opts["heads"])  # (M, k, G, N): the patch queries' whole rows
@@ -187,7 +188,8 @@ def _manifold_layers(rec: Any, model: nn.Module, name: str) -> List[str]:
     layers = [n for n in rec.layers if n in rec.chart_attention]
     if not layers:
         raise ValueError(f"{name}: {type(model).__name__} has no recorded manifold-key attention layer: convert it "
-                         "first (mkviz.convert(model, variant, num_charts)) or choose layers= among its manifold layers")
+                         "first (mkviz.convert(model, variant, num_charts)) or choose layers= among its manifold "
+                         "layers")
     return layers
 
 
@@ -459,12 +461,13 @@ def chart_count_explorer_html(models_by_charts: Mapping[int, nn.Module], images:
     counts = sorted(int(h) for h in models_by_charts)
     if charts is not None and charts not in counts:
         raise ValueError(f"charts: expected one of the chart counts {counts}; got {charts!r}")
-    extra: Dict[str, Any] = dict(counts=counts, initial_model=counts.index(charts if charts is not None else counts[-1]))
+    first = counts.index(charts if charts is not None else counts[-1])
+    extra: Dict[str, Any] = dict(counts=counts, initial_model=first)
     if accuracies:
         acc = {int(h): float(a) for h, a in accuracies.items()}
         extra["accuracies"] = acc
         extra["accuracy_figure"] = _figure_json(figures.accuracy_vs_charts(acc, baseline=baseline,
-                                                                           current=counts[extra["initial_model"]]))
+                                                                           current=counts[first]))
     opts = _options(layers, heads, dtype, similarity, "charts", atlas)
     kw = dict(display_images=display_images, layer=layer, query=query, plotly_js=plotly_js, full_page=full_page,
               element_id=element_id, max_bytes=max_bytes, title=title)

@@ -332,7 +332,8 @@ def test_key_atlas_page_click_on_a_point_moves_the_query(browser, vit4, images, 
         _drawn(page, eid)
         token = P + 2 * GW + 3  # patch (2, 3)'s query point
         x, y = page.evaluate("""([id, t]) => {
-          const gd = document.querySelector('#' + id + ' .mkviz-plot-atlas'), L = gd._fullLayout, b = gd.getBoundingClientRect();
+          const gd = document.querySelector('#' + id + ' .mkviz-plot-atlas'), L = gd._fullLayout;
+          const b = gd.getBoundingClientRect();
           const q = gd.data[0];
           return [b.left + L.xaxis._offset + L.xaxis.l2p(q.x[t]), b.top + L.yaxis._offset + L.yaxis.l2p(q.y[t])];
         }""", [eid, token])
@@ -342,7 +343,8 @@ def test_key_atlas_page_click_on_a_point_moves_the_query(browser, vit4, images, 
         picked = P + state["row"] * GW + state["col"]
         # the point plotly picked (a query or a chart key of the picked patch) lies under the click
         distance = page.evaluate("""([id, t, x, y]) => {
-          const gd = document.querySelector('#' + id + ' .mkviz-plot-atlas'), L = gd._fullLayout, b = gd.getBoundingClientRect();
+          const gd = document.querySelector('#' + id + ' .mkviz-plot-atlas'), L = gd._fullLayout;
+          const b = gd.getBoundingClientRect();
           const d = gd.data.slice(0, -1).map(tr => Math.hypot(b.left + L.xaxis._offset + L.xaxis.l2p(tr.x[t]) - x,
                                                               b.top + L.yaxis._offset + L.yaxis.l2p(tr.y[t]) - y));
           return Math.min(...d);

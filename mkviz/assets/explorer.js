@@ -54,7 +54,8 @@
       const init = data.initial;
       this.state = {model: data.initial_model || 0, image: 0, layer: init.layer, head: 0, row: init.query[0],
                     col: init.query[1], similarity: data.similarity[0] || null, shared: true};
-      this.headLabels = ["mean"].concat(data.heads === "all" ? [...Array(data.num_heads).keys()].map(h => "head " + h) : []);
+      const perHead = data.heads === "all" ? [...Array(data.num_heads).keys()].map(h => "head " + h) : [];
+      this.headLabels = ["mean"].concat(perHead);
       this.buildControls();
       this.buildFigures();
       this.refresh(true);
@@ -63,7 +64,8 @@
     // ------------------------------------------------------------------ controls
     buildControls() {
       const d = this.data, s = this.state, c = el("div", {class: "mkviz-controls"});
-      const add = (label, input, out) => c.appendChild(el("label", {}, [el("span", {text: label}), input].concat(out ? [out] : [])));
+      const add = (label, input, out) =>
+        c.appendChild(el("label", {}, [el("span", {text: label}), input].concat(out ? [out] : [])));
       if (d.kind === "count") {
         this.chartsInput = el("input", {type: "range", class: "mkviz-charts", min: 0, max: d.counts.length - 1, step: 1});
         this.chartsInput.value = String(s.model);
@@ -245,7 +247,8 @@
       const ch = H / gh, cw = W / gw, s = this.state;
       const lo = Math.min(...maps.map(m => Math.min(...m))), hi = Math.max(...maps.map(m => Math.max(...m)));
       const x0 = s.col * cw - 0.5, x1 = (s.col + 1) * cw - 0.5, y0 = s.row * ch - 0.5, y1 = (s.row + 1) * ch - 0.5;
-      const heat = this.maps.data.filter(t => t.type === "heatmap"), boxes = this.maps.data.filter(t => t.type !== "heatmap");
+      const heat = this.maps.data.filter(t => t.type === "heatmap");
+      const boxes = this.maps.data.filter(t => t.type !== "heatmap");
       maps.forEach((m, p) => {
         const z = [];
         for (let r = 0; r < gh; r++) z.push(m.slice(r * gw, (r + 1) * gw));
@@ -263,7 +266,9 @@
       const labels = [...Array(H).keys()].map(i => "c" + (i + 1)), trace = copy(style.trace), layout = copy(style.layout);
       Object.assign(trace, {z: z, x: labels, y: labels});
       const count = this.data.kind === "count" ? "H = " + this.model().charts + ", " : "";
-      layout.title.text = layout.title.text + "<br><sup>" + count + this.layerName() + ", " + this.headLabels[this.state.head] + "</sup>";
+      const context = count + this.layerName() + ", " + this.headLabels[this.state.head];
+      layout.title.text = layout.title.text + "<br><sup>" + context + "</sup>";
+      layout.margin = Object.assign({}, layout.margin, {t: 70});
       this.draw(this.simDiv, {data: [trace], layout: layout});
     }
 
@@ -293,7 +298,10 @@
       const traces = this.atlas.data, n = P / (traces.length - 1);
       for (let t = 0; t < traces.length - 1; t++) {
         const xs = [], ys = [];
-        for (let j = 0; j < n; j++) { xs.push(a.values[base + (t * n + j) * 2]); ys.push(a.values[base + (t * n + j) * 2 + 1]); }
+        for (let j = 0; j < n; j++) {
+          xs.push(a.values[base + (t * n + j) * 2]);
+          ys.push(a.values[base + (t * n + j) * 2 + 1]);
+        }
         traces[t].x = xs; traces[t].y = ys;
       }
       const token = this.data.prefix + this.queryIndex(), ring = traces[traces.length - 1];
