@@ -365,3 +365,38 @@ def test_public_names_and_the_page_assets_ship_with_the_viz_layer():
                for n in ("chart_explorer_html", "chart_count_explorer_html", "key_atlas_html", "save_html"))
     assets = Path(eh.__file__).parent / "assets"
     assert {p.name for p in assets.iterdir()} >= {"explorer.js", "explorer.css"}
+
+
+def test_explorers_export_themselves_as_they_stand(vit4, by_charts, images, masks, tmp_path, monkeypatch):
+    """ChartExplorer / ChartCountExplorer.to_html: their models, images, masks, names and state; save_html never
+    overwrites silently; with $MKVIZ_STATIC_HTML their notebook output carries the fragment too."""
+    from mkviz.viz.explorers import ChartCountExplorer, ChartExplorer
+
+    ex = ChartExplorer(vit4, images, masks=masks, class_names=list("abcde"), labels=[0, 3], layer=-1, query=(1, 2))
+    ex.row_slider.value = 3
+    d = eh.embedded_data(ex.to_html(plotly_js="none", dtype="float32"))
+    assert d["initial"] == {"layer": 1, "query": [3, 2]} and d["class_names"] == list("abcde") and d["labels"] == [0, 3]
+    assert d["chance"] == pytest.approx([float(metrics.patch_coverage(m.float(), (4, 4)).mean()) for m in masks])
+    rows = d["models"][0]["layers"][LAYERS[1]]["rows"][0, :, 3 * GW + 2]  # (heads, M, G): image 0, query (3, 2)
+    fused, charts = ex.current_maps()
+    np.testing.assert_allclose(rows.mean(0), torch.cat([fused[None], charts]).reshape(5, -1).numpy(), atol=1e-6)
+    path = ex.save_html(tmp_path / "explorer.html")
+    assert eh.embedded_data(path.read_text(encoding="utf-8"))["initial"] == d["initial"]
+    with pytest.raises(FileExistsError, match="pass overwrite=True"):
+        ex.save_html(path)
+    ex.save_html(path, overwrite=True, plotly_js="none")
+    assert "Plotly.register" not in path.read_text(encoding="utf-8")
+
+    assert "text/html" not in ex._repr_mimebundle_()
+    monkeypatch.setenv("MKVIZ_STATIC_HTML", "1")
+    bundle = ex._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle and '<div class="mkviz-explorer"' in bundle["text/html"]
+    assert "<html" not in bundle["text/html"] and "Plotly.register" not in bundle["text/html"]
+    swin = ChartExplorer(mkviz.convert(small_swin(), "vanillak", 2).eval(), images)
+    assert "text/html" not in swin._repr_mimebundle_()  # no page form: the widget view only
+
+    cx = ChartCountExplorer(by_charts, images, masks=masks, accuracies={1: 0.5, 2: 0.55, 4: 0.6}, baseline=0.52,
+                            charts=2, query=(0, 1))
+    c = eh.embedded_data(cx.to_html(plotly_js="none"))
+    assert c["counts"] == [1, 2, 4] and c["initial_model"] == 1 and c["initial"] == {"layer": 0, "query": [0, 1]}
+    assert c["accuracies"] == {"1": 0.5, "2": 0.55, "4": 0.6} and [m["charts"] for m in c["models"]] == [1, 2, 4]
