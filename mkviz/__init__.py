@@ -9,6 +9,7 @@
     class_relevance, relevance_map     Chefer et al.'s class relevance per patch, per chart (mkviz.explain.relevance)
     deletion_insertion                 deletion / insertion curves of a saliency map (mkviz.explain.faithfulness)
     ChartExplorer, ChartCountExplorer  interactive explorers, ipywidgets + plotly (mkviz.viz.explorers)
+    chart_explorer_html, ...           the explorers as self-contained HTML, no kernel (mkviz.viz.explorer_html)
     mkviz.figures                      plain plotly figures (overlays, chart maps, similarity, curves, tables)
     TrainConfig, load_checkpoint       training and checkpoints (mkviz.training; `mkviz train` on the command line)
 
@@ -66,6 +67,8 @@ _EXPORTS = {
     "class_relevance": "explain.relevance", "relevance_map": "explain.relevance",
     "deletion_insertion": "explain.faithfulness",
     "ChartCountExplorer": "viz.explorers", "ChartExplorer": "viz.explorers",
+    "chart_explorer_html": "viz.explorer_html", "chart_count_explorer_html": "viz.explorer_html",
+    "key_atlas_html": "viz.explorer_html", "save_html": "viz.explorer_html",
     "TrainConfig": "training.config", "load_checkpoint": "training.build",
 }
 

@@ -204,6 +204,17 @@ ex = mkviz.ChartExplorer.from_dataset(model, test, indices=explore, layer=-1, qu
 ex
 
 # %% [markdown]
+# The explorer needs this running kernel. `ex.save_html(path)` writes it as one self-contained HTML
+# file instead: the maps of every image, layer, head and query are computed once and embedded, with
+# plotly.js, so the page opens in any browser with no kernel and no network (a click or a slider
+# redraws the maps, as here). Send it to someone, or keep it next to your notes; the course site
+# shows these pages in place of the live explorers. It opens on the explorer's current layer and query.
+
+# %%
+page = ex.save_html("chart_explorer.html", overwrite=True)   # overwrite=False (the default) keeps an existing file
+print(f"{page}: {page.stat().st_size / 2**20:.1f} MiB, opens in any browser")
+
+# %% [markdown]
 # Things to try: move the query from the garment to the blank background and back; compare a
 # trouser with a bag or a sandal (thin structures, lots of background); compare the layers
 # (layer 0 spreads attention broadly over the patches, the last layers concentrate it); switch

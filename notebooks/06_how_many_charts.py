@@ -255,6 +255,15 @@ ex = mkviz.ChartCountExplorer.from_dataset(models, test, indices=explore, accura
 ex
 
 # %% [markdown]
+# To look at it without a kernel, `ex.save_html(path)` writes the explorer as one self-contained HTML
+# file (every model's maps embedded, with plotly.js): it opens in any browser, with no kernel and no
+# network, and its chart-count slider switches models there too.
+
+# %%
+page = ex.save_html("chart_count_explorer.html", overwrite=True)
+print(f"{page}: {page.stat().st_size / 2**20:.1f} MiB, opens in any browser")
+
+# %% [markdown]
 # Move the slider and the panels follow: with $H = 1$ the single chart *is* the fused key; with
 # more charts, the charts of these VanillaK models look very much like the fused map and like
 # each other. We check, in code, that the slider really switches model: for every $H$, the

@@ -61,6 +61,39 @@ def test_demo_prints_summary_and_writes_report(demo_run):
 
 
 @pytest.mark.slow
+def test_demo_report_embeds_a_chart_explorer_of_what_record_attention_records(demo_run):
+    """One kernel-free chart explorer (VanillaK-8, the first test image of each of the first classes): its
+    embedded rows are record_attention's maps (float16), its plotly.js the report's own copy."""
+    import torch
+
+    from mkviz.apps.demo import EXPLORER_ID, EXPLORER_MODEL
+    from mkviz.explain.record import record_attention
+    from mkviz.training.build import load_checkpoint
+    from mkviz.training.config import TrainConfig
+    from mkviz.training.inputs import build_datasets
+    from mkviz.viz.explorer_html import embedded_data
+
+    html = (demo_run[0] / "report.html").read_text()
+    assert html.count('class="mkviz-explorer"') == 1 and html.count("Plotly.register") <= 1
+    data = embedded_data(html, EXPLORER_ID)
+    model, config = load_checkpoint(shipped_checkpoints_dir() / "fashion-mnist" / EXPLORER_MODEL)
+    test = build_datasets(TrainConfig(**config["train"]).resolved(), model, splits=("test",))["test"]
+    labels = test.labels.tolist()
+    indices = [labels.index(y) for y in data["labels"]]
+    assert data["labels"] == sorted(set(data["labels"])) and len(indices) == 3
+    with torch.no_grad(), record_attention(model.eval()) as rec:
+        model(test.batch(indices).image)
+    p = data["prefix"]
+    assert data["layers"] == [n for n in rec.layers if n in rec.chart_attention] and data["models"][0]["charts"] == 8
+    for layer in data["layers"]:
+        full = torch.cat([rec.attention[layer][:, None], rec.chart_attention[layer]], 1)  # (B, 1 + H, heads, N, N)
+        want = full[..., p:, p:].permute(0, 2, 3, 1, 4).numpy()  # (B, heads, G, 1 + H, G)
+        rows = data["models"][0]["layers"][layer]["rows"].astype("float32")
+        assert rows.shape == want.shape
+        assert abs(rows - want).max() < 1e-3  # float16 rows
+
+
+@pytest.mark.slow
 def test_demo_report_renders_in_chromium(demo_run, browser):
     out, _ = demo_run
     page = browser.new_page(viewport={"width": 1300, "height": 900})

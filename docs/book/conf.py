@@ -19,7 +19,8 @@ exclude_patterns = ["_build", "**.ipynb_checkpoints"]
 
 # notebooks: executed by mkviz.book before the build, rendered as they are
 nb_execution_mode = "off"
-nb_ipywidgets_js = {}          # no widget manager from a CDN (mkviz.book replaces widget views by a note)
+nb_ipywidgets_js = {}          # no widget manager from a CDN (mkviz.book replaces widget views by their
+                               # kernel-free explorers, or else by a note)
 nb_merge_streams = True
 myst_enable_extensions = ["dollarmath", "amsmath"]
 myst_heading_anchors = 3
@@ -43,8 +44,10 @@ def copy_plotly(app, exc):
 
 
 def add_plotly(app, pagename, templatename, context, doctree):
-    """plotly.js (4.6 MB) only on the pages that draw a figure, in <head>: before their Plotly.newPlot calls."""
-    if "plotly-graph-div" in context.get("body", ""):
+    """plotly.js (4.6 MB) only on the pages that draw a figure or hold a kernel-free explorer, in <head>: before
+    their Plotly.newPlot calls."""
+    body = context.get("body", "")
+    if "plotly-graph-div" in body or 'class="mkviz-explorer"' in body:
         app.add_js_file("plotly.min.js")
 
 

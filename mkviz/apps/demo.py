@@ -47,6 +47,7 @@ from ..training.config import TrainConfig
 from ..training.inputs import build_datasets
 from ..training.loop import evaluate, train
 from ..viz import figures
+from ..viz.explorer_html import chart_explorer_html
 from ..viz.report import Report
 from .demo_pretrained import run_pretrained
 from .shipped import CHART_SWEEP, MAIN_MODELS, NAMES, recipe
@@ -206,6 +207,24 @@ def _chart_pictures(report: Any, models: dict[str, LoadedModel], test: Any, indi
                                    "averaged. VanillaK's fused map is the normalised geometric mean of its charts'.")
 
 
+EXPLORER_MODEL, EXPLORER_ID = "vanillak-8", "mkviz-explorer-fashion"
+
+
+def _chart_explorer(report: Any, models: dict[str, LoadedModel], test: Any, indices: list[int], layer: str) -> None:
+    """The chart explorer of one model on the images above, kernel-free (plotly.js: the report's own copy)."""
+    pictures = test.batch(indices)
+    page = chart_explorer_html(models[EXPLORER_MODEL].model, pictures.image, masks=pictures.evidence_mask,
+                               class_names=test.class_names, labels=pictures.label,
+                               display_images=test.images_uint8(indices), layer=layer, full_page=False,
+                               plotly_js="none", element_id=EXPLORER_ID)
+    report.add_text(f"Chart explorer ({EXPLORER_MODEL})",
+                    f"<p>The maps above for every layer, head and query patch of {EXPLORER_MODEL}, precomputed and "
+                    "embedded: pick a layer, a head or an image, or click a patch in any map to move the query "
+                    "(no kernel, no network). The bars give each map's entropy and its share on the article's "
+                    "silhouette; the key atlas shows queries and every chart's keys in one 2-D projection.</p>"
+                    + page)
+
+
 def _chart_statistics(report: Any, models: dict[str, LoadedModel], images: torch.Tensor, layer: str) -> None:
     """Chart similarity per variant, and each chart's attention entropy and mean distance."""
     entropy, distance = {}, {}
@@ -271,8 +290,9 @@ def fashion_section(report: Any, checkpoints: Path, out: Path, num_images: int, 
                            "the fast path computes less. train s: the training time on one CPU thread.")
     layer = f"blocks.{len(models['baseline'].model.blocks) - 1}.attn"
     _log("recording fused and per-chart attention")
-    _chart_pictures(report, models, full_test, _distinct_classes(full_test.labels, num_images), layer,
-                    "the article")
+    shown = _distinct_classes(full_test.labels, num_images)
+    _chart_pictures(report, models, full_test, shown, layer, "the article")
+    _chart_explorer(report, models, full_test, shown, layer)
     _chart_statistics(report, models, full_test.batch(range(32)).image, layer)
     _log("ranking saliency maps by deletion and insertion")
     faithfulness = _faithfulness(report, models, full_test.batch(range(8)).image)

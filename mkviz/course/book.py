@@ -6,8 +6,11 @@
    images they show, data/README.md, and every notebooks/0*.ipynb **executed** in a fresh kernel at the small
    scale (MKVIZ_SMALL=1; `--full` for the default scale). After execution each plotly figure
    (`application/vnd.plotly.v1+json`) is given as `text/html` that draws it with the site's local
-   plotly.js (plotly's own HTML renderers load MathJax from a CDN), and each ipywidgets explorer a short note
-   (its live view needs a kernel; the notebooks draw the same maps as static figures).
+   plotly.js (plotly's own HTML renderers load MathJax from a CDN). The kernel runs with MKVIZ_STATIC_HTML=1,
+   so each explorer's output also carries its kernel-free HTML (`ChartExplorer.to_html`: the maps of every
+   image, layer, head and query embedded, redrawn in the page on a click or a slider); the site shows that
+   in place of the live widget, and a short note where an output has no such HTML (a Swin explorer, any
+   other widget).
 2. **Build** `<out>/html` with sphinx-build (MyST-NB reads the executed notebooks, nothing is re-run). MathJax
    (sphinx-mathjax-offline) and plotly.js are copied into `_static/`: no page loads anything from the network.
 
@@ -30,12 +33,14 @@ PLOTLY_JSON, WIDGET_VIEW = "application/vnd.plotly.v1+json", "application/vnd.ju
 WIDGET_NOTE = ('<p class="mkviz-widget-note"><em>Interactive explorer: it needs a running kernel. Open this '
                'notebook in JupyterLab (<code>make lab</code>) to use its sliders; the figures below draw the same '
                'maps statically.</em></p>')
+EXPLORER_DIV = 'class="mkviz-explorer"'   # what a kernel-free explorer's HTML holds (docs/book/conf.py)
 DOC_SUFFIXES = {".md", ".svg", ".png", ".jpg"}
 
 
 def add_plotly_html(nb: Any) -> int:
     """Give every plotly output a text/html rendering instead of its JSON (a div and a Plotly.newPlot call that
-    uses the page's plotly.js, no CDN) and replace every widget view by WIDGET_NOTE; the number of figures."""
+    uses the page's plotly.js, no CDN) and replace every widget view by its kernel-free explorer (the output's
+    text/html holding a `class="mkviz-explorer"` div) or else by WIDGET_NOTE; the number of figures."""
     import plotly.io as pio
 
     figures = 0
@@ -48,7 +53,9 @@ def add_plotly_html(nb: Any) -> int:
                                                 validate=False)
                 figures += 1
             if WIDGET_VIEW in data:
-                out["data"] = {"text/html": WIDGET_NOTE}
+                page = data.get("text/html", "")
+                page = "".join(page) if isinstance(page, list) else page
+                out["data"] = {"text/html": page if EXPLORER_DIV in page else WIDGET_NOTE}
     nb.metadata.pop("widgets", None)   # no widget state: the page loads no widget manager
     return figures
 
@@ -60,7 +67,8 @@ def execute_notebook(source: Path, target: Path, small: bool = True, timeout: in
     from nbclient import NotebookClient
 
     nb = nbformat.read(source, as_version=4)
-    env = {"MKVIZ_SMALL": "1" if small else "0", "MKVIZ_ROOT": os.environ.get("MKVIZ_ROOT") or str(ROOT)}
+    env = {"MKVIZ_SMALL": "1" if small else "0", "MKVIZ_ROOT": os.environ.get("MKVIZ_ROOT") or str(ROOT),
+           "MKVIZ_STATIC_HTML": "1"}   # the explorers' outputs also carry their kernel-free HTML
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)   # the kernel inherits this process's environment
     start = time.perf_counter()

@@ -4,19 +4,25 @@ layer and head pickers, the click on the image) as `ExplorerControls`, the base 
 from __future__ import annotations
 
 import contextlib
+import os
 import statistics
 import time
-from typing import Any, List, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
 from ..explain.metrics import SIMILARITY_KINDS
-from . import figures
+from . import explorer_html, figures
 from .attention_cache import AttentionCache, Head, head_index
 
-__all__ = ["to_images", "to_masks", "as_display_images", "ExplorerControls"]
+__all__ = ["to_images", "to_masks", "as_display_images", "ExplorerControls", "STATIC_HTML_ENV"]
+
+# set (to anything but "" or "0") in a kernel's environment, the explorers' notebook output also carries their
+# kernel-free HTML (text/html, plotly.js left to the page): what the course site shows (mkviz.course.book)
+STATIC_HTML_ENV = "MKVIZ_STATIC_HTML"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -214,16 +220,36 @@ class ExplorerControls:
         if not self._suspended:
             self._update_similarity()
 
-    # ---------------------------------------------------------------- display and timing
+    # ---------------------------------------------------------------- display, export and timing
+    def to_html(self, **kwargs: Any) -> str:  # pragma: no cover - each explorer defines it
+        raise NotImplementedError
+
+    def save_html(self, path: Union[str, Path], overwrite: bool = False, **kwargs: Any) -> Path:
+        """Write `to_html(**kwargs)` (a whole page, plotly.js inline unless kwargs say otherwise) to path; an
+        existing file is replaced only with overwrite=True. The page opens in any browser, with no kernel and
+        no network. Returns the path."""
+        return explorer_html.save_html(path, self.to_html(**kwargs), overwrite=overwrite)
+
     def display(self) -> None:
         from IPython.display import display
-        display(self.widget)
+        if os.environ.get(STATIC_HTML_ENV, "") in ("", "0"):
+            display(self.widget)
+        else:
+            display(self._repr_mimebundle_(), raw=True)
 
     def _ipython_display_(self) -> None:
         self.display()
 
     def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
+        """The widget's view; with $MKVIZ_STATIC_HTML set also the kernel-free HTML fragment (`to_html`, plotly.js
+        from the page), which a page without a kernel shows instead (Swin, which has none: the view only)."""
+        bundle = dict(self.widget._repr_mimebundle_(**kwargs))
+        if os.environ.get(STATIC_HTML_ENV, "") not in ("", "0"):
+            try:
+                bundle["text/html"] = self.to_html(full_page=False, plotly_js="none")
+            except ValueError:
+                pass
+        return bundle
 
     def update_latency_ms(self, n: int = 20) -> float:
         """Median wall time (ms) of a query-slider move (cached forward: re-slice + figure update), over n moves."""

@@ -34,6 +34,7 @@ from ..explain.maps import query_index, query_position
 from ..explain.metrics import SIMILARITY_KINDS
 from . import figures
 from .attention_cache import AttentionCache, evidence_share
+from .explorer_html import chart_count_explorer_html, chart_explorer_html
 from .explorer_controls import ExplorerControls, as_display_images, to_images, to_masks
 
 __all__ = ["ChartExplorer", "ChartCountExplorer", "AttentionCache", "SIMILARITY_KINDS"]
@@ -125,6 +126,15 @@ class ChartExplorer(ExplorerControls):
         if hasattr(dataset, "images_uint8"):
             kwargs.setdefault("display_images", dataset.images_uint8(list(indices)))
         return cls(model, s.image, masks=s.evidence_mask, labels=s.label, **kwargs)
+
+    def to_html(self, **kwargs: Any) -> str:
+        """This explorer as self-contained HTML that needs no kernel (`mkviz.chart_explorer_html`): its model,
+        images, evidence masks, class names, labels and display images, opening on its current layer and query.
+        kwargs add or override that function's options (full_page, plotly_js, heads, dtype, layers, ...)."""
+        state = dict(masks=self.masks, class_names=self.class_names, labels=self.labels,
+                     display_images=np.stack(self._display), layer=self.layer,
+                     query=(int(self.query[0]), int(self.query[1])))
+        return chart_explorer_html(self.cache.model, self.cache.images, **{**state, **kwargs})
 
     @staticmethod
     def _trace(fig, name: str):
@@ -301,6 +311,7 @@ class ChartCountExplorer(ExplorerControls):
                                  f"the one with {counts[0]}; the explorer compares one architecture")
         self.masks = to_masks(masks, len(ref), ref.image_size)
         self.accuracies = None if accuracies is None else {int(k): float(v) for k, v in accuracies.items()}
+        self.baseline = baseline
         self._display = as_display_images(display_images, x)
         self.charts_slider = W.SelectionSlider(options=counts, value=charts if charts is not None else counts[-1],
                                                description="charts H", continuous_update=True)
@@ -344,6 +355,16 @@ class ChartCountExplorer(ExplorerControls):
         if hasattr(dataset, "images_uint8"):
             kwargs.setdefault("display_images", dataset.images_uint8(list(indices)))
         return cls(models_by_charts, s.image, masks=s.evidence_mask, **kwargs)
+
+    def to_html(self, **kwargs: Any) -> str:
+        """This explorer as self-contained HTML that needs no kernel (`mkviz.chart_count_explorer_html`): its
+        models, images, evidence masks, display images, accuracies and baseline, opening on its current chart
+        count, layer and query. kwargs add or override that function's options (full_page, plotly_js, ...)."""
+        state = dict(masks=self.masks, accuracies=self.accuracies, baseline=self.baseline, charts=self.num_charts,
+                     display_images=np.stack(self._display), layer=self.layer,
+                     query=(int(self.query[0]), int(self.query[1])))
+        return chart_count_explorer_html({h: c.model for h, c in self.caches.items()}, self.cache.images,
+                                         **{**state, **kwargs})
 
     @property
     def num_charts(self) -> int:
