@@ -116,7 +116,7 @@ if SMALL:  # a toy block: 1 cls token + a 4x4 patch grid, width 32, 2 heads, 4 c
     # tensors this small gain nothing from threads, and tests share the CPU
     torch.set_num_threads(1)
 else:
-    # one ViT-Tiny/16 block at 224 px: 1 + 14x14 tokens, width 192, 3 heads, 8 charts (the paper's H)
+    # one ViT-Tiny/16 block at 224 px: 1 + 14x14 tokens, width 192, 3 heads, 8 charts (paper's H)
     B, GRID, C, HEADS, H = 2, 14, 192, 3, 8
 N = 1 + GRID * GRID  # tokens: cls + patches
 D = C // HEADS  # head width d

