@@ -16,9 +16,9 @@
 # %% [markdown]
 # # 01 — Charts and the manifold key
 #
-# *Part 1 of 6 of the `mkviz` course.* 01 the math of charts and the manifold key ·
+# *Part 1 of 7 of the `mkviz` course.* 01 the math of charts and the manifold key ·
 # 02 the four variants side by side · 03 fine-tuning · 04 what each chart attends to ·
-# 05 attributions · 06 chart count and chart similarity.
+# 05 attributions · 06 chart count and chart similarity · 07 relevance, faithfulness and the key atlas.
 #
 # The paper *"A Manifold Representation of the Key in Vision Transformers"* (Meng, Goodwin,
 # Yazidi, Engelstad, arXiv 2402.00534, 2024) takes the key out of a ViT block's shared `qkv`
@@ -111,15 +111,20 @@ SMALL = os.environ.get("MKVIZ_SMALL", "0") == "1"
 DEVICE = torch.device(os.environ.get("MKVIZ_DEVICE", "cpu"))
 SEED = int(os.environ.get("MKVIZ_SEED", "0"))
 
-if SMALL:   # a toy block: 1 cls token + a 4x4 patch grid, width 32, 2 heads, 4 charts
+if SMALL:  # a toy block: 1 cls token + a 4x4 patch grid, width 32, 2 heads, 4 charts
     B, GRID, C, HEADS, H = 2, 4, 32, 2, 4
-    torch.set_num_threads(1)  # tensors this small gain nothing from threads, and tests share the CPU
-else:       # one ViT-Tiny/16 block at 224 px: 1 + 14x14 tokens, width 192, 3 heads, 8 charts (the paper's H)
+    # tensors this small gain nothing from threads, and tests share the CPU
+    torch.set_num_threads(1)
+else:
+    # one ViT-Tiny/16 block at 224 px: 1 + 14x14 tokens, width 192, 3 heads, 8 charts (paper's H)
     B, GRID, C, HEADS, H = 2, 14, 192, 3, 8
-N = 1 + GRID * GRID        # tokens: cls + patches
-D = C // HEADS             # head width d
+N = 1 + GRID * GRID  # tokens: cls + patches
+D = C // HEADS  # head width d
 torch.manual_seed(SEED)
-print(f"mkviz {mkviz.__version__}, timm {timm.__version__}, torch {torch.__version__}, device {DEVICE}")
+print(
+    f"mkviz {mkviz.__version__}, timm {timm.__version__}, torch {torch.__version__}, device "
+    f"{DEVICE}"
+)
 print(f"B={B} images, N={N} tokens, C={C} channels, {HEADS} heads of width d={D}, H={H} charts")
 
 # %% [markdown]
@@ -138,17 +143,33 @@ print(f"B={B} images, N={N} tokens, C={C} channels, {HEADS} heads of width d={D}
 # (lower half).
 
 # %%
-theta = torch.linspace(-math.pi, math.pi, 361)[1:-1]          # chart 1's domain, (359,)
-fig = make_subplots(rows=1, cols=2, subplot_titles=("two charts cover the circle",
-                                                     "chart coordinates of the same points"))
-for name, lo, hi, color in (("chart 1: θ ∈ (−π, π)", -math.pi, math.pi, "royalblue"),
-                            ("chart 2: θ ∈ (0, 2π)", 0.0, 2 * math.pi, "darkorange")):
+theta = torch.linspace(-math.pi, math.pi, 361)[1:-1]  # chart 1's domain, (359,)
+fig = make_subplots(
+    rows=1,
+    cols=2,
+    subplot_titles=("two charts cover the circle", "chart coordinates of the same points"),
+)
+for name, lo, hi, color in (
+    ("chart 1: θ ∈ (−π, π)", -math.pi, math.pi, "royalblue"),
+    ("chart 2: θ ∈ (0, 2π)", 0.0, 2 * math.pi, "darkorange"),
+):
     t = torch.linspace(lo, hi, 361)[1:-1]
-    r = 1.0 if color == "royalblue" else 1.08                 # draw chart 2 slightly outside
-    fig.add_trace(go.Scatter(x=r * t.cos(), y=r * t.sin(), name=name, line=dict(color=color, width=4)), 1, 1)
-chart2 = torch.where(theta > 0, theta, theta + 2 * math.pi)   # transition map φ2∘φ1⁻¹
-fig.add_trace(go.Scatter(x=theta, y=chart2, mode="markers", marker=dict(size=3, color="gray"),
-                         name="transition φ2∘φ1⁻¹"), 1, 2)
+    r = 1.0 if color == "royalblue" else 1.08  # draw chart 2 slightly outside
+    fig.add_trace(
+        go.Scatter(x=r * t.cos(), y=r * t.sin(), name=name, line=dict(color=color, width=4)), 1, 1
+    )
+chart2 = torch.where(theta > 0, theta, theta + 2 * math.pi)  # transition map φ2∘φ1⁻¹
+fig.add_trace(
+    go.Scatter(
+        x=theta,
+        y=chart2,
+        mode="markers",
+        marker=dict(size=3, color="gray"),
+        name="transition φ2∘φ1⁻¹",
+    ),
+    1,
+    2,
+)
 fig.update_xaxes(title_text="chart 1 coordinate", row=1, col=2)
 fig.update_yaxes(title_text="chart 2 coordinate", row=1, col=2)
 fig.update_yaxes(scaleanchor="x", scaleratio=1, row=1, col=1)
@@ -241,15 +262,17 @@ print(f"total {mkviz.count_params(key):,d} vs the plain key rows of qkv: C·C + 
 
 # %%
 with torch.no_grad():
-    key.scale.uniform_(0.5, 1.5)                             # pretend training moved the charts apart
+    key.scale.uniform_(0.5, 1.5)  # pretend training moved the charts apart
 
-K0 = key.base(x)                                             # 1. base key, (B, N, C)
-Kc = K0.unsqueeze(1) * key.scale.view(1, H, 1, C)            # 2. expansion, (B, 1, N, C) * (1, H, 1, C) -> (B, H, N, C)
-phi = key.chart_maps.weight.view(H, C, C)                    # 3. (H·C, C, 1) -> (H, C_out, C_in): one matrix per chart
-Kc = torch.einsum("hoi,bhni->bhno", phi, Kc)                 #    K_c ← φ_c K_c, (B, H, N, C)
-Kc = Kc + key.chart_maps.bias.view(1, H, 1, C)               #    plus each chart's bias, (B, H, N, C)
+K0 = key.base(x)  # 1. base key, (B, N, C)
+# 2. expansion, (B, 1, N, C) * (1, H, 1, C) -> (B, H, N, C)
+Kc = K0.unsqueeze(1) * key.scale.view(1, H, 1, C)
+# 3. (H·C, C, 1) -> (H, C_out, C_in): one matrix per chart
+phi = key.chart_maps.weight.view(H, C, C)
+Kc = torch.einsum("hoi,bhni->bhno", phi, Kc)  #    K_c ← φ_c K_c, (B, H, N, C)
+Kc = Kc + key.chart_maps.bias.view(1, H, 1, C)  #    plus each chart's bias, (B, H, N, C)
 
-charts = key.chart_keys(x)                                   # mkviz, (B, H, N, C)
+charts = key.chart_keys(x)  # mkviz, (B, H, N, C)
 print("chart_keys:", tuple(charts.shape), " fused key:", tuple(key(x).shape))
 diff = (charts - Kc).abs().max().item()
 print(f"max |by hand - key.chart_keys(x)| = {diff:.2e}")
@@ -314,12 +337,16 @@ assert diff < 1e-5
 
 # %%
 simple = fusion_check("simplek")
-charts = simple.chart_keys(x)                                # (B, H, N, C)
-stacked = charts.permute(0, 2, 1, 3).reshape(B, N, H * C)    # (B, N, H, C) -> (B, N, H·C): chart c in channels c·C..c·C+C-1
-W_f = simple.fusion.weight.squeeze(-1)                       # (C, H·C, 1) -> (C, H·C)
-by_hand = stacked @ W_f.T + simple.fusion.bias               # (B, N, C)
+charts = simple.chart_keys(x)  # (B, H, N, C)
+# (B, N, H, C) -> (B, N, H·C): chart c in channels c·C..c·C+C-1
+stacked = charts.permute(0, 2, 1, 3).reshape(B, N, H * C)
+W_f = simple.fusion.weight.squeeze(-1)  # (C, H·C, 1) -> (C, H·C)
+by_hand = stacked @ W_f.T + simple.fusion.bias  # (B, N, C)
 diff = (simple(x) - by_hand).abs().max().item()
-print(f"SimpleK: fusion weight {tuple(simple.fusion.weight.shape)}, max |key(x) - W_f [K_1;…;K_H]| = {diff:.2e}")
+print(
+    f"SimpleK: fusion weight {tuple(simple.fusion.weight.shape)}, max |key(x) - W_f [K_1;…;K_H]| "
+    f"= {diff:.2e}"
+)
 assert diff < 1e-5
 
 # %% [markdown]
@@ -333,12 +360,14 @@ assert diff < 1e-5
 
 # %%
 spatial = fusion_check("spatialk")
-W = spatial.chart_maps.weight.squeeze(-1)                    # (H·C, C, 1) -> (H·C, C): the wide layer
-wide = x @ W.T + spatial.chart_maps.bias                     # (B, N, H·C)
-Kc = wide.view(B, N, H, C).permute(0, 2, 1, 3)               # (B, N, H, C) -> (B, H, N, C)
-Kc = Kc * spatial.scale.view(1, H, 1, C)                     # K_c = s_c ⊙ K̃_c, (B, H, N, C)
+W = spatial.chart_maps.weight.squeeze(-1)  # (H·C, C, 1) -> (H·C, C): the wide layer
+wide = x @ W.T + spatial.chart_maps.bias  # (B, N, H·C)
+Kc = wide.view(B, N, H, C).permute(0, 2, 1, 3)  # (B, N, H, C) -> (B, H, N, C)
+Kc = Kc * spatial.scale.view(1, H, 1, C)  # K_c = s_c ⊙ K̃_c, (B, H, N, C)
 print("SpatialK has no base key:", spatial.base is None, "| wide layer", tuple(W.shape))
-diff = max((spatial.chart_keys(x) - Kc).abs().max().item(), (spatial(x) - Kc.mean(1)).abs().max().item())
+diff = max(
+    (spatial.chart_keys(x) - Kc).abs().max().item(), (spatial(x) - Kc.mean(1)).abs().max().item()
+)
 print(f"SpatialK: max |mkviz - by hand| = {diff:.2e}")
 assert diff < 1e-5
 
@@ -377,11 +406,11 @@ check("01.spatialk-one-matmul", answer, key=spatial, x=x)
 # %%
 kua = fusion_check("kua")
 with torch.no_grad():
-    kua.membership.weight.normal_(0, C ** -0.5)              # non-uniform memberships (random, for the demo)
-m_logits = x @ kua.membership.weight.T + kua.membership.bias # (B, N, H)
-p = m_logits.exp() / m_logits.exp().sum(-1, keepdim=True)    # softmax over charts, (B, N, H)
-charts = kua.chart_keys(x)                                   # (B, H, N, C)
-by_hand = torch.einsum("bnh,bhnc->bnc", p, charts)           # Σ_c p(c|n) K_{c,n}, (B, N, C)
+    kua.membership.weight.normal_(0, C**-0.5)  # non-uniform memberships (random, for the demo)
+m_logits = x @ kua.membership.weight.T + kua.membership.bias  # (B, N, H)
+p = m_logits.exp() / m_logits.exp().sum(-1, keepdim=True)  # softmax over charts, (B, N, H)
+charts = kua.chart_keys(x)  # (B, H, N, C)
+by_hand = torch.einsum("bnh,bhnc->bnc", p, charts)  # Σ_c p(c|n) K_{c,n}, (B, N, C)
 diff = max((kua.membership_probs(x) - p).abs().max().item(), (kua(x) - by_hand).abs().max().item())
 print(f"KUA: membership {tuple(p.shape)}, e.g. token 0: {[round(v, 3) for v in p[0, 0].tolist()]}")
 print(f"KUA: max |mkviz - by hand| = {diff:.2e}")
@@ -446,19 +475,34 @@ for variant in mkviz.VARIANTS:
 
 # %%
 torch.manual_seed(SEED)
-mk_attn = mkviz.ManifoldAttention(C, num_heads=HEADS, qkv_bias=True, variant="vanillak", num_charts=H).to(DEVICE).eval()
+mk_attn = (
+    mkviz.ManifoldAttention(C, num_heads=HEADS, qkv_bias=True, variant="vanillak", num_charts=H)
+    .to(DEVICE)
+    .eval()
+)
 with torch.no_grad():
-    mk_attn.qv.weight.normal_(0, 1.5 * C ** -0.5)             # sharper attention than a fresh init
-    mk_attn.key.base.weight.normal_(0, 1.5 * C ** -0.5)
-    mk_attn.key.scale.uniform_(0.0, 2.0)                      # charts that disagree
-    mk_attn.key.chart_maps.weight.add_(0.5 * C ** -0.5 * torch.randn_like(mk_attn.key.chart_maps.weight))
+    mk_attn.qv.weight.normal_(0, 1.5 * C**-0.5)  # sharper attention than a fresh init
+    mk_attn.key.base.weight.normal_(0, 1.5 * C**-0.5)
+    mk_attn.key.scale.uniform_(0.0, 2.0)  # charts that disagree
+    mk_attn.key.chart_maps.weight.add_(
+        0.5 * C**-0.5 * torch.randn_like(mk_attn.key.chart_maps.weight)
+    )
 
 with torch.no_grad(), mkviz.record_attention(mk_attn) as rec:
-    y = mk_attn(x)                                            # (B, N, C)
-layer = rec.layers[0]                                         # "" : the recorded module is the model itself
-A_fused = rec.attention[layer]                                # (B, heads, N, N): what the model used
-print({name: tuple(t[layer].shape) for name, t in (("attention", rec.attention), ("queries", rec.queries),
-                                                   ("chart_keys", rec.chart_keys), ("chart_attention", rec.chart_attention))})
+    y = mk_attn(x)  # (B, N, C)
+layer = rec.layers[0]  # "" : the recorded module is the model itself
+A_fused = rec.attention[layer]  # (B, heads, N, N): what the model used
+print(
+    {
+        name: tuple(t[layer].shape)
+        for name, t in (
+            ("attention", rec.attention),
+            ("queries", rec.queries),
+            ("chart_keys", rec.chart_keys),
+            ("chart_attention", rec.chart_attention),
+        )
+    }
+)
 
 # %% [markdown]
 # Per-chart attention by hand, to see what `rec.chart_attention` holds: split each chart key
@@ -467,15 +511,16 @@ print({name: tuple(t[layer].shape) for name, t in (("attention", rec.attention),
 
 # %%
 with torch.no_grad():
-    charts = mk_attn.key.chart_keys(x)                        # (B, H, N, C)
-    k_c = charts.view(B, H, N, HEADS, D).transpose(2, 3)      # (B, H, N, heads, d) -> (B, H, heads, N, d)
-    q = rec.queries[layer].unsqueeze(1)                       # (B, heads, N, d) -> (B, 1, heads, N, d)
-    logits_c = (q @ k_c.transpose(-2, -1)) * mk_attn.scale    # (B, H, heads, N, N)
-    A_c = logits_c.softmax(dim=-1)                            # per-chart attention, (B, H, heads, N, N)
+    charts = mk_attn.key.chart_keys(x)  # (B, H, N, C)
+    # (B, H, N, heads, d) -> (B, H, heads, N, d)
+    k_c = charts.view(B, H, N, HEADS, D).transpose(2, 3)
+    q = rec.queries[layer].unsqueeze(1)  # (B, heads, N, d) -> (B, 1, heads, N, d)
+    logits_c = (q @ k_c.transpose(-2, -1)) * mk_attn.scale  # (B, H, heads, N, N)
+    A_c = logits_c.softmax(dim=-1)  # per-chart attention, (B, H, heads, N, N)
 
-    geo = A_c.double().prod(dim=1) ** (1 / H)                 # Π_c A_c^{1/H}, (B, heads, N, N)
-    geo = geo / geo.sum(dim=-1, keepdim=True)                 # row-normalised
-    arith = A_c.mean(dim=1)                                   # the arithmetic mean, for contrast
+    geo = A_c.double().prod(dim=1) ** (1 / H)  # Π_c A_c^{1/H}, (B, heads, N, N)
+    geo = geo / geo.sum(dim=-1, keepdim=True)  # row-normalised
+    arith = A_c.mean(dim=1)  # the arithmetic mean, for contrast
 
 chart_diff = (A_c - rec.chart_attention[layer]).abs().max().item()
 geo_diff = (geo - A_fused.double()).abs().max().item()
@@ -495,14 +540,27 @@ assert arith_diff > 10 * geo_diff
 # three charts, the fused map and the geometric mean (identical to the fused map).
 
 # %%
-query = 0                                                     # the cls token's row
+query = 0  # the cls token's row
 fig = go.Figure()
 for c in range(H):
-    fig.add_trace(go.Scatter(y=A_c[0, c, 0, query].cpu(), name=f"chart {c}", line=dict(width=1), opacity=0.6))
-fig.add_trace(go.Scatter(y=arith[0, 0, query].cpu(), name="arithmetic mean", line=dict(width=2, dash="dot")))
-fig.add_trace(go.Scatter(y=A_fused[0, 0, query].cpu(), name="fused (VanillaK)", line=dict(width=3, color="black")))
-fig.update_layout(title=f"attention of query {query} (head 0) over the {N} key tokens",
-                  xaxis_title="key token", yaxis_title="attention", height=380, width=820)
+    fig.add_trace(
+        go.Scatter(y=A_c[0, c, 0, query].cpu(), name=f"chart {c}", line=dict(width=1), opacity=0.6)
+    )
+fig.add_trace(
+    go.Scatter(y=arith[0, 0, query].cpu(), name="arithmetic mean", line=dict(width=2, dash="dot"))
+)
+fig.add_trace(
+    go.Scatter(
+        y=A_fused[0, 0, query].cpu(), name="fused (VanillaK)", line=dict(width=3, color="black")
+    )
+)
+fig.update_layout(
+    title=f"attention of query {query} (head 0) over the {N} key tokens",
+    xaxis_title="key token",
+    yaxis_title="attention",
+    height=380,
+    width=820,
+)
 fig.show()
 
 shown = min(H, 3)
@@ -512,8 +570,12 @@ maps = [A_c[0, c, 0] for c in range(shown)] + [A_fused[0, 0], geo[0, 0].float()]
 for i, a in enumerate(maps):
     fig.add_trace(go.Heatmap(z=a.cpu(), coloraxis="coloraxis"), 1, i + 1)
     fig.update_yaxes(autorange="reversed", showticklabels=i == 0, row=1, col=i + 1)
-fig.update_layout(coloraxis=dict(colorscale="Viridis"), height=300, width=1000,
-                  title="attention maps (head 0; rows = queries, columns = keys)")
+fig.update_layout(
+    coloraxis=dict(colorscale="Viridis"),
+    height=300,
+    width=1000,
+    title="attention maps (head 0; rows = queries, columns = keys)",
+)
 fig.show()
 
 # %% [markdown]

@@ -16,9 +16,9 @@
 # %% [markdown]
 # # 02 — The four variants side by side
 #
-# *Part 2 of 6 of the `mkviz` course.* 01 the math of charts and the manifold key ·
-# **02 the four variants side by side** · 03 fine-tuning · 04 what each chart attends to ·
-# 05 attributions · 06 chart count and chart similarity.
+# *Part 2 of 7 of the `mkviz` course.* 01 the math of charts and the manifold key ·
+# 02 the four variants side by side · 03 fine-tuning · 04 what each chart attends to ·
+# 05 attributions · 06 chart count and chart similarity · 07 relevance, faithfulness and the key atlas.
 #
 # Notebook 01 built the manifold key on one attention block. Here we put it into a whole timm
 # ViT and ask practical questions:
@@ -105,25 +105,30 @@ DEVICE = torch.device(os.environ.get("MKVIZ_DEVICE", "cpu"))
 SEED = int(os.environ.get("MKVIZ_SEED", "0"))
 MODEL = os.environ.get("MKVIZ_MODEL", "vit_tiny_patch16_224")
 
-if SMALL:   # 2 blocks, width 64, 4 heads, 32-px images in 8-px patches: 1 + 4x4 tokens
+if SMALL:  # 2 blocks, width 64, 4 heads, 32-px images in 8-px patches: 1 + 4x4 tokens
     MODEL_KW = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, num_classes=5)
     H, BATCH, STEPS, TIMING_REPS = 4, 4, 3, 2
-    torch.set_num_threads(1)  # tensors this small gain nothing from threads, and tests share the CPU
-else:       # the named model at 224 px (ViT-Tiny: 12 blocks, width 192, 1 + 14x14 tokens)
+    # tensors this small gain nothing from threads, and tests share the CPU
+    torch.set_num_threads(1)
+else:  # the named model at 224 px (ViT-Tiny: 12 blocks, width 192, 1 + 14x14 tokens)
     MODEL_KW = dict(num_classes=10)
     H, BATCH, STEPS, TIMING_REPS = 8, 8, 5, 3
 
 torch.manual_seed(SEED)
-base = timm.create_model(MODEL, pretrained=False, **MODEL_KW).to(DEVICE).eval()   # random weights
+base = timm.create_model(MODEL, pretrained=False, **MODEL_KW).to(DEVICE).eval()  # random weights
 IMG = base.patch_embed.img_size[0]
-C = base.embed_dim                                            # token width
-DEPTH = len(base.blocks)                                      # attention blocks
-N = base.patch_embed.num_patches + base.num_prefix_tokens     # tokens per image
+C = base.embed_dim  # token width
+DEPTH = len(base.blocks)  # attention blocks
+N = base.patch_embed.num_patches + base.num_prefix_tokens  # tokens per image
 CLASSES = base.num_classes
-print(f"{MODEL} (random weights): {DEPTH} blocks, C={C}, N={N} tokens at {IMG} px; H={H} charts; device {DEVICE}")
+print(
+    f"{MODEL} (random weights): {DEPTH} blocks, C={C}, N={N} tokens at {IMG} px; H={H} charts; "
+    f"device {DEVICE}"
+)
 
 gen = torch.Generator().manual_seed(SEED)
-images = torch.randn(BATCH, 3, IMG, IMG, generator=gen).to(DEVICE)     # synthetic, already "normalised", (B, 3, IMG, IMG)
+# synthetic, already "normalised", (B, 3, IMG, IMG)
+images = torch.randn(BATCH, 3, IMG, IMG, generator=gen).to(DEVICE)
 labels = torch.randint(0, CLASSES, (BATCH,), generator=gen).to(DEVICE)  # (B,)
 
 
@@ -166,23 +171,42 @@ def train(model, steps, lr=1e-3, seed=SEED):
 # %%
 size = (1, 3, IMG, IMG)
 p0, f0 = mkviz.count_params(base), mkviz.count_flops(base, size)
-converted = {v: mkviz.convert(base, v, H).eval() for v in mkviz.VARIANTS}   # function-preserving (section 2)
+converted = {
+    v: mkviz.convert(base, v, H).eval() for v in mkviz.VARIANTS
+}  # function-preserving (section 2)
 rows = [("baseline", p0, f0, f0)]
 for v, model in converted.items():
-    rows.append((v, mkviz.count_params(model), mkviz.count_flops(model, size),
-                 mkviz.count_flops(model, size, reference=False)))
+    rows.append(
+        (
+            v,
+            mkviz.count_params(model),
+            mkviz.count_flops(model, size),
+            mkviz.count_flops(model, size, reference=False),
+        )
+    )
 
 print(f"{MODEL}, {H} charts, one {IMG}x{IMG} image")
-print(f"{'variant':<9} {'params (M)':>11} {'× params':>9} {'GFLOPs':>8} {'× FLOPs':>8} {'fast-path GFLOPs':>17}")
+print(
+    f"{'variant':<9} {'params (M)':>11} {'× params':>9} {'GFLOPs':>8} {'× FLOPs':>8} "
+    f"{'fast-path GFLOPs':>17}"
+)
 for v, p, f, ff in rows:
-    print(f"{v:<9} {p / 1e6:>11.3f} {p / p0:>9.2f} {f / 1e9:>8.3f} {f / f0:>8.2f} {ff / 1e9:>17.3f}")
+    print(
+        f"{v:<9} {p / 1e6:>11.3f} {p / p0:>9.2f} {f / 1e9:>8.3f} {f / f0:>8.2f} {ff / 1e9:>17.3f}"
+    )
 
-expected_params = {"vanillak": H * C * C + 2 * H * C,
-                   "simplek": 2 * H * C * C + 2 * H * C + C,
-                   "spatialk": (H - 1) * C * C + 2 * H * C - C,
-                   "kua": H * C * C + 3 * H * C + H}
-expected_macs = {"vanillak": H * C * C * N, "simplek": 2 * H * C * C * N,
-                 "spatialk": (H - 1) * C * C * N, "kua": (H * C * C + 2 * H * C) * N}
+expected_params = {
+    "vanillak": H * C * C + 2 * H * C,
+    "simplek": 2 * H * C * C + 2 * H * C + C,
+    "spatialk": (H - 1) * C * C + 2 * H * C - C,
+    "kua": H * C * C + 3 * H * C + H,
+}
+expected_macs = {
+    "vanillak": H * C * C * N,
+    "simplek": 2 * H * C * C * N,
+    "spatialk": (H - 1) * C * C * N,
+    "kua": (H * C * C + 2 * H * C) * N,
+}
 for v, p, f, _ in rows[1:]:
     assert p - p0 == DEPTH * expected_params[v], v
     assert f - f0 == DEPTH * 2 * expected_macs[v], v
@@ -224,15 +248,19 @@ fig.show()
 
 # %%
 with torch.no_grad():
-    y0 = base(images)                                        # (B, classes)
+    y0 = base(images)  # (B, classes)
     for v, model in converted.items():
         diff = (model(images) - y0).abs().max().item()
         print(f"{v:<9} max |converted - original| = {diff:.1e}")
         assert diff <= 1e-5, v
 
-key0 = next(mkviz.manifold_modules(converted["vanillak"]))[1].key   # block 0's ManifoldKey
-delta = key0.chart_maps.weight.view(H, C, C) - torch.eye(C, device=DEVICE)   # (H·C, C, 1) -> (H, C, C): δ_c = φ_c - I
-print(f"block 0: ‖δ_c‖/‖I‖ per chart = {[round(v, 3) for v in (delta.flatten(1).norm(dim=1) / C ** 0.5).tolist()]}")
+key0 = next(mkviz.manifold_modules(converted["vanillak"]))[1].key  # block 0's ManifoldKey
+# (H·C, C, 1) -> (H, C, C): δ_c = φ_c - I
+delta = key0.chart_maps.weight.view(H, C, C) - torch.eye(C, device=DEVICE)
+print(
+    "block 0: ‖δ_c‖/‖I‖ per chart = "
+    f"{[round(v, 3) for v in (delta.flatten(1).norm(dim=1) / C ** 0.5).tolist()]}"
+)
 print(f"block 0: max |Σ_c δ_c| = {delta.sum(0).abs().max().item():.1e}  (zero-sum)")
 assert delta.sum(0).abs().max() < 1e-5
 
@@ -250,11 +278,15 @@ assert delta.sum(0).abs().max() < 1e-5
 # $\frac1H\sum_c (I + \delta'_c) = I$ and the fused key is unchanged. One line.
 
 # %%
-delta_random = 0.1 * C ** -0.5 * torch.randn(H, C, C, generator=torch.Generator().manual_seed(SEED))   # (H, C, C)
+delta_random = (
+    0.1 * C**-0.5 * torch.randn(H, C, C, generator=torch.Generator().manual_seed(SEED))
+)  # (H, C, C)
 
 # %%
 # ✎ exercise 02.zero-sum
-answer = None  # your code: δ' of shape (H, C, C) with Σ_c δ'_c = 0, as close to delta_random as possible
+answer = (
+    None  # your code: δ' of shape (H, C, C) with Σ_c δ'_c = 0, as close to delta_random as possible
+)
 
 # %%
 check("02.zero-sum", answer, delta=delta_random)
@@ -283,17 +315,20 @@ check("02.zero-sum", answer, delta=delta_random)
 
 # %%
 def update_spread(perturbation):
-    """Train a VanillaK conversion; per-chart spread of the scale and chart-map updates in block 0."""
+    """Train a VanillaK conversion; per-chart spread of the scale and chart-map updates
+    in block 0."""
     model = mkviz.convert(base, "vanillak", H, perturbation=perturbation)
     key = next(mkviz.manifold_modules(model))[1].key
-    s_before = key.scale.detach().clone()                                   # (H, C)
-    phi_before = key.chart_maps.weight.detach().clone().view(H, C * C)      # (H·C, C, 1) -> (H, C·C)
+    s_before = key.scale.detach().clone()  # (H, C)
+    phi_before = key.chart_maps.weight.detach().clone().view(H, C * C)  # (H·C, C, 1) -> (H, C·C)
     train(model, STEPS)
     spreads = {}
-    for name, before, after in (("scale s_c", s_before, key.scale.detach()),
-                                ("chart map φ_c", phi_before, key.chart_maps.weight.detach().view(H, C * C))):
-        update = (after - before).flatten(1)                                 # (H, ·): each chart's update
-        mean = update.mean(0, keepdim=True)                                  # (1, ·)
+    for name, before, after in (
+        ("scale s_c", s_before, key.scale.detach()),
+        ("chart map φ_c", phi_before, key.chart_maps.weight.detach().view(H, C * C)),
+    ):
+        update = (after - before).flatten(1)  # (H, ·): each chart's update
+        mean = update.mean(0, keepdim=True)  # (1, ·)
         spreads[name] = ((update - mean).norm(dim=1) / mean.norm()).tolist()  # (H,)
     return model, spreads
 
@@ -303,15 +338,20 @@ _, spread_off = update_spread(0.0)
 for label, spreads in (("perturbation=0.1", spread_on), ("perturbation=0.0", spread_off)):
     for name, values in spreads.items():
         print(f"{label}  {name:<14} update spread per chart: {[f'{v:.1e}' for v in values]}")
-assert max(max(v) for v in spread_off.values()) < 1e-6       # no perturbation: the charts never separate
-assert min(spread_on["scale s_c"]) > 1e-3                    # zero-sum perturbation: they do
+assert max(max(v) for v in spread_off.values()) < 1e-6  # no perturbation: the charts never separate
+assert min(spread_on["scale s_c"]) > 1e-3  # zero-sum perturbation: they do
 
 # %%
 fig = go.Figure()
 for label, spreads in (("perturbation = 0.1", spread_on), ("perturbation = 0.0", spread_off)):
     fig.add_trace(go.Bar(name=label, x=[f"chart {c}" for c in range(H)], y=spreads["scale s_c"]))
-fig.update_layout(barmode="group", height=340, width=760, yaxis_title="‖Δs_c − mean‖ / ‖mean‖",
-                  title=f"how differently each chart's scale moved in {STEPS} AdamW steps (block 0)")
+fig.update_layout(
+    barmode="group",
+    height=340,
+    width=760,
+    yaxis_title="‖Δs_c − mean‖ / ‖mean‖",
+    title=f"how differently each chart's scale moved in {STEPS} AdamW steps (block 0)",
+)
 fig.show()
 
 # %% [markdown]
@@ -336,16 +376,21 @@ fig.show()
 # their initial values).
 
 # %%
-trained = {"vanillak": trained_vanilla,
-           "simplek": train(mkviz.convert(base, "simplek", H), 2),
-           "spatialk": train(mkviz.convert(base, "spatialk", H), 2)}
+trained = {
+    "vanillak": trained_vanilla,
+    "simplek": train(mkviz.convert(base, "simplek", H), 2),
+    "spatialk": train(mkviz.convert(base, "spatialk", H), 2),
+}
 with torch.no_grad():
     for v, model in trained.items():
         folded = mkviz.fold(model)
         diff = (folded(images) - model(images)).abs().max().item()
         attn = folded.blocks[0].attn
-        print(f"{v:<9} max |folded - trained| = {diff:.1e}; params {mkviz.count_params(model):,d} -> "
-              f"{mkviz.count_params(folded):,d} (baseline {p0:,d}); block 0 is {type(attn).__module__}.{type(attn).__name__}")
+        print(
+            f"{v:<9} max |folded - trained| = {diff:.1e}; params {mkviz.count_params(model):,d} -> "
+            f"{mkviz.count_params(folded):,d} (baseline {p0:,d}); block 0 is "
+            f"{type(attn).__module__}.{type(attn).__name__}"
+        )
         assert diff <= 1e-5, v
         assert mkviz.count_params(folded) == p0 and type(attn) is Attention
 
@@ -398,7 +443,7 @@ except ValueError as err:
 
 # %%
 model = trained["vanillak"]
-model64 = copy.deepcopy(model).double()                      # a float64 copy for the comparison
+model64 = copy.deepcopy(model).double()  # a float64 copy for the comparison
 
 
 def loss_and_grads(model):
@@ -406,18 +451,27 @@ def loss_and_grads(model):
     model.zero_grad()
     loss = F.cross_entropy(model(images.double()), labels)
     loss.backward()
-    return loss.detach(), {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    return loss.detach(), {
+        n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None
+    }
 
 
 loss_fast, grads_fast = loss_and_grads(model64)
 with mkviz.key_impl(model64, "reference"):
     loss_ref, grads_ref = loss_and_grads(model64)
 del model64
-# relative error per tensor; the floor 1e-6 skips the key biases, whose true gradient is 0 (see below)
-grad_err = max(((grads_fast[n] - g).norm() / g.norm().clamp_min(1e-6)).item() for n, g in grads_ref.items())
-key_bias_grad = max(g.norm().item() for n, g in grads_ref.items() if ".key." in n and n.endswith("bias"))
-print(f"loss fast {loss_fast.item():.12f} vs reference {loss_ref.item():.12f}; "
-      f"max relative gradient difference over {len(grads_ref)} tensors: {grad_err:.1e}")
+# relative error per tensor; the floor 1e-6 skips the key biases, whose true gradient is 0 (see
+# below)
+grad_err = max(
+    ((grads_fast[n] - g).norm() / g.norm().clamp_min(1e-6)).item() for n, g in grads_ref.items()
+)
+key_bias_grad = max(
+    g.norm().item() for n, g in grads_ref.items() if ".key." in n and n.endswith("bias")
+)
+print(
+    f"loss fast {loss_fast.item():.12f} vs reference {loss_ref.item():.12f}; "
+    f"max relative gradient difference over {len(grads_ref)} tensors: {grad_err:.1e}"
+)
 print(f"largest gradient of any key bias: {key_bias_grad:.1e}")
 assert abs(loss_fast - loss_ref).item() < 1e-10 and grad_err < 1e-8
 
@@ -448,24 +502,36 @@ def step_seconds(model, impl):
     return time.perf_counter() - start
 
 
-runs = {"baseline": (copy.deepcopy(base).train(), "fast"),  # a plain timm ViT (key_impl changes nothing)
-        "fast": (model.train(), "fast"),
-        "reference": (model, "reference")}
+runs = {
+    "baseline": (
+        copy.deepcopy(base).train(),
+        "fast",
+    ),  # a plain timm ViT (key_impl changes nothing)
+    "fast": (model.train(), "fast"),
+    "reference": (model, "reference"),
+}
 times = {name: [] for name in runs}
-for rep in range(TIMING_REPS + 1):                            # interleaved, so load changes hit all three
+for rep in range(TIMING_REPS + 1):  # interleaved, so load changes hit all three
     for name, (m, impl) in runs.items():
         seconds = step_seconds(m, impl)
-        if rep:                                               # rep 0 is a warm-up
+        if rep:  # rep 0 is a warm-up
             times[name].append(seconds)
-t_base, t_fast, t_ref = (min(times[name]) for name in runs)   # the minimum is least disturbed by other processes
+# the minimum is least disturbed by other processes
+t_base, t_fast, t_ref = (min(times[name]) for name in runs)
 model.eval()
 flops_ref = mkviz.count_flops(model, (BATCH, 3, IMG, IMG))
 flops_fast = mkviz.count_flops(model, (BATCH, 3, IMG, IMG), reference=False)
 flops_base = mkviz.count_flops(base, (BATCH, 3, IMG, IMG))
 print(f"batch {BATCH}, train step (forward + backward), VanillaK with {H} charts:")
 print(f"  baseline   {t_base * 1e3:8.1f} ms   forward GFLOPs {flops_base / 1e9:8.3f}")
-print(f"  fast       {t_fast * 1e3:8.1f} ms   forward GFLOPs {flops_fast / 1e9:8.3f}   speed vs baseline {t_base / t_fast:.2f}×")
-print(f"  reference  {t_ref * 1e3:8.1f} ms   forward GFLOPs {flops_ref / 1e9:8.3f}   speed vs baseline {t_base / t_ref:.2f}×")
+print(
+    f"  fast       {t_fast * 1e3:8.1f} ms   forward GFLOPs {flops_fast / 1e9:8.3f}   speed vs "
+    f"baseline {t_base / t_fast:.2f}×"
+)
+print(
+    f"  reference  {t_ref * 1e3:8.1f} ms   forward GFLOPs {flops_ref / 1e9:8.3f}   speed vs "
+    f"baseline {t_base / t_ref:.2f}×"
+)
 assert flops_base <= flops_fast < flops_ref
 
 # %% [markdown]
@@ -502,32 +568,44 @@ assert flops_base <= flops_fast < flops_ref
 #
 # We check the formula numerically: convert, fold to get the plain "twin" (the same function),
 # take one step on each with the same batch, and compare how block 0's effective key matrix
-# moved. Random-init keys are tiny (std 0.02), so the preconditioner would be $\approx I$; we
-# draw the key rows at a pretrained-like scale ($1/\sqrt C$) first, and work in float64 so the
-# first-order check is clean.
+# moved.
+#
+# **A pretrained-like key, in float64.** Random-init keys are tiny (std 0.02), so the
+# preconditioner would be $\approx I$; we draw the key rows at a pretrained-like scale
+# ($1/\sqrt C$) first, and work in float64 so the first-order check is clean.
 
 # %%
 pre = copy.deepcopy(base).double()
 with torch.no_grad():
     for blk in pre.blocks:
-        blk.attn.qkv.weight[C:2 * C].normal_(0, C ** -0.5)   # rows [q; k; v]: a pretrained-like key W_k
+        blk.attn.qkv.weight[C:2 * C].normal_(0, C ** -0.5)   # rows [q; k; v]: a pretrained-like W_k
 x64 = images.double()
 
+# %% [markdown]
+# **The effective key matrix** of block 0: $W_k'$ (`effective_linear`) for a manifold model, the
+# key rows of `qkv` for a plain one. It is what the two models share before the step.
 
+# %%
 def key_matrix(model):
-    """Block 0's effective key matrix (C, C): W_k' for a manifold model, the key rows of qkv for a plain one."""
+    """Block 0's effective key matrix (C, C): W_k' (manifold model) or qkv's key rows (plain)."""
     attn = model.blocks[0].attn
     if type(attn) is Attention:
         return attn.qkv.weight[C:2 * C].detach().clone()
     return attn.key.effective_linear()[0].detach().clone()
 
+# %% [markdown]
+# **One step on both.** `one_step` converts, folds to the twin, checks they agree, takes one
+# optimiser step on each with the same batch and returns how $W_k'$ moved in each, with the
+# gradient $G$ and the weights the formula needs.
 
+# %%
 def one_step(opt_name, lr):
-    """One optimiser step on a VanillaK conversion and on its folded twin; return both ΔW_k' and more."""
+    """One optimiser step on a VanillaK conversion and on its folded twin; both ΔW_k' and more."""
     mk = mkviz.convert(pre, "vanillak", H).train()
     twin = mkviz.fold(mk).train()
     key = mk.blocks[0].attn.key
-    W_k, phi = key.base.weight.detach().clone(), key.chart_maps.weight.detach().clone().view(H, C, C)  # (C, C), (H, C, C)
+    W_k = key.base.weight.detach().clone()  # (C, C)
+    phi = key.chart_maps.weight.detach().clone().view(H, C, C)  # (H·C, C, 1) -> (H, C, C)
     with torch.no_grad():
         same = (mk(x64) - twin(x64)).abs().max().item()
     M0 = key_matrix(mk)
@@ -536,29 +614,49 @@ def one_step(opt_name, lr):
         opt.zero_grad()
         F.cross_entropy(m(x64), labels).backward()
         opt.step()
-    G = twin.blocks[0].attn.qkv.weight.grad[C:2 * C]          # ∂L/∂W_k': the plain twin's key-row gradient, (C, C)
+    G = twin.blocks[0].attn.qkv.weight.grad[
+        C : 2 * C
+    ]  # ∂L/∂W_k': the twin's key-row gradient (C, C)
     with torch.no_grad():
         after = (mk(x64) - twin(x64)).abs().max().item()
-    return dict(d_mk=key_matrix(mk) - M0, d_twin=key_matrix(twin) - M0, G=G, W_k=W_k, phi=phi,
-                same=same, after=after)
+    return dict(
+        d_mk=key_matrix(mk) - M0,
+        d_twin=key_matrix(twin) - M0,
+        G=G,
+        W_k=W_k,
+        phi=phi,
+        same=same,
+        after=after,
+    )
 
+# %% [markdown]
+# **SGD against the formula.** With plain SGD the manifold model's $\Delta W_k'$ must match the
+# first-order prediction above: the plain step plus the two preconditioning terms.
 
+# %%
 sgd = one_step("SGD", lr=1e-4)
 W_k, phi, G = sgd["W_k"], sgd["phi"], sgd["G"]
-scale_term = sum((phi[c] * torch.diagonal(phi[c].T @ G @ W_k.T)) @ W_k for c in range(H))   # φ_c diag(·) W_k: scale columns
-predicted = -1e-4 * (G + G @ W_k.T @ W_k / H + scale_term / H ** 2)                       # (C, C)
+# φ_c diag(·) W_k: the scale term scales φ_c's columns
+scale_term = sum((phi[c] * torch.diagonal(phi[c].T @ G @ W_k.T)) @ W_k for c in range(H))
+predicted = -1e-4 * (G + G @ W_k.T @ W_k / H + scale_term / H ** 2)      # (C, C)
 rel_err = ((sgd["d_mk"] - predicted).norm() / sgd["d_mk"].norm()).item()
 print(f"before the step: max |manifold - plain twin| = {sgd['same']:.1e} (same function)")
 print(f"SGD: first-order prediction of ΔW_k' matches to {rel_err:.1e} (relative)")
 assert sgd["same"] < 1e-10 and rel_err < 1e-2
 
+# %% [markdown]
+# **SGD and AdamW side by side.** How large the manifold model's step on $W_k'$ is against the
+# twin's, how aligned the two are (cosine), and how far the outputs are apart after one step.
+
+# %%
 adamw = one_step("AdamW", lr=1e-3)
-print(f"{'optimiser':<9} {'‖ΔW_k′ manifold‖ / ‖ΔW_k′ plain‖':>32} {'cosine':>8} {'outputs after one step differ by':>34}")
+print(f"{'optimiser':<9} {'‖ΔW_k′ manifold‖ / ‖ΔW_k′ plain‖':>32} {'cosine':>8} "
+      f"{'outputs after one step differ by':>34}")
 for name, r in (("SGD", sgd), ("AdamW", adamw)):
     ratio = (r["d_mk"].norm() / r["d_twin"].norm()).item()
     cos = F.cosine_similarity(r["d_mk"].flatten(), r["d_twin"].flatten(), dim=0).item()
     print(f"{name:<9} {ratio:>32.3f} {cos:>8.4f} {r['after']:>34.1e}")
-assert adamw["after"] > 1e-8                                  # same function before, different after one step
+assert adamw["after"] > 1e-8               # same function before, different after one step
 
 # %% [markdown]
 # Same function before the step, different functions after it: the manifold key changes *how*

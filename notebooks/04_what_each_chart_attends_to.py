@@ -16,9 +16,9 @@
 # %% [markdown]
 # # 04 — What each chart attends to
 #
-# *Part 4 of 6 of the `mkviz` course.* 01 the math of charts and the manifold key ·
+# *Part 4 of 7 of the `mkviz` course.* 01 the math of charts and the manifold key ·
 # 02 the four variants side by side · 03 fine-tuning · 04 what each chart attends to ·
-# 05 attributions · 06 chart count and chart similarity.
+# 05 attributions · 06 chart count and chart similarity · 07 relevance, faithfulness and the key atlas.
 #
 # A manifold-key model computes one key per **chart**, $K_c$, and fuses them into the key that
 # attention uses. Each chart therefore has an attention map of its own,
@@ -122,14 +122,19 @@ SMALL = os.environ.get("MKVIZ_SMALL", "0") == "1"
 DEVICE = torch.device(os.environ.get("MKVIZ_DEVICE", "cpu"))
 SEED = int(os.environ.get("MKVIZ_SEED", "0"))
 
-CHECKPOINTS = shipped_checkpoints_dir()  # data/checkpoints of this repository (MKVIZ_ROOT overrides)
-if SMALL:   # 4 images (4 classes) in the explorers, 64 for the statistics
+# data/checkpoints of this repository (MKVIZ_ROOT overrides)
+CHECKPOINTS = (shipped_checkpoints_dir())
+if SMALL:  # 4 images (4 classes) in the explorers, 64 for the statistics
     N_EXPLORE, N_STATS = 4, 64
-    torch.set_num_threads(1)  # tensors this small gain nothing from threads, and tests share the CPU
-else:       # one image per class, 512 for the statistics
+    # tensors this small gain nothing from threads, and tests share the CPU
+    torch.set_num_threads(1)
+else:  # one image per class, 512 for the statistics
     N_EXPLORE, N_STATS = 10, 512
 torch.manual_seed(SEED)
-print(f"mkviz {mkviz.__version__}, torch {torch.__version__}, device {DEVICE}, checkpoints in {CHECKPOINTS}")
+print(
+    f"mkviz {mkviz.__version__}, torch {torch.__version__}, device {DEVICE}, checkpoints in "
+    f"{CHECKPOINTS}"
+)
 
 # %% [markdown]
 # ## 1. The model and the images
@@ -148,27 +153,37 @@ print(f"mkviz {mkviz.__version__}, torch {torch.__version__}, device {DEVICE}, c
 # %%
 model, config = load_checkpoint(checkpoint_dir("fashion-mnist", "vanillak-8"), map_location=DEVICE)
 spec = config["model_spec"]
-claimed = config["metrics"]["test"]["acc"]                 # measured on all 10,000 test images after training
-print(f"{spec['variant']} with {spec['num_charts']} charts, {spec['timm_kwargs']}; "
-      f"test accuracy {claimed:.4f} (from config.json)")
+claimed = config["metrics"]["test"]["acc"]  # measured on all 10,000 test images after training
+print(
+    f"{spec['variant']} with {spec['num_charts']} charts, {spec['timm_kwargs']}; "
+    f"test accuracy {claimed:.4f} (from config.json)"
+)
 
-test = build_dataset("fashion-mnist", split="test", model=model)   # a FashionMNISTDataset, all 10,000
-grid = patch_grid(model)                                           # (7, 7) patches of (4, 4) px + 1 class token
+# a FashionMNISTDataset, all 10,000
+test = build_dataset("fashion-mnist", split="test", model=model)
+grid = patch_grid(model)  # (7, 7) patches of (4, 4) px + 1 class token
 G = grid.grid_size
 print(test, "| classes:", test.class_names, "| patch grid", G, "patch", grid.patch_size)
 first_of_class = {}
 for i, y in enumerate(test.labels.tolist()):
     first_of_class.setdefault(y, i)
-explore = [first_of_class[y] for y in sorted(first_of_class)][:N_EXPLORE]   # test indices, one per class
+explore = [first_of_class[y] for y in sorted(first_of_class)][
+    :N_EXPLORE
+]  # test indices, one per class
 print("explorer images:", [(i, test.class_names[int(test.labels[i])]) for i in explore])
 
-batch = test.batch(range(N_STATS))       # the first test images: image (B, 3, 28, 28), label (B,), evidence (B, 28, 28)
+# the first test images: image (B, 3, 28, 28), label (B,), evidence (B, 28, 28)
+batch = test.batch(range(N_STATS))
 with torch.no_grad():
     acc = (model(batch.image.to(DEVICE)).argmax(-1).cpu() == batch.label).float().mean().item()
-# N_STATS images are a sample of the 10,000: allow 4 binomial standard errors around the stored accuracy
+# N_STATS images are a sample of the 10,000: allow 4 binomial standard errors around the stored
+# accuracy
 tol = 4 * math.sqrt(claimed * (1 - claimed) / N_STATS) + 1 / N_STATS
-print(f"accuracy on the first {N_STATS} test images: {acc:.3f} (config.json: {claimed:.3f} on 10,000; "
-      f"tolerance ±{tol:.3f})")
+print(
+    f"accuracy on the first {N_STATS} test images: {acc:.3f} (config.json: {claimed:.3f} on "
+    "10,000; "
+    f"tolerance ±{tol:.3f})"
+)
 assert abs(acc - claimed) <= tol, (acc, claimed)
 
 # %% [markdown]
@@ -241,19 +256,22 @@ image_i, head = min(2, N_EXPLORE - 1), 1
 ex.image_slider.value = image_i
 ex.head_dropdown.value = head
 with torch.no_grad(), mkviz.record_attention(model, to_cpu=True) as rec:
-    model(test.batch([explore[image_i]]).image.to(DEVICE))      # the same image, (1, 3, 28, 28)
+    model(test.batch([explore[image_i]]).image.to(DEVICE))  # the same image, (1, 3, 28, 28)
 
 worst = 0.0
 for layer in rec.layers:
     ex.layer_dropdown.value = layer
     for query in ((0, 0), (3, 3), (6, 2)):
         ex.row_slider.value, ex.col_slider.value = query
-        drawn = [np.asarray(t.z) for t in ex.heat_traces]                # fused + H charts, each (7, 7)
-        expected = [rec.image_map(layer, query, head=head)] + \
-                   [rec.image_map(layer, query, chart=c, head=head) for c in range(ex.cache.num_charts)]
+        drawn = [np.asarray(t.z) for t in ex.heat_traces]  # fused + H charts, each (7, 7)
+        expected = [rec.image_map(layer, query, head=head)] + [
+            rec.image_map(layer, query, chart=c, head=head) for c in range(ex.cache.num_charts)
+        ]
         worst = max(worst, max(float(np.abs(d - e.numpy()).max()) for d, e in zip(drawn, expected)))
-print(f"{len(rec.layers)} layers x 3 queries x (fused + {ex.cache.num_charts} charts): "
-      f"max |figure - record_attention| = {worst:.1e}")
+print(
+    f"{len(rec.layers)} layers x 3 queries x (fused + {ex.cache.num_charts} charts): "
+    f"max |figure - record_attention| = {worst:.1e}"
+)
 assert worst < 1e-5
 
 # %% [markdown]
@@ -270,11 +288,14 @@ assert worst < 1e-5
 # %%
 worst = 0.0
 for layer in rec.layers:
-    A = rec.attention[layer][0]                                   # (heads, N, N) fused, N = 1 + 49
-    Ac = rec.chart_attention[layer][0]                            # (H, heads, N, N) per chart
-    geo = Ac.clamp_min(1e-30).log().mean(0).softmax(-1)           # softmax of mean log -> (heads, N, N)
+    A = rec.attention[layer][0]  # (heads, N, N) fused, N = 1 + 49
+    Ac = rec.chart_attention[layer][0]  # (H, heads, N, N) per chart
+    geo = Ac.clamp_min(1e-30).log().mean(0).softmax(-1)  # softmax of mean log -> (heads, N, N)
     worst = max(worst, (geo - A).abs().max().item())
-print(f"max |fused - normalised geometric mean of the charts| over all layers, heads and queries: {worst:.1e}")
+print(
+    "max |fused - normalised geometric mean of the charts| over all layers, heads and queries: "
+    f"{worst:.1e}"
+)
 assert worst < 1e-5
 
 # %% [markdown]
@@ -288,16 +309,24 @@ assert worst < 1e-5
 # %%
 layer = rec.layers[-1]
 s = test.sample(explore[image_i])
-ys, xs = torch.nonzero(s.evidence_mask, as_tuple=True)                   # the silhouette's pixels (row, col)
+ys, xs = torch.nonzero(s.evidence_mask, as_tuple=True)  # the silhouette's pixels (row, col)
 ph, pw = grid.patch_size
 query = (min(int(ys.float().mean()) // ph, G[0] - 1), min(int(xs.float().mean()) // pw, G[1] - 1))
-fused = rec.image_map(layer, query)                                      # head mean, (7, 7)
-charts = rec.chart_maps(layer, query)                                    # (H, 7, 7), one map per chart
-print(f"test image {explore[image_i]}: {test.class_names[s.label]}; query {query} (under the article's centroid); "
-      f"{layer}")
-fig = figures.chart_maps_figure(test.images_uint8([explore[image_i]])[0], fused, charts, query=query,
-                                title=f"{test.class_names[s.label]}, {layer}, query {query} on the article: "
-                                      "fused and chart maps")
+fused = rec.image_map(layer, query)  # head mean, (7, 7)
+charts = rec.chart_maps(layer, query)  # (H, 7, 7), one map per chart
+print(
+    f"test image {explore[image_i]}: {test.class_names[s.label]}; query {query} (under the "
+    "article's centroid); "
+    f"{layer}"
+)
+fig = figures.chart_maps_figure(
+    test.images_uint8([explore[image_i]])[0],
+    fused,
+    charts,
+    query=query,
+    title=f"{test.class_names[s.label]}, {layer}, query {query} on the article: "
+    "fused and chart maps",
+)
 fig.show()
 
 # %% [markdown]
@@ -320,16 +349,26 @@ check("04.read-the-map", answer, fused=fused)
 # of that query.
 
 # %%
-sim = rec.chart_similarity(layer, "cosine")[...]                         # (H, H)
-figures.similarity_heatmap(sim, "cosine", title=f"VanillaK-8: cosine similarity of the chart keys, {layer}").show()
+sim = rec.chart_similarity(layer, "cosine")[...]  # (H, H)
+figures.similarity_heatmap(
+    sim, "cosine", title=f"VanillaK-8: cosine similarity of the chart keys, {layer}"
+).show()
 
 ex.layer_dropdown.value, ex.head_dropdown.value = layer, "mean"
 ex.row_slider.value, ex.col_slider.value = query
-st = ex.current_stats()                                                  # entropy (1+H,), evidence (1+H,), chance
-figures.entropy_bars(st["entropy"][1:], fused=float(st["entropy"][0]), max_entropy=st["max_entropy"],
-                     title=f"entropy of the query's attention, {layer}").show()
-figures.evidence_bars(st["evidence"][1:], fused=float(st["evidence"][0]), chance=st["chance"],
-                      title=f"share of the query's attention on the article, {layer}").show()
+st = ex.current_stats()  # entropy (1+H,), evidence (1+H,), chance
+figures.entropy_bars(
+    st["entropy"][1:],
+    fused=float(st["entropy"][0]),
+    max_entropy=st["max_entropy"],
+    title=f"entropy of the query's attention, {layer}",
+).show()
+figures.evidence_bars(
+    st["evidence"][1:],
+    fused=float(st["evidence"][0]),
+    chance=st["chance"],
+    title=f"share of the query's attention on the article, {layer}",
+).show()
 
 # %% [markdown]
 # ### ✎ Exercise 4.2 — predict, then compute, the chart similarity
@@ -369,7 +408,9 @@ check("04.chart-cosine", answer, chart_keys=chart_keys)
 # the garment more than at the frame; a share near chance does not mean it ignores the garment.
 
 # %%
-untrained = build_model(spec, seed=config["train"]["seed"]).to(DEVICE).eval()   # training's starting point
+untrained = (
+    build_model(spec, seed=config["train"]["seed"]).to(DEVICE).eval()
+)  # training's starting point
 chance = metrics.patch_coverage(batch.evidence_mask, G).mean().item()
 
 
@@ -379,8 +420,12 @@ def article_share(m):
         m(batch.image.to(DEVICE))
     out = {}
     for name in r.layers:
-        rows = r.attention[name][:, :, 1:]                                # patch queries: (B, heads, 49, N)
-        out[name] = metrics.attention_on_evidence(rows, batch.evidence_mask, G, num_prefix_tokens=1).mean().item()
+        rows = r.attention[name][:, :, 1:]  # patch queries: (B, heads, 49, N)
+        out[name] = (
+            metrics.attention_on_evidence(rows, batch.evidence_mask, G, num_prefix_tokens=1)
+            .mean()
+            .item()
+        )
     return out
 
 
@@ -388,8 +433,12 @@ trained_share, untrained_share = article_share(model), article_share(untrained)
 print(f"share of patches the article covers (uniform attention): {chance:.3f}")
 print(f"{'layer':<15} {'trained':>8} {'/ chance':>9} {'untrained':>10}")
 for name in trained_share:
-    print(f"{name:<15} {trained_share[name]:>8.3f} {trained_share[name] / chance:>9.2f} {untrained_share[name]:>10.3f}")
-# an untrained ViT attends almost uniformly, so its share is the coverage; the trained column is what we learn from
+    print(
+        f"{name:<15} {trained_share[name]:>8.3f} {trained_share[name] / chance:>9.2f} "
+        f"{untrained_share[name]:>10.3f}"
+    )
+# an untrained ViT attends almost uniformly, so its share is the coverage; the trained column is
+# what we learn from
 assert all(abs(v - chance) < 0.05 for v in untrained_share.values()), untrained_share
 assert all(0.0 <= v <= 1.0 for v in trained_share.values())
 
@@ -428,20 +477,21 @@ assert all(0.0 <= v <= 1.0 for v in trained_share.values())
 # one-hot memberships), is on its own page: [`docs/chart_specialisation.md`](../docs/chart_specialisation.md).
 
 # %%
-few = batch.image[:16].to(DEVICE)                                          # (16, 3, 28, 28)
+few = batch.image[:16].to(DEVICE)  # (16, 3, 28, 28)
 variants, sims = {}, {}
 print(f"{'model':<11} {'':>9} " + " ".join(f"{name:>14}" for name in rec.layers))
-for name in MAIN_MODELS[1:]:                                               # vanillak-8, simplek-8, spatialk-8, kua-8
+for name in MAIN_MODELS[1:]:  # vanillak-8, simplek-8, spatialk-8, kua-8
     m, cfg = load_checkpoint(checkpoint_dir("fashion-mnist", name), map_location=DEVICE)
     start = build_model(cfg["model_spec"], seed=cfg["train"]["seed"]).to(DEVICE).eval()
-    off = ~torch.eye(cfg["model_spec"]["num_charts"], dtype=torch.bool)    # off-diagonal entries of (H, H)
+    # off-diagonal entries of (H, H)
+    off = ~torch.eye(cfg["model_spec"]["num_charts"], dtype=torch.bool)
     row = {}
     for when, net in (("trained", m), ("at init", start)):
         with torch.no_grad(), mkviz.record_attention(net, to_cpu=True) as r:
             net(few)
         row[when] = [r.chart_similarity(n)[off].mean().item() for n in r.layers]
         if when == "trained":
-            sims[name] = r.chart_similarity(r.layers[-1])                  # (H, H), last layer
+            sims[name] = r.chart_similarity(r.layers[-1])  # (H, H), last layer
         print(f"{name:<11} {when:>9} " + " ".join(f"{v:>14.3f}" for v in row[when]))
     variants[name] = m
     if name == "vanillak-8":
@@ -454,11 +504,18 @@ for c, (name, sim) in enumerate(sims.items()):
     fig.add_trace(trace, 1, c + 1)
 fig.update_yaxes(autorange="reversed", scaleanchor="x", showticklabels=False)
 fig.update_xaxes(showticklabels=False)
-fig.update_layout(height=320, width=1050, margin=dict(l=10, r=10, t=60, b=10),
-                  title=f"cosine similarity of the chart keys, {rec.layers[-1]} (chart 1 at the top left)")
+fig.update_layout(
+    height=320,
+    width=1050,
+    margin=dict(l=10, r=10, t=60, b=10),
+    title=f"cosine similarity of the chart keys, {rec.layers[-1]} (chart 1 at the top left)",
+)
 fig.show()
-# measured, not guaranteed (design §3.1): on this data VanillaK's charts end at least as alike as they started
-assert all(t > 0.9 and t >= i - 0.02 for t, i in zip(vanilla_cos["trained"], vanilla_cos["at init"])), vanilla_cos
+# measured, not guaranteed (design §3.1): on this data VanillaK's charts end at least as alike
+# as they started
+assert all(
+    t > 0.9 and t >= i - 0.02 for t, i in zip(vanilla_cos["trained"], vanilla_cos["at init"])
+), vanilla_cos
 
 # %% [markdown]
 # VanillaK-8's charts stay where they started (or move closer together): with this model and data the
@@ -471,9 +528,14 @@ assert all(t > 0.9 and t >= i - 0.02 for t, i in zip(vanilla_cos["trained"], van
 # last layer, on the same images, so you can look at charts that differ (or see that they do not):
 
 # %%
-other = min(("simplek-8", "kua-8"), key=lambda n: sims[n][~torch.eye(len(sims[n]), dtype=torch.bool)].mean().item())
+other = min(
+    ("simplek-8", "kua-8"),
+    key=lambda n: sims[n][~torch.eye(len(sims[n]), dtype=torch.bool)].mean().item(),
+)
 print(f"explorer on {other}")
-ex2 = mkviz.ChartExplorer.from_dataset(variants[other], test, indices=explore, layer=-1, query=(3, 3))
+ex2 = mkviz.ChartExplorer.from_dataset(
+    variants[other], test, indices=explore, layer=-1, query=(3, 3)
+)
 ex2
 
 # %% [markdown]

@@ -16,9 +16,9 @@
 # %% [markdown]
 # # 05 — Attributions with captum
 #
-# *Part 5 of 6 of the `mkviz` course.* 01 the math of charts and the manifold key ·
+# *Part 5 of 7 of the `mkviz` course.* 01 the math of charts and the manifold key ·
 # 02 the four variants side by side · 03 fine-tuning · 04 what each chart attends to ·
-# 05 attributions · 06 chart count and chart similarity.
+# 05 attributions · 06 chart count and chart similarity · 07 relevance, faithfulness and the key atlas.
 #
 # Attention maps (notebook 04) say where a query *looks*; they do not say what the prediction
 # *depends on*. Attributions do: they distribute the class score over the inputs of a chosen
@@ -109,15 +109,24 @@ SMALL = os.environ.get("MKVIZ_SMALL", "0") == "1"
 DEVICE = torch.device(os.environ.get("MKVIZ_DEVICE", "cpu"))
 SEED = int(os.environ.get("MKVIZ_SEED", "0"))
 
-CHECKPOINTS = shipped_checkpoints_dir()  # data/checkpoints of this repository (MKVIZ_ROOT overrides)
-if SMALL:   # a few images (of different classes); the same number of integration steps (completeness needs them)
+# data/checkpoints of this repository (MKVIZ_ROOT overrides)
+CHECKPOINTS = (shipped_checkpoints_dir())
+if (
+    SMALL
+    # a few images (of different classes); the same number of integration steps (completeness needs
+    # them)
+):
     N_IMAGES, N_SHOW = 4, 2
-else:       # one image per class
+else:  # one image per class
     N_IMAGES, N_SHOW = 10, 4
-torch.set_num_threads(1)  # a 0.2 M-parameter model gains little from threads; on a shared CPU they hurt
-N_STEPS = 512      # integration steps of integrated gradients (section 2 shows why so many)
+# a 0.2 M-parameter model gains little from threads; on a shared CPU they hurt
+torch.set_num_threads(1)
+N_STEPS = 512  # integration steps of integrated gradients (section 2 shows why so many)
 torch.manual_seed(SEED)
-print(f"mkviz {mkviz.__version__}, torch {torch.__version__}, device {DEVICE}, checkpoints in {CHECKPOINTS}")
+print(
+    f"mkviz {mkviz.__version__}, torch {torch.__version__}, device {DEVICE}, checkpoints in "
+    f"{CHECKPOINTS}"
+)
 
 # %% [markdown]
 # ## 1. Two models, the same images
@@ -133,22 +142,31 @@ print(f"mkviz {mkviz.__version__}, torch {torch.__version__}, device {DEVICE}, c
 # %%
 models, configs = {}, {}
 for name in ("baseline", "vanillak-8"):
-    models[name], configs[name] = load_checkpoint(checkpoint_dir("fashion-mnist", name), map_location=DEVICE)
-test = build_dataset("fashion-mnist", split="test", model=models["baseline"])   # all 10,000 test images
+    models[name], configs[name] = load_checkpoint(
+        checkpoint_dir("fashion-mnist", name), map_location=DEVICE
+    )
+# all 10,000 test images
+test = build_dataset("fashion-mnist", split="test", model=models["baseline"])
 first_of_class = {}
 for i, label in enumerate(test.labels.tolist()):
     first_of_class.setdefault(label, i)
-indices = [first_of_class[c] for c in sorted(first_of_class)][:N_IMAGES]       # test indices, one per class
-batch = test.batch(indices)                    # image (B, 3, 28, 28), label (B,), evidence_mask (B, 28, 28)
+indices = [first_of_class[c] for c in sorted(first_of_class)][
+    :N_IMAGES
+]  # test indices, one per class
+batch = test.batch(indices)  # image (B, 3, 28, 28), label (B,), evidence_mask (B, 28, 28)
 x, y = batch.image.to(DEVICE), batch.label.to(DEVICE)
-pixels = test.images_uint8(indices)            # (B, 3, 28, 28) uint8, for display
-G = patch_grid(models["baseline"]).grid_size   # (7, 7) patches of 4 px
+pixels = test.images_uint8(indices)  # (B, 3, 28, 28) uint8, for display
+G = patch_grid(models["baseline"]).grid_size  # (7, 7) patches of 4 px
 print("test images:", [(i, test.class_names[int(c)]) for i, c in zip(indices, batch.label)])
 for name, m in models.items():
     with torch.no_grad():
         pred = m(x).argmax(-1)
-    print(f"{name:<11} {type(m.blocks[0].attn).__name__:<18} correct on {int((pred == y).sum())}/{N_IMAGES} images "
-          f"(test accuracy {configs[name]['metrics']['test']['acc']:.4f} on all 10,000, from config.json)")
+    print(
+        f"{name:<11} {type(m.blocks[0].attn).__name__:<18} correct on "
+        f"{int((pred == y).sum())}/{N_IMAGES} images "
+        f"(test accuracy {configs[name]['metrics']['test']['acc']:.4f} on all 10,000, from "
+        "config.json)"
+    )
 
 # %% [markdown]
 # ## 2. Integrated gradients on the pixels, and completeness
@@ -171,13 +189,16 @@ def score_gap(m, x=x, y=y):
         return (m(x) - m(torch.zeros_like(x))).gather(1, y[:, None])[:, 0]
 
 
-xs, ys = x[:N_SHOW], y[:N_SHOW]                                    # the table uses the first few images
+xs, ys = x[:N_SHOW], y[:N_SHOW]  # the table uses the first few images
 print(f"{'model':<11} {'n_steps':>7} {'max |delta|':>12} {'max |delta| / |f(x) - f(x′)|':>30}")
 for name, m in models.items():
     gap = score_gap(m, xs, ys)
     for n in (32, 128, N_STEPS):
         _, delta = mkviz.integrated_gradients(m, xs, ys, n_steps=n, return_convergence_delta=True)
-        print(f"{name:<11} {n:>7} {delta.abs().max().item():>12.2e} {(delta.abs() / gap.abs()).max().item():>30.2e}")
+        print(
+            f"{name:<11} {n:>7} {delta.abs().max().item():>12.2e} "
+            f"{(delta.abs() / gap.abs()).max().item():>30.2e}"
+        )
 
 # %% [markdown]
 # A small ViT's score can change steeply along the path from grey to the image, so a few dozen
@@ -188,12 +209,16 @@ for name, m in models.items():
 # %%
 ig = {}
 for name, m in models.items():
-    attr, delta = mkviz.integrated_gradients(m, x, y, n_steps=N_STEPS, return_convergence_delta=True)
-    ig[name] = attr.detach()                                       # (B, 3, 28, 28)
-    total, gap = attr.sum(dim=(1, 2, 3)), score_gap(m)             # (B,), (B,)
+    attr, delta = mkviz.integrated_gradients(
+        m, x, y, n_steps=N_STEPS, return_convergence_delta=True
+    )
+    ig[name] = attr.detach()  # (B, 3, 28, 28)
+    total, gap = attr.sum(dim=(1, 2, 3)), score_gap(m)  # (B,), (B,)
     err = ((total - gap).abs() / gap.abs().clamp_min(1.0)).max().item()
-    print(f"{name:<11} Σ IG: {[round(v, 3) for v in total.tolist()[:4]]}  f(x) − f(x′): "
-          f"{[round(v, 3) for v in gap.tolist()[:4]]}  max relative error {err:.1e}")
+    print(
+        f"{name:<11} Σ IG: {[round(v, 3) for v in total.tolist()[:4]]}  f(x) − f(x′): "
+        f"{[round(v, 3) for v in gap.tolist()[:4]]}  max relative error {err:.1e}"
+    )
     assert err < 1e-2, name
 
 # %% [markdown]
@@ -211,10 +236,15 @@ for name, m in models.items():
 # %%
 attn_attr = {}
 for name, m in models.items():
-    a, delta = mkviz.attention_attribution(m, x, y, layer=-1, n_steps=64, return_convergence_delta=True)
-    cls_row = a[:, :, 0, 1:].abs().sum(1)                          # cls query -> 49 patches, heads summed: (B, 49)
-    attn_attr[name] = cls_row.reshape(-1, *G).detach()             # (B, 49) -> (B, 7, 7) on the patch grid
-    print(f"{name:<11} attribution {tuple(a.shape)}, max |completeness error| {delta.abs().max().item():.1e}")
+    a, delta = mkviz.attention_attribution(
+        m, x, y, layer=-1, n_steps=64, return_convergence_delta=True
+    )
+    cls_row = a[:, :, 0, 1:].abs().sum(1)  # cls query -> 49 patches, heads summed: (B, 49)
+    attn_attr[name] = cls_row.reshape(-1, *G).detach()  # (B, 49) -> (B, 7, 7) on the patch grid
+    print(
+        f"{name:<11} attribution {tuple(a.shape)}, max |completeness error| "
+        f"{delta.abs().max().item():.1e}"
+    )
     assert delta.abs().max().item() < 1e-3
 
 # %% [markdown]
@@ -226,23 +256,41 @@ for name, m in models.items():
 
 # %%
 def heat(z):
-    return go.Heatmap(z=z, colorscale="Inferno", showscale=False, hovertemplate="%{z:.3g}<extra></extra>")
+    return go.Heatmap(
+        z=z, colorscale="Inferno", showscale=False, hovertemplate="%{z:.3g}<extra></extra>"
+    )
 
 
-cols = ["image", "IG pixels: baseline", "IG pixels: VanillaK-8", "attention attr.: baseline",
-        "attention attr.: VanillaK-8"]
-fig = make_subplots(rows=N_SHOW, cols=5, horizontal_spacing=0.02, vertical_spacing=0.04,
-                    subplot_titles=[c if r == 0 else "" for r in range(N_SHOW) for c in cols])
+cols = [
+    "image",
+    "IG pixels: baseline",
+    "IG pixels: VanillaK-8",
+    "attention attr.: baseline",
+    "attention attr.: VanillaK-8",
+]
+fig = make_subplots(
+    rows=N_SHOW,
+    cols=5,
+    horizontal_spacing=0.02,
+    vertical_spacing=0.04,
+    subplot_titles=[c if r == 0 else "" for r in range(N_SHOW) for c in cols],
+)
 for r in range(N_SHOW):
-    fig.add_trace(go.Image(z=pixels[r].permute(1, 2, 0).numpy()), r + 1, 1)   # (3, H, W) -> (H, W, 3)
+    # (3, H, W) -> (H, W, 3)
+    fig.add_trace(go.Image(z=pixels[r].permute(1, 2, 0).numpy()), r + 1, 1)
     fig.update_yaxes(title_text=test.class_names[int(y[r])], row=r + 1, col=1)
     for c, name in enumerate(models):
-        fig.add_trace(heat(ig[name][r].abs().sum(0).cpu().numpy()), r + 1, c + 2)   # (3, H, W) -> (H, W)
+        # (3, H, W) -> (H, W)
+        fig.add_trace(heat(ig[name][r].abs().sum(0).cpu().numpy()), r + 1, c + 2)
         fig.add_trace(heat(attn_attr[name][r].cpu().numpy()), r + 1, c + 4)
 fig.update_xaxes(showticklabels=False)
 fig.update_yaxes(showticklabels=False, autorange="reversed", scaleanchor="x", scaleratio=1)
-fig.update_layout(height=230 * N_SHOW + 60, width=1050, margin=dict(l=60, r=10, t=40, b=10),
-                  title="what the true-class score depends on")
+fig.update_layout(
+    height=230 * N_SHOW + 60,
+    width=1050,
+    margin=dict(l=60, r=10, t=40, b=10),
+    title="what the true-class score depends on",
+)
 fig.show()
 
 # %% [markdown]
@@ -277,20 +325,23 @@ check("05.read-attribution", answer, attribution=attn_attr["vanillak-8"][0])
 # garment; neither says the model is right or wrong.
 
 # %%
-mask = batch.evidence_mask.to(DEVICE).float()                       # (B, 28, 28)
-coverage = metrics.patch_coverage(mask, G)                          # (B, 49)
+mask = batch.evidence_mask.to(DEVICE).float()  # (B, 28, 28)
+coverage = metrics.patch_coverage(mask, G)  # (B, 49)
 pixel_chance, patch_chance = mask.mean().item(), coverage.mean().item()
-print(f"{'model':<11} {'IG on article':>14} {'chance':>7} {'attention attr. on article':>27} {'chance':>7}")
+print(
+    f"{'model':<11} {'IG on article':>14} {'chance':>7} {'attention attr. on article':>27} "
+    f"{'chance':>7}"
+)
 shares = {}
 for name in models:
-    mag = ig[name].abs().sum(1)                                      # (B, 28, 28)
+    mag = ig[name].abs().sum(1)  # (B, 28, 28)
     pix = ((mag * mask).sum((1, 2)) / mag.sum((1, 2))).mean().item()
-    att = attn_attr[name].flatten(1)                                 # (B, 7, 7) -> (B, 49)
+    att = attn_attr[name].flatten(1)  # (B, 7, 7) -> (B, 49)
     pat = ((att * coverage).sum(1) / att.sum(1)).mean().item()
     shares[name] = (pix, pat)
     print(f"{name:<11} {pix:>14.3f} {pixel_chance:>7.3f} {pat:>27.3f} {patch_chance:>7.3f}")
 for name, (pix, pat) in shares.items():
-    assert 0.0 <= pix <= 1.0 and 0.0 <= pat <= 1.0, name      # shares of a non-negative total
+    assert 0.0 <= pix <= 1.0 and 0.0 <= pat <= 1.0, name  # shares of a non-negative total
 
 # %% [markdown]
 # ### ✎ Exercise 5.2 — one image's share

@@ -16,9 +16,9 @@
 # %% [markdown]
 # # 06 — How many charts?
 #
-# *Part 6 of 6 of the `mkviz` course.* 01 the math of charts and the manifold key ·
+# *Part 6 of 7 of the `mkviz` course.* 01 the math of charts and the manifold key ·
 # 02 the four variants side by side · 03 fine-tuning · 04 what each chart attends to ·
-# 05 attributions · 06 chart count and chart similarity.
+# 05 attributions · 06 chart count and chart similarity · 07 relevance, faithfulness and the key atlas.
 #
 # The paper's main experiments use $H = 8$ charts. What changes with the number of charts? This
 # notebook takes five VanillaK models that differ **only** in $H$ (1, 2, 4, 8 and 16 charts;
@@ -110,15 +110,20 @@ SMALL = os.environ.get("MKVIZ_SMALL", "0") == "1"
 DEVICE = torch.device(os.environ.get("MKVIZ_DEVICE", "cpu"))
 SEED = int(os.environ.get("MKVIZ_SEED", "0"))
 
-CHECKPOINTS = shipped_checkpoints_dir()  # data/checkpoints of this repository (MKVIZ_ROOT overrides)
-COUNTS = tuple(int(name.split("-")[1]) for name in CHART_SWEEP)   # (1, 2, 4, 8, 16)
-if SMALL:   # the first 500 test images; the explorer on 4 images (4 classes)
+# data/checkpoints of this repository (MKVIZ_ROOT overrides)
+CHECKPOINTS = (shipped_checkpoints_dir())
+COUNTS = tuple(int(name.split("-")[1]) for name in CHART_SWEEP)  # (1, 2, 4, 8, 16)
+if SMALL:  # the first 500 test images; the explorer on 4 images (4 classes)
     N_TEST, N_EXPLORE = 500, 4
-    torch.set_num_threads(1)  # tensors this small gain nothing from threads, and tests share the CPU
-else:       # the whole official test set the checkpoints were scored on; one image per class
+    # tensors this small gain nothing from threads, and tests share the CPU
+    torch.set_num_threads(1)
+else:  # the whole official test set the checkpoints were scored on; one image per class
     N_TEST, N_EXPLORE = 10_000, 10
 torch.manual_seed(SEED)
-print(f"mkviz {mkviz.__version__}, torch {torch.__version__}, device {DEVICE}, checkpoints in {CHECKPOINTS}")
+print(
+    f"mkviz {mkviz.__version__}, torch {torch.__version__}, device {DEVICE}, checkpoints in "
+    f"{CHECKPOINTS}"
+)
 
 # %% [markdown]
 # ## 1. Six models, one recipe
@@ -131,8 +136,12 @@ print(f"mkviz {mkviz.__version__}, torch {torch.__version__}, device {DEVICE}, c
 # %%
 models, configs = {}, {}
 for h in COUNTS:
-    models[h], configs[h] = load_checkpoint(checkpoint_dir("fashion-mnist", f"vanillak-{h}"), map_location=DEVICE)
-baseline, base_config = load_checkpoint(checkpoint_dir("fashion-mnist", "baseline"), map_location=DEVICE)
+    models[h], configs[h] = load_checkpoint(
+        checkpoint_dir("fashion-mnist", f"vanillak-{h}"), map_location=DEVICE
+    )
+baseline, base_config = load_checkpoint(
+    checkpoint_dir("fashion-mnist", "baseline"), map_location=DEVICE
+)
 for h, cfg in configs.items():
     assert cfg["model_spec"]["num_charts"] == h and cfg["model_spec"]["variant"] == "vanillak"
 print(f"{'model':<12} {'params':>9}")
@@ -169,7 +178,9 @@ check("06.params-vs-charts", vanillak_model_params, models=models)
 # match; in small mode on the first 500, which must agree within the sampling error of 500 images.
 
 # %%
-test = build_dataset("fashion-mnist", split="test", model=baseline, num_samples=N_TEST)   # the first N_TEST
+test = build_dataset(
+    "fashion-mnist", split="test", model=baseline, num_samples=N_TEST
+)  # the first N_TEST
 loader = DataLoader(test, batch_size=500)
 
 
@@ -179,31 +190,43 @@ def accuracy(model):
 
 accuracies = {h: accuracy(m) for h, m in models.items()}
 base_acc = accuracy(baseline)
-stored = {h: cfg["metrics"]["test"]["acc"] for h, cfg in configs.items()}     # on all 10,000 test images
+stored = {
+    h: cfg["metrics"]["test"]["acc"] for h, cfg in configs.items()
+}  # on all 10,000 test images
 base_stored = base_config["metrics"]["test"]["acc"]
 print(f"{N_TEST} test images, chance 0.10")
 print(f"{'model':<12} {'accuracy':>9} {'errors':>7} {'config.json (10,000 images)':>28}")
-print(f"{'baseline':<12} {base_acc:>9.4f} {round((1 - base_acc) * N_TEST):>7d} {base_stored:>28.4f}")
+print(
+    f"{'baseline':<12} {base_acc:>9.4f} {round((1 - base_acc) * N_TEST):>7d} {base_stored:>28.4f}"
+)
 for h, a in accuracies.items():
     print(f"{'VanillaK-' + str(h):<12} {a:>9.4f} {round((1 - a) * N_TEST):>7d} {stored[h]:>28.4f}")
 pairs = [(base_acc, base_stored)] + [(accuracies[h], stored[h]) for h in COUNTS]
-if N_TEST == 10_000:   # all of the official test set: the images the checkpoints were scored on
+if N_TEST == 10_000:  # all of the official test set: the images the checkpoints were scored on
     assert all(abs(a - c) <= 1e-3 for a, c in pairs), pairs
-else:   # a sample of them: within 4 binomial standard errors (plus one image)
-    assert all(abs(a - c) <= 4 * math.sqrt(c * (1 - c) / N_TEST) + 1 / N_TEST for a, c in pairs), pairs
+else:  # a sample of them: within 4 binomial standard errors (plus one image)
+    assert all(
+        abs(a - c) <= 4 * math.sqrt(c * (1 - c) / N_TEST) + 1 / N_TEST for a, c in pairs
+    ), pairs
 
 # %% [markdown]
 # The figure uses the **stored full-test accuracies** (10,000 images, whatever the mode), so it is
 # the same figure in small and default mode.
 
 # %%
-figures.accuracy_vs_charts(stored, baseline=base_stored,
-                           title="VanillaK: test accuracy against the number of charts (10,000 test images)").show()
+figures.accuracy_vs_charts(
+    stored,
+    baseline=base_stored,
+    title="VanillaK: test accuracy against the number of charts (10,000 test images)",
+).show()
 spread = max(stored.values()) - min(stored.values())
 p_mid = sum(stored.values()) / len(stored)
 sampling = math.sqrt(p_mid * (1 - p_mid) / 10_000)
-print(f"spread over H (max - min): {spread:.4f}; baseline minus best VanillaK: {base_stored - max(stored.values()):+.4f}; "
-      f"sampling error of one accuracy on 10,000 images: ±{sampling:.4f}")
+print(
+    f"spread over H (max - min): {spread:.4f}; baseline minus best VanillaK: "
+    f"{base_stored - max(stored.values()):+.4f}; "
+    f"sampling error of one accuracy on 10,000 images: ±{sampling:.4f}"
+)
 
 # %% [markdown]
 # ### ✎ Exercise 6.2 — a difference, or noise?
@@ -248,10 +271,20 @@ check("06.spread-vs-noise", answer, accuracies=stored)
 first_of_class = {}
 for i, label in enumerate(test.labels.tolist()):
     first_of_class.setdefault(label, i)
-explore = [first_of_class[c] for c in sorted(first_of_class)][:N_EXPLORE]   # test indices, one per class
+explore = [first_of_class[c] for c in sorted(first_of_class)][
+    :N_EXPLORE
+]  # test indices, one per class
 print("explorer images:", [(i, test.class_names[int(test.labels[i])]) for i in explore])
-ex = mkviz.ChartCountExplorer.from_dataset(models, test, indices=explore, accuracies=stored,
-                                           baseline=base_stored, charts=8, layer=-1, query=(3, 3))
+ex = mkviz.ChartCountExplorer.from_dataset(
+    models,
+    test,
+    indices=explore,
+    accuracies=stored,
+    baseline=base_stored,
+    charts=8,
+    layer=-1,
+    query=(3, 3),
+)
 ex
 
 # %% [markdown]
@@ -279,14 +312,18 @@ worst = 0.0
 for h, m in models.items():
     ex.charts_slider.value = h
     with torch.no_grad(), mkviz.record_attention(m, layers=[layer], to_cpu=True) as rec:
-        m(test.batch([explore[image_i]]).image.to(DEVICE))               # (1, 3, 28, 28)
-    drawn = [np.asarray(t.z) for t in ex.heat_traces[:h + 1]]                   # fused + h charts, each (7, 7)
-    expected = [rec.image_map(layer, query)] + [rec.image_map(layer, query, chart=c) for c in range(h)]
+        m(test.batch([explore[image_i]]).image.to(DEVICE))  # (1, 3, 28, 28)
+    drawn = [np.asarray(t.z) for t in ex.heat_traces[: h + 1]]  # fused + h charts, each (7, 7)
+    expected = [rec.image_map(layer, query)] + [
+        rec.image_map(layer, query, chart=c) for c in range(h)
+    ]
     worst = max(worst, max(float(np.abs(d - e.numpy()).max()) for d, e in zip(drawn, expected)))
     assert ex.visible_chart_panels() == h
     assert np.asarray(ex.similarity_figure.data[0].z).shape == (h, h)
-print(f"H in {COUNTS}: visible panels and similarity size follow the slider; "
-      f"max |figure - record_attention| = {worst:.1e}")
+print(
+    f"H in {COUNTS}: visible panels and similarity size follow the slider; "
+    f"max |figure - record_attention| = {worst:.1e}"
+)
 assert worst < 1e-5
 ex.charts_slider.value = 8
 print(f"query-slider update latency at H = 8: {ex.update_latency_ms(n=10):.1f} ms")
@@ -300,21 +337,27 @@ print(f"query-slider update latency at H = 8: {ex.update_latency_ms(n=10):.1f} m
 # figure of the $H = 16$ matrix shows the pattern in one picture.
 
 # %%
-imgs = test.batch(range(32)).image.to(DEVICE)                               # (32, 3, 28, 28)
+imgs = test.batch(range(32)).image.to(DEVICE)  # (32, 3, 28, 28)
 mean_cos = {}
 for h, m in models.items():
     if h == 1:
         continue
     with torch.no_grad(), mkviz.record_attention(m, to_cpu=True) as rec:
         m(imgs)
-    off = ~torch.eye(h, dtype=torch.bool)                                    # off-diagonal of (h, h)
-    mean_cos[h] = {name: rec.chart_similarity(name, "cosine")[off].mean().item() for name in rec.layers}
+    off = ~torch.eye(h, dtype=torch.bool)  # off-diagonal of (h, h)
+    mean_cos[h] = {
+        name: rec.chart_similarity(name, "cosine")[off].mean().item() for name in rec.layers
+    }
     last_sim = rec.chart_similarity(rec.layers[-1], "cosine")
 print(f"{'H':>3} " + " ".join(f"{name:>14}" for name in rec.layers))
 for h, row in mean_cos.items():
     print(f"{h:>3} " + " ".join(f"{v:>14.3f}" for v in row.values()))
-figures.similarity_heatmap(last_sim, "cosine", annotate=False,
-                           title=f"VanillaK-16: cosine similarity of the chart keys, {rec.layers[-1]}").show()
+figures.similarity_heatmap(
+    last_sim,
+    "cosine",
+    annotate=False,
+    title=f"VanillaK-16: cosine similarity of the chart keys, {rec.layers[-1]}",
+).show()
 assert all(0.9 < v <= 1.0 + 1e-6 for row in mean_cos.values() for v in row.values())
 
 # %% [markdown]

@@ -16,7 +16,11 @@
 # %% [markdown]
 # # 07 — Relevance, faithfulness and the key atlas
 #
-# *An addition to the `mkviz` course (after 01–06).* Notebook 04 showed where each chart's
+# *Part 7 of 7 of the `mkviz` course.* 01 the math of charts and the manifold key ·
+# 02 the four variants side by side · 03 fine-tuning · 04 what each chart attends to ·
+# 05 attributions · 06 chart count and chart similarity · 07 relevance, faithfulness and the key atlas.
+#
+# Notebook 04 showed where each chart's
 # attention *looks*; notebook 05 what the score *depends on* through captum. This notebook goes
 # one step further and asks four questions:
 #
@@ -110,22 +114,28 @@ from mkviz.shipped import MAIN_MODELS, checkpoint_dir
 SMALL = os.environ.get("MKVIZ_SMALL", "0") == "1"
 DEVICE = torch.device(os.environ.get("MKVIZ_DEVICE", "cpu"))
 SEED = int(os.environ.get("MKVIZ_SEED", "0"))
-N_IMAGES, STEPS = (4, 7) if SMALL else (32, 49)   # images ranked; points per curve (49 = one patch per step)
-torch.set_num_threads(1)   # a 0.2 M-parameter model gains little from threads; on a shared CPU they hurt
+# images ranked; points per curve (49 = one patch per step)
+N_IMAGES, STEPS = ((4, 7) if SMALL else (32, 49))
+# a 0.2 M-parameter model gains little from threads; on a shared CPU they hurt
+torch.set_num_threads(1)
 torch.manual_seed(SEED)
-print(f"mkviz {mkviz.__version__}, torch {torch.__version__}, device {DEVICE}, "
-      f"checkpoints in {shipped_checkpoints_dir()}")
+print(
+    f"mkviz {mkviz.__version__}, torch {torch.__version__}, device {DEVICE}, "
+    f"checkpoints in {shipped_checkpoints_dir()}"
+)
 
-models = {name: load_checkpoint(checkpoint_dir("fashion-mnist", name), map_location=DEVICE)[0]
-          for name in MAIN_MODELS}                      # baseline, vanillak-8, simplek-8, spatialk-8, kua-8
+models = {
+    name: load_checkpoint(checkpoint_dir("fashion-mnist", name), map_location=DEVICE)[0]
+    for name in MAIN_MODELS
+}  # baseline, vanillak-8, simplek-8, spatialk-8, kua-8
 test = build_dataset("fashion-mnist", split="test", model=models["baseline"])
 first_of_class = {}
 for i, label in enumerate(test.labels.tolist()):
     first_of_class.setdefault(label, i)
-shown = [first_of_class[c] for c in (0, 1, 7, 9)]      # a T-shirt, a trouser, a sneaker, an ankle boot
+shown = [first_of_class[c] for c in (0, 1, 7, 9)]  # a T-shirt, a trouser, a sneaker, an ankle boot
 batch = test.batch(shown)
 x, y = batch.image.to(DEVICE), batch.label.to(DEVICE)  # (4, 3, 28, 28), (4,)
-pixels = test.images_uint8(shown)                       # (4, 3, 28, 28) uint8, for display
+pixels = test.images_uint8(shown)  # (4, 3, 28, 28) uint8, for display
 print("images:", [test.class_names[int(c)] for c in y])
 
 # %% [markdown]
@@ -148,18 +158,27 @@ print("images:", [test.class_names[int(c)] for c in y])
 # which have no gradient and are the same for every class.
 
 # %%
-G = patch_grid(models["baseline"]).grid_size                          # (7, 7)
+G = patch_grid(models["baseline"]).grid_size  # (7, 7)
 cols = ["image", "last-layer attention", "rollout", "class relevance"]
-fig = make_subplots(rows=2 * len(shown), cols=4, horizontal_spacing=0.02, vertical_spacing=0.02,
-                    subplot_titles=cols + [""] * (8 * len(shown) - 4))
+fig = make_subplots(
+    rows=2 * len(shown),
+    cols=4,
+    horizontal_spacing=0.02,
+    vertical_spacing=0.02,
+    subplot_titles=cols + [""] * (8 * len(shown) - 4),
+)
 for k, name in enumerate(("baseline", "vanillak-8")):
-    maps = saliency_maps(models[name], x)                              # {method: (B, 7, 7)}
+    maps = saliency_maps(models[name], x)  # {method: (B, 7, 7)}
     for r in range(len(shown)):
         row = 2 * r + k + 1
         fig.add_trace(go.Image(z=pixels[r].permute(1, 2, 0).numpy()), row, 1)
         fig.update_yaxes(title_text=f"{name}<br>{test.class_names[int(y[r])]}", row=row, col=1)
         for c, method in enumerate(("attention", "rollout", "relevance")):
-            fig.add_trace(go.Heatmap(z=maps[method][r].numpy(), colorscale="Inferno", showscale=False), row, c + 2)
+            fig.add_trace(
+                go.Heatmap(z=maps[method][r].numpy(), colorscale="Inferno", showscale=False),
+                row,
+                c + 2,
+            )
 fig.update_xaxes(showticklabels=False)
 fig.update_yaxes(showticklabels=False, autorange="reversed", scaleanchor="x", scaleratio=1)
 fig.update_layout(height=190 * 2 * len(shown), width=820, margin=dict(l=90, r=10, t=40, b=10))
@@ -189,18 +208,36 @@ assert gap < 1e-4 * max(1.0, rel_plain.abs().max().item())
 
 # %%
 per_chart = mkviz.class_relevance(models["vanillak-8"], x, charts=True)  # (B, 8, 49)
-grids = mkviz.relevance_map(per_chart, models["vanillak-8"])             # (B, 8, 7, 7)
-fig = make_subplots(rows=1, cols=9, horizontal_spacing=0.01,
-                    subplot_titles=["fused"] + [f"chart {c + 1}" for c in range(8)])
-fig.add_trace(go.Heatmap(z=mkviz.relevance_map(mkviz.class_relevance(models["vanillak-8"], x[:1]),
-                                               models["vanillak-8"])[0].numpy(),
-                         colorscale="Inferno", showscale=False), 1, 1)
+grids = mkviz.relevance_map(per_chart, models["vanillak-8"])  # (B, 8, 7, 7)
+fig = make_subplots(
+    rows=1,
+    cols=9,
+    horizontal_spacing=0.01,
+    subplot_titles=["fused"] + [f"chart {c + 1}" for c in range(8)],
+)
+fig.add_trace(
+    go.Heatmap(
+        z=mkviz.relevance_map(
+            mkviz.class_relevance(models["vanillak-8"], x[:1]), models["vanillak-8"]
+        )[0].numpy(),
+        colorscale="Inferno",
+        showscale=False,
+    ),
+    1,
+    1,
+)
 for c in range(8):
-    fig.add_trace(go.Heatmap(z=grids[0, c].numpy(), colorscale="Inferno", showscale=False), 1, c + 2)
+    fig.add_trace(
+        go.Heatmap(z=grids[0, c].numpy(), colorscale="Inferno", showscale=False), 1, c + 2
+    )
 fig.update_xaxes(showticklabels=False)
 fig.update_yaxes(showticklabels=False, autorange="reversed", scaleanchor="x", scaleratio=1)
-fig.update_layout(height=200, width=1100, margin=dict(l=10, r=10, t=40, b=10),
-                  title=f"VanillaK-8, {test.class_names[int(y[0])]}: relevance, fused and per chart")
+fig.update_layout(
+    height=200,
+    width=1100,
+    margin=dict(l=10, r=10, t=40, b=10),
+    title=f"VanillaK-8, {test.class_names[int(y[0])]}: relevance, fused and per chart",
+)
 fig.show()
 spread = (per_chart - per_chart.mean(1, keepdim=True)).abs().max().item()
 print(f"largest difference between a chart's relevance and the charts' mean: {spread:.3f}")
@@ -215,7 +252,9 @@ print(f"largest difference between a chart's relevance and the charts' mean: {sp
 # on `x`, and write the largest absolute difference over the images, charts and patches.
 
 # %%
-identical = mkviz.convert(models["baseline"], "vanillak", num_charts=8, perturbation=0.0)   # 8 copies of the key
+identical = mkviz.convert(
+    models["baseline"], "vanillak", num_charts=8, perturbation=0.0
+)  # 8 copies of the key
 
 # %%
 # ✎ exercise 07.identical-charts
@@ -237,13 +276,25 @@ check("07.identical-charts", answer, model=identical, x=x)
 # One image first, with its curves:
 
 # %%
-res = compare_saliency(models["baseline"], x[:1], steps=STEPS)        # {method: curves and AUCs}
-COLORS = plotly.colors.qualitative.Plotly                            # one colour per method, both panels
-fig = make_subplots(rows=1, cols=2, subplot_titles=["deletion (lower is better)", "insertion (higher is better)"])
+res = compare_saliency(models["baseline"], x[:1], steps=STEPS)  # {method: curves and AUCs}
+COLORS = plotly.colors.qualitative.Plotly  # one colour per method, both panels
+fig = make_subplots(
+    rows=1, cols=2, subplot_titles=["deletion (lower is better)", "insertion (higher is better)"]
+)
 for i, (method, r) in enumerate(res.items()):
     for c, kind in enumerate(("deletion", "insertion")):
-        fig.add_trace(go.Scatter(x=r["fractions"].numpy(), y=r[kind][0].numpy(), name=method, legendgroup=method,
-                                 showlegend=c == 0, line=dict(color=COLORS[i % len(COLORS)])), 1, c + 1)
+        fig.add_trace(
+            go.Scatter(
+                x=r["fractions"].numpy(),
+                y=r[kind][0].numpy(),
+                name=method,
+                legendgroup=method,
+                showlegend=c == 0,
+                line=dict(color=COLORS[i % len(COLORS)]),
+            ),
+            1,
+            c + 1,
+        )
 fig.update_xaxes(title_text="share of patches changed")
 fig.update_yaxes(title_text="probability of the predicted class", range=[0, 1])
 fig.update_layout(height=360, width=980, title=f"baseline, {test.class_names[int(y[0])]}")
@@ -259,7 +310,10 @@ fig.show()
 # with the library's `res["relevance"]["deletion_auc"][0]`.
 
 # %%
-curve, fractions = res["relevance"]["deletion"][0], res["relevance"]["fractions"]   # (S + 1,), (S + 1,)
+curve, fractions = (
+    res["relevance"]["deletion"][0],
+    res["relevance"]["fractions"],
+)  # (S + 1,), (S + 1,)
 
 # %%
 # ✎ exercise 07.deletion-auc
@@ -267,7 +321,10 @@ answer = None  # your code: a float, the trapezoid-rule area under `curve` over 
 
 # %%
 check("07.deletion-auc", answer, curve=curve, fractions=fractions)
-print(f"mkviz.deletion_insertion's deletion AUC for this curve: {res['relevance']['deletion_auc'][0].item():.4f}")
+print(
+    "mkviz.deletion_insertion's deletion AUC for this curve: "
+    f"{res['relevance']['deletion_auc'][0].item():.4f}"
+)
 
 # %% [markdown]
 # Then every model, over more images (each image's predicted class). The table gives the mean
@@ -283,7 +340,10 @@ for name, model in models.items():
     print(f"\n{name} ({N_IMAGES} test images, {STEPS} steps)")
     print(f"{'map':<12} {'deletion AUC':>13} {'insertion AUC':>14} {'gap':>7}")
     for r in tables[name]:
-        print(f"{r['method']:<12} {r['deletion_auc']:>13.3f} {r['insertion_auc']:>14.3f} {r['gap']:>7.3f}")
+        print(
+            f"{r['method']:<12} {r['deletion_auc']:>13.3f} {r['insertion_auc']:>14.3f} "
+            f"{r['gap']:>7.3f}"
+        )
 
 # %%
 methods = ["attention", "rollout", "relevance", "ig", "random"]
@@ -295,8 +355,13 @@ for method in methods + ["best chart"]:
         charts = [v for k, v in rows.items() if k.startswith("chart ")]
         gaps.append(max(charts) if method == "best chart" and charts else rows.get(method))
     fig.add_trace(go.Bar(x=list(models), y=gaps, name=method))
-fig.update_layout(barmode="group", height=380, width=900, yaxis_title="insertion AUC − deletion AUC",
-                  title=f"which map is faithful ({N_IMAGES} test images; higher is better)")
+fig.update_layout(
+    barmode="group",
+    height=380,
+    width=900,
+    yaxis_title="insertion AUC − deletion AUC",
+    title=f"which map is faithful ({N_IMAGES} test images; higher is better)",
+)
 fig.show()
 for name in models:  # every model: each map ranks patches better than chance on average
     rows = {r["method"]: r["gap"] for r in tables[name]}
@@ -330,10 +395,13 @@ with torch.no_grad(), mkviz.record_attention(model) as full:
     model(x)
 with torch.no_grad(), mkviz.record_attention(model, lazy=True) as lazy:
     model(x)
-rows = lazy.attention_rows(layer, [0, 10, 24], chart=5)                # (B, heads, 3, N)
+rows = lazy.attention_rows(layer, [0, 10, 24], chart=5)  # (B, heads, 3, N)
 diff = (rows - full.chart_attention[layer][:, 5][:, :, [0, 10, 24]]).abs().max().item()
-size = lambda rec: sum(t.numel() * t.element_size() for d in (rec.attention, rec.chart_attention, rec.chart_keys,
-                                                               rec.queries, rec.inputs, rec.keys) for t in d.values())
+size = lambda rec: sum(
+    t.numel() * t.element_size()
+    for d in (rec.attention, rec.chart_attention, rec.chart_keys, rec.queries, rec.inputs, rec.keys)
+    for t in d.values()
+)
 print(f"rows {tuple(rows.shape)}, max |lazy - full| = {diff:.1e}")
 print(f"kept: full {size(full) / 1e6:.2f} MB, lazy {size(lazy) / 1e6:.2f} MB for {len(x)} images")
 assert diff < 1e-5
@@ -353,7 +421,8 @@ for name in ("vanillak-8", "kua-8"):
     with torch.no_grad(), mkviz.record_attention(models[name], lazy=True) as rec:
         models[name](x[:1])
     mkviz.figures.key_atlas(rec, "blocks.3.attn", head=None, query=1 + 3 * 7 + 3).update_layout(
-        title=f"{name}: queries and chart keys, blocks.3.attn (query: the centre patch, ringed)").show()
+        title=f"{name}: queries and chart keys, blocks.3.attn (query: the centre patch, ringed)"
+    ).show()
 
 # %% [markdown]
 # In the explorer of notebook 04 the atlas sits below the maps: it follows the image, layer and

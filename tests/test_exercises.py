@@ -22,7 +22,7 @@ from mkviz.core.key import ManifoldKey
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("0*.ipynb"))
 HAVE_DATA = (FASHION_MNIST_SYSTEM_DIR / "t10k-images-idx3-ubyte.gz").is_file()
-NEEDS_DATA = ("04_", "05_", "06_", "07_")   # the notebooks that read Fashion-MNIST
+NEEDS_DATA = ("03_", "04_", "05_", "06_", "07_")   # the notebooks that read Fashion-MNIST
 
 
 @pytest.fixture(autouse=True)

@@ -64,3 +64,16 @@ def test_notebook_runs_on_the_default_kernel_offline(notebook: Path):
     assert "MKVIZ_SMALL" in code, f"{notebook.name} must honour MKVIZ_SMALL (the test scale)"
     assert not re.search(r"pretrained\s*=\s*True|download\s*=\s*True", code), \
         f"{notebook.name}: notebooks must not download weights or data"
+
+
+# the course site's code blocks (sphinx-book-theme, docs/book/conf.py) show about 100 characters before they
+# cut a line off at the right edge
+SITE_CODE_WIDTH = 100
+
+
+@pytest.mark.parametrize("source", SOURCES + sorted((NOTEBOOKS / "solutions").glob("*.py")),
+                         ids=lambda p: p.name)
+def test_code_lines_fit_the_site_page_width(source: Path):
+    long = [f"cell {i}: {line}" for i, cell in enumerate(jupytext.read(source).cells)
+            if cell.cell_type == "code" for line in cell.source.splitlines() if len(line) > SITE_CODE_WIDTH]
+    assert not long, f"{source.name}: code lines over {SITE_CODE_WIDTH} characters:\n" + "\n".join(long)

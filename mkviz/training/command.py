@@ -85,6 +85,8 @@ def _data_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--num-val", type=int, default=1000, help="shapes: validation images (default: %(default)s)")
     g.add_argument("--num-test", type=int, default=1000,
                    help="shapes: test images; 0: no test evaluation (default: %(default)s)")
+    g.add_argument("--num-eval", type=int, default=None,
+                   help="fashion-mnist: validate and test on the first N images of each split (default: all)")
     g.add_argument("--difficulty", default="easy", choices=("easy", "medium", "hard"),
                    help="shapes: scene difficulty (from medium on, distractor objects) (default: %(default)s)")
     g.add_argument("--augment", action="store_true", help="fashion-mnist: random flips and 2-px shifts in training")

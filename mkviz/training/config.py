@@ -65,6 +65,8 @@ class TrainConfig:
     #                                           num_train of its training split (None: all 54,000)
     num_val: int = 1000                       # shapes only (fashion-mnist: 6,000 held out of the official train)
     num_test: int = 1000                      # shapes only (fashion-mnist: the official 10,000)
+    num_eval: Optional[int] = None            # fashion-mnist: validate and test on the first N images of each
+    #                                           split (None: all 6,000 / 10,000); for quick runs
     difficulty: str = "easy"
     augment: bool = False                     # fashion-mnist: random flips and 2-px shifts of training images
     # optimisation
@@ -124,6 +126,8 @@ class TrainConfig:
             _positive(name, getattr(c, name))
         if c.num_train is not None:
             _positive("num_train", c.num_train)
+        if c.num_eval is not None:
+            _positive("num_eval", c.num_eval)
         _positive("key_hidden", c.key_hidden, allow_zero=True)
         if c.key_hidden and (c.variant != "baseline" or c.init_from or c.pretrained):
             raise ValueError(f"key-hidden (the over-parameterised key control) applies to a from-scratch baseline "

@@ -12,7 +12,8 @@ def vanillak_params(C: int, H: int) -> int:
     """Parameters of mkviz.ManifoldKey(C, C, variant="vanillak", num_charts=H)."""
     base = C * C + C                 # the base key: W_k (C, C) and b_k (C,)
     scales = H * C                   # s (H, C)
-    chart_maps = H * C * C + H * C   # Conv1d(H·C, H·C, 1, groups=H): weight (H·C, C, 1), bias (H·C,)
+    # Conv1d(H·C, H·C, 1, groups=H): weight (H·C, C, 1), bias (H·C,)
+    chart_maps = H * C * C + H * C
     return base + scales + chart_maps
 
 

@@ -6,7 +6,8 @@
 
 # %%
 # ✎ exercise 02.zero-sum
-answer = delta_random - delta_random.mean(0, keepdim=True)   # (H, C, C): the projection onto Σ_c δ_c = 0
+# (H, C, C): the projection onto Σ_c δ_c = 0
+answer = delta_random - delta_random.mean(0, keepdim=True)
 
 # %%
 # ✎ exercise 02.fold-by-hand
@@ -14,6 +15,8 @@ key = trained["vanillak"].blocks[0].attn.key                 # block 0's Manifol
 phi = key.chart_maps.weight.view(H, C, C)                    # (H·C, C, 1) -> (H, C, C): φ_c
 beta = key.chart_maps.bias.view(H, C)                        # (H, C): β_c
 s = key.scale                                                # (H, C): s_c
-W_eff = (phi * s[:, None, :]).matmul(key.base.weight).mean(0)            # mean_c φ_c diag(s_c) W_k, (C, C)
-b_eff = (torch.einsum("hoi,hi->ho", phi, s * key.base.bias) + beta).mean(0)   # mean_c φ_c (s_c ⊙ b_k) + β_c, (C,)
+# mean_c φ_c diag(s_c) W_k, (C, C)
+W_eff = (phi * s[:, None, :]).matmul(key.base.weight).mean(0)
+# mean_c φ_c (s_c ⊙ b_k) + β_c, (C,)
+b_eff = (torch.einsum("hoi,hi->ho", phi, s * key.base.bias) + beta).mean(0)
 answer = (W_eff, b_eff)

@@ -8,10 +8,12 @@
 # ✎ exercise 03.steps
 def optimiser_steps(num_train: int, batch_size: int, epochs: int) -> int:
     """Optimiser steps of a run with these settings (one GPU or CPU process)."""
-    return epochs * (num_train // batch_size)   # the last, incomplete batch of each epoch is dropped
+    # the last, incomplete batch of each epoch is dropped
+    return epochs * (num_train // batch_size)
 
 
 # %%
 # ✎ exercise 03.extra-params
-depth, width, charts = len(base_model.blocks), base_model.embed_dim, 8    # the tiny preset: 4 blocks of width 64
-answer = depth * (charts * width * width + 2 * charts * width)   # per block: H·C² (chart maps) + H·C (biases) + H·C (scales)
+depth, width, charts = len(base_model.blocks), base_model.embed_dim, 8   # fashion preset: 4 × 64
+# per block: H·C² (chart maps) + H·C (their biases) + H·C (scales)
+answer = depth * (charts * width * width + 2 * charts * width)

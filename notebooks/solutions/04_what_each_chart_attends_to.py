@@ -7,7 +7,8 @@
 
 # %%
 # ✎ exercise 04.read-the-map
-row, col = divmod(int(fused.argmax()), fused.shape[1])       # fused: (7, 7), the first panel of the figure
+# fused: (7, 7), the first panel of the figure
+row, col = divmod(int(fused.argmax()), fused.shape[1])
 answer = (row, col)
 
 # %%

@@ -6,7 +6,8 @@
 
 # %%
 # ✎ exercise 05.read-attribution
-grid = attn_attr["vanillak-8"][0]                            # (7, 7), the figure's first row, last column
+# (7, 7), the figure's first row, last column
+grid = attn_attr["vanillak-8"][0]
 answer = divmod(int(grid.argmax()), grid.shape[1])           # (row, col)
 
 # %%

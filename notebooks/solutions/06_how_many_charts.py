@@ -9,9 +9,11 @@
 def vanillak_model_params(h: int) -> int:
     """Parameters of the shipped VanillaK-h model."""
     depth, C = 4, 64
-    return mkviz.count_params(baseline) + depth * (h * C * C + 2 * h * C)   # chart maps, their biases, scales
+    # chart maps, their biases, scales
+    return mkviz.count_params(baseline) + depth * (h * C * C + 2 * h * C)
 
 
 # %%
 # ✎ exercise 06.spread-vs-noise
-answer = bool(spread > 2 * sampling)                         # `spread` and `sampling` were printed under the figure
+# `spread` and `sampling` were printed under the figure
+answer = bool(spread > 2 * sampling)

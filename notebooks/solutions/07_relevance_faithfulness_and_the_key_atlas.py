@@ -6,7 +6,8 @@
 
 # %%
 # ✎ exercise 07.identical-charts
-# Prediction: 0 up to float rounding. With φ_c = I every chart's map is the fused map, so the gradient-weighted
+# Prediction: 0 up to float rounding. With φ_c = I every chart's map is the fused map, so the
+# gradient-weighted
 # maps, and the relevances rolled from them, are the same for every chart.
 per_chart_identical = mkviz.class_relevance(identical, x, charts=True)   # (B, 8, 49)
 fused_identical = mkviz.class_relevance(identical, x)                    # (B, 49)
@@ -14,6 +15,8 @@ answer = (per_chart_identical - fused_identical[:, None]).abs().max().item()
 
 # %%
 # ✎ exercise 07.deletion-auc
-widths = fractions[1:] - fractions[:-1]                      # (S,) the share of patches changed per step
-heights = (curve[1:] + curve[:-1]) / 2                       # (S,) the mean probability over each step
+# (S,) the share of patches changed per step
+widths = fractions[1:] - fractions[:-1]
+# (S,) the mean probability over each step
+heights = (curve[1:] + curve[:-1]) / 2
 answer = (widths * heights).sum().item()
