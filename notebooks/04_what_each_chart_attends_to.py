@@ -226,7 +226,8 @@ ex
 # shows these pages in place of the live explorers. It opens on the explorer's current layer and query.
 
 # %%
-page = ex.save_html("chart_explorer.html", overwrite=True)   # overwrite=False (the default) keeps an existing file
+# overwrite=False (the default) keeps an existing file
+page = ex.save_html("chart_explorer.html", overwrite=True)
 print(f"{page}: {page.stat().st_size / 2**20:.1f} MiB, opens in any browser")
 
 # %% [markdown]
