@@ -56,3 +56,11 @@ def test_installed_wheel_carries_and_loads_the_shipped_checkpoints(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     count, _, where = run.stdout.split()
     assert int(count) == 14 and where.endswith("mkviz/_data/checkpoints")
+    assert "mkviz/viz/assets/explorer.js" in names and "mkviz/viz/assets/explorer.css" in names
+    # the demo itself, from the installed command, outside the clone (a small evaluation: 100 test images)
+    demo = subprocess.run([str(venv / "bin" / "mkviz"), "demo", "--no-train", "--images", "1", "--test-images", "100",
+                           "--threads", "1", "--out", "report"], cwd=outside, env={**env, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True)
+    assert demo.returncode == 0, demo.stderr[-2000:]
+    report = (outside / "report" / "report.html").read_text()
+    assert "mkviz-explorer" in report and all(name in report for name in ("baseline", "vanillak-8", "kua-8"))
