@@ -100,9 +100,10 @@ def equivalence_columns(sweep: dict[str, Any], res: list[dict[str, Any]], fam: l
     primary = [i for i, (_, _, role) in enumerate(fam) if role == "primary"]
     tost = [stats.tost_paired(rows[a]["accs"], rows[b]["accs"], margin) for a, b, _ in fam]
     paired_p = [r["paired"]["p"] for r in res]
-    held, levels = {}, {}
+    tost_family, tost_primary = (dict(zip(group, stats.holm([tost[i]["p"] for i in group])))
+                                 for group in (members, primary))
+    levels = {}
     for group in (members, primary):  # primary last: its level is the stated test's
-        held[len(held)] = dict(zip(group, stats.holm([tost[i]["p"] for i in group])))
         for i, step in zip(group, holm_steps([paired_p[i] for i in group])):
             if step is not None:
                 levels[i] = stats.holm_level(len(group), step)
@@ -112,7 +113,7 @@ def equivalence_columns(sweep: dict[str, Any], res: list[dict[str, Any]], fam: l
         mde = ("–" if lv is None else
                f"{_pp(stats.min_detectable_effect(r['paired']['se'], r['paired']['n'] - 1, alpha=lv)).lstrip('+')} "
                f"({lv:.3g})")
-        family_p, primary_p = (_p(held[k][i]) if i in held[k] else "–" for k in (0, 1))
+        family_p, primary_p = (_p(held[i]) if i in held else "–" for held in (tost_family, tost_primary))
         cells.append(f" | {_p(tost[i]['p'])} | {primary_p} | {family_p} | {mde}")
     return cells
 
