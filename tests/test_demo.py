@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from html import escape
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from conftest import screenshots_dir
 
 from mkviz.training.checkpoint import shipped_checkpoints_dir
 from mkviz.data import FASHION_MNIST_SYSTEM_DIR
+from mkviz.apps.demo import FUSED_MAP_NOTES
 from mkviz.apps.shipped import MAIN_MODELS, NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,8 +57,10 @@ def test_demo_prints_summary_and_writes_report(demo_run):
     html = report.read_text()
     assert not re.search(r"<script[^>]*\bsrc=", html), "the report must open offline (plotly.js inlined)"
     assert "Plotly.newPlot" in html
-    # accuracy vs charts, 3 images x 4 variants, 4 similarities, entropy, distance, curves, 5 evidence bars
-    assert html.count('class="plotly-graph-div"') == 1 + 12 + 4 + 2 + 1 + 5
+    # accuracy vs charts, 3 images x 4 variants, 4 similarities, entropy, distance, curves, one evidence chart
+    assert html.count('class="plotly-graph-div"') == 1 + 12 + 4 + 2 + 1 + 1
+    for variant in ("vanillak", "simplek", "spatialk", "kua"):  # each variant's maps carry its own caption
+        assert html.count(escape(FUSED_MAP_NOTES[variant])) == 3, variant
     assert "Ankle boot" in html or "T-shirt/top" in html
 
 

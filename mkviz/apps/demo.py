@@ -46,7 +46,9 @@ from ..training.checkpoint import check_output_dir, shipped_checkpoints_dir
 from ..training.config import TrainConfig
 from ..training.inputs import build_datasets
 from ..training.loop import evaluate, train
+from ..studies.chart_counts import load_chart_count_summary
 from ..viz import figures
+from ..viz.chart_count_figure import seeds_vs_charts
 from ..viz.explorer_html import chart_explorer_html
 from ..viz.report import Report
 from .demo_pretrained import run_pretrained
@@ -170,10 +172,19 @@ def _model_table(report: Any, models: dict[str, LoadedModel], test: Any, size: i
                      f"{flops / base_flops:.2f}", f"{seconds:.0f}", lm.source])
     report.add_table(heading, ["model", "test acc", "params", "× params", "MFLOPs", "× FLOPs", "train s", "weights"],
                      rows, note=note)
-    report.add_figure("Accuracy vs number of charts (VanillaK)",
-                      figures.accuracy_vs_charts({int(n.split("-")[1]): numbers[n]["test_acc"] for n in CHART_SWEEP},
-                                                 baseline=numbers["baseline"]["test_acc"]))
+    _chart_count_figure(report, {int(n.split("-")[1]): numbers[n]["test_acc"] for n in CHART_SWEEP},
+                        numbers["baseline"]["test_acc"])
     return numbers
+
+
+def _chart_count_figure(report: Any, checkpoints: dict[int, float], baseline: float) -> None:
+    """Accuracy against chart count: the reproduction's seeds beside the single-seed shipped checkpoints."""
+    summary = load_chart_count_summary()
+    report.add_figure("Accuracy vs number of charts (VanillaK)", seeds_vs_charts(summary, checkpoints, baseline),
+                      note=f"Left: the Fashion-MNIST reproduction ({summary['page']}), every seed, mean ± 1 s.d. per "
+                           "chart count and the baseline's band; differences within a band are seed noise (the "
+                           "page tests them). Right: the checkpoints shipped in data/checkpoints, one training run "
+                           "each, so their order says nothing about the number of charts.")
 
 
 def _distinct_classes(labels: torch.Tensor, count: int) -> list[int]:
@@ -204,8 +215,32 @@ def _chart_pictures(report: Any, models: dict[str, LoadedModel], test: Any, indi
             report.add_figure(f"Test image {index}: '{label}', {name}, {layer}, query on {what}",
                               figures.chart_maps_figure(uint8[i], fused, charts, query=(r, c)),
                               note="Fused attention (left) and each chart's; the query patch is outlined; heads "
-                                   "averaged. VanillaK's fused map is the normalised geometric mean of its charts'.")
+                                   "averaged. " + FUSED_MAP_NOTES[name.split("-")[0]])
 
+
+# what the fused map is, given the charts' maps, for each variant (docs/design.md §2.4, §2.8)
+FUSED_MAP_NOTES = {
+    "vanillak": "VanillaK averages its chart keys, so its fused map is the normalised geometric mean of the "
+                "charts' maps: a patch gets attention only where every chart gives it some.",
+    "spatialk": "SpatialK averages its chart keys, so its fused map is the normalised geometric mean of the "
+                "charts' maps: a patch gets attention only where every chart gives it some.",
+    "simplek": "SimpleK mixes its chart keys with a learned dense fusion, so its fused map is not a function of "
+               "the charts' maps: it need not resemble any of them.",
+    "kua": "KUA mixes its chart keys per token by a learned membership, so its fused map is the geometric mean "
+           "only where the memberships are uniform; elsewhere the charts a token belongs to decide its key.",
+}
+# what chart similarity can and cannot be read as, per variant (docs/design.md §3.1)
+SIMILARITY_NOTES = {
+    "vanillak": "Under VanillaK's mean fusion every chart key gets the same gradient: charts that start equal stay "
+                "equal, but small differences can grow or shrink (docs/design.md §3.1); the similarity is measured, "
+                "not implied.",
+    "spatialk": "SpatialK's charts are separate projections of the tokens averaged into the key; each gets the same "
+                "key gradient, and how far they drift apart is measured here (docs/design.md §3.1).",
+    "simplek": "SimpleK's charts enter through a learned dense fusion, so each gets its own gradient; chart keys "
+               "can differ without changing the fused key (docs/design.md §2.4).",
+    "kua": "KUA weights each chart per token by its membership; a chart a token does not belong to gets little "
+           "gradient from it (docs/design.md §8).",
+}
 
 EXPLORER_MODEL, EXPLORER_ID = "vanillak-8", "mkviz-explorer-fashion"
 
@@ -236,8 +271,7 @@ def _chart_statistics(report: Any, models: dict[str, LoadedModel], images: torch
         report.add_figure(f"Chart similarity, {name} ({layer})",
                           figures.similarity_heatmap(rec.chart_similarity(layer, "cosine"), kind="cosine"),
                           note=f"Cosine similarity of the chart keys K_c, averaged over tokens and {len(images)} "
-                               "test images. Under a mean fusion every chart gets the same gradient, so VanillaK's "
-                               "charts stay near-copies of each other (docs/design.md §3).")
+                               "test images. " + SIMILARITY_NOTES[name.split("-")[0]])
         maps = [rec.attention[layer]] + list(rec.chart_attention[layer].unbind(1))  # each (B, heads, N, N)
         entropy[name] = [rec.entropy(layer).item()] + [rec.entropy(layer, chart=c).item()
                                                          for c in range(len(maps) - 1)]
@@ -316,15 +350,16 @@ def shapes_section(report: Any, checkpoints: Path, out: Path, num_eval_images: i
     layer = f"blocks.{len(models['baseline'].model.blocks) - 1}.attn"
     batch = test.batch(range(num_eval_images))
     evidence = {name: evidence_shares(models[name].model, batch.image, batch.masks, layer) for name in MAIN_MODELS}
-    for name in MAIN_MODELS:
-        ev = evidence[name]
-        values = ev["charts"] if ev["charts"] else {"fused": ev["fused"]}
-        report.add_figure(f"Attention on evidence, {name} (shapes test accuracy {numbers[name]['test_acc']:.3f})",
-                          figures.evidence_bars(values, fused=ev["fused"] if ev["charts"] else None,
-                                                   chance=ev["chance"]),
-                          note=f"Share of the red-object query's attention on the red and blue objects, {layer}, "
-                               f"{num_eval_images} test images, heads averaged. Chance (dashed) = the share of "
-                               f"patches they cover, {ev['chance']:.3f}.")
+    chance = evidence["baseline"]["chance"]  # the same images for every model
+    shares = {f"{name} (acc {numbers[name]['test_acc']:.3f})": [ev["fused"], *ev["charts"]]
+              for name, ev in evidence.items()}
+    report.add_figure("Attention on the evidence, every model and chart",
+                      figures.chart_stat_bars(shares, "share of attention", reference=("chance", chance),
+                                              title="share of the red-object query's attention on the evidence"),
+                      note=f"Share of the red-object query's attention on the red and blue objects, {layer}, "
+                           f"{num_eval_images} shapes test images, heads averaged; 'fused' is the attention the model "
+                           f"uses, 'chart c' what chart c alone would give (the baseline has no charts). Chance "
+                           f"(dashed) = the share of patches the objects cover, {chance:.3f}.")
     return {"models": numbers, "evidence": evidence}
 
 

@@ -374,10 +374,11 @@ def training_curves(records: Any, title: str = "training curves", height: int = 
     return fig
 
 def chart_stat_bars(values: Mapping[str, Sequence[float]], ylabel: str, title: str = "",
-                    height: int = 340) -> "go.Figure":
+                    height: int = 340, reference: Optional[Tuple[str, float]] = None) -> "go.Figure":
     """Grouped bars of one statistic per chart, one group per model: {model: [fused, chart 1, ..., chart H]}.
 
-    Traces: one bar trace per model, x = "fused", "chart 1", ... (models may have different chart counts).
+    Traces: one bar trace per model, x = "fused", "chart 1", ... (models may have different chart counts);
+    reference (label, value), e.g. ("chance", 0.2): a dashed line across the plot, trace named by its label.
     """
     go = plotly_go()
     fig = go.Figure()
@@ -385,6 +386,11 @@ def chart_stat_bars(values: Mapping[str, Sequence[float]], ylabel: str, title: s
         names, ys = _bar_values(list(vals)[1:], fused=list(vals)[0])
         fig.add_trace(go.Bar(x=names, y=ys, name=str(name), marker_color=_RUN_COLORS[i % len(_RUN_COLORS)],
                              hovertemplate=f"{name} %{{x}}: %{{y:.3f}}<extra></extra>"))
+    if reference is not None:
+        label, value = reference
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=label,
+                                 line=dict(dash="dash", color="#d62728")))  # the legend entry of the line below
+        fig.add_hline(y=float(value), line=dict(dash="dash", color="#d62728", width=1))
     fig.update_layout(title=dict(text=title or ylabel), height=height, barmode="group",
                       margin=dict(l=10, r=10, t=50, b=10), yaxis=dict(title=dict(text=ylabel), rangemode="tozero"),
                       xaxis=dict(type="category"),
