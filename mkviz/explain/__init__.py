@@ -8,4 +8,5 @@
     attribution     captum attributions: pixels, patches, attention
     faithfulness    deletion / insertion curves of saliency maps
     specialisation  chart statistics over training
+    scene_attention a query on one object of a scene: its attention on that object, the others, the background
 """
