@@ -8,4 +8,5 @@
     attribution     captum attributions: pixels, patches, attention
     faithfulness    deletion / insertion curves of saliency maps
     specialisation  chart statistics over training
+    detection_metrics  COCO box and mask mAP of a detector (torchmetrics, pycocotools): detection_map, coco_map
 """
