@@ -110,6 +110,8 @@ def test_a_few_steps_make_the_summed_loss_fall(batch, variant, options):
 
 
 def test_eval_outputs_have_the_documented_keys_and_shapes(batch):
+    assert (mkviz.build_detector, mkviz.detection_loss, mkviz.detection_map) == (build_detector, detection_loss,
+                                                                                  detection_map)
     images, _ = batch
     model = detector("vit").eval()
     with torch.no_grad():
