@@ -4,6 +4,8 @@
     ManifoldKey                        the key path (mkviz.core.key)
     ManifoldAttention, ...             drop-in attention modules (mkviz.core.attention)
     count_params / count_flops         cost (mkviz.core.cost)
+    build_detector, detection_loss     Mask R-CNN on a (manifold-key) ViT / Swin pyramid (mkviz.core.detection)
+    detection_map                      COCO box and mask mAP of a detector (mkviz.explain.detection_metrics)
     record_attention                   fused and per-chart attention, chart keys (mkviz.explain.record)
     integrated_gradients, ...          captum attributions: pixels, patches, attention (mkviz.explain.attribution)
     class_relevance, relevance_map     Chefer et al.'s class relevance per patch, per chart (mkviz.explain.relevance)
@@ -28,9 +30,9 @@ The layers, bottom to top; a module imports only from its own layer and the laye
 Imports between mkviz modules sit at the top of each module, and so do torch, timm and the standard library.
 The one exception, made here once for all modules: optional or heavy third-party packages (captum, plotly,
 ipywidgets/IPython, scipy, scikit-learn, yaml, torchvision's datasets and transforms, Pillow, umap,
-transformers, nbformat/nbclient/jupytext, sphinx) are imported inside the functions that need them, so that
-`import mkviz` and `mkviz --help` stay fast and a missing optional package fails only the function that
-needs it.
+transformers, nbformat/nbclient/jupytext, sphinx, torchmetrics) are imported inside the functions that need
+them, so that `import mkviz` and `mkviz --help` stay fast and a missing optional package fails only the
+function that needs it.
 
 This file is the package's face: the public names above, loaded on first use (so that `mkviz --version`
 answers without loading torch), the old flat module paths (`mkviz.figures`, `mkviz.train`, ...), each
@@ -58,6 +60,8 @@ _EXPORTS = {
     "convert": "core.models", "create_model": "core.models", "fold": "core.models",
     "manifold_modules": "core.models", "unbalanced_atlas_loss": "core.models",
     "count_flops": "core.cost", "count_params": "core.cost",
+    "build_detector": "core.detection", "detection_loss": "core.detection",
+    "detection_map": "explain.detection_metrics",
     "VARIANTS": "core.key", "ManifoldKey": "core.key", "key_impl": "core.key",
     "attention_layers": "core.switches", "eager_attention": "core.switches", "eval_mode": "core.switches",
     "select_layers": "core.switches",

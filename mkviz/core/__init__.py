@@ -13,4 +13,6 @@
     modes           `temporarily`: set an attribute on several objects, restore each after
     checks          the one-line error convention: check_choice, ArgumentParser, run_command
     tracing         torch.fx and TorchScript: check_tokens (an FX leaf), is_symbolic, SCRIPT_REFUSAL
+    pyramid         a timm ViT / Swin as a detection backbone: ViTDet's simple feature pyramid
+    detection       build_detector (torchvision Mask R-CNN / Faster R-CNN on the pyramid), detection_loss
 """

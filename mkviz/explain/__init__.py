@@ -9,4 +9,5 @@
     faithfulness    deletion / insertion curves of saliency maps
     specialisation  chart statistics over training
     scene_attention a query on one object of a scene: its attention on that object, the others, the background
+    detection_metrics  COCO box and mask mAP of a detector (torchmetrics, pycocotools): detection_map, coco_map
 """
