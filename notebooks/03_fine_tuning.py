@@ -61,7 +61,7 @@
 # |---|---|
 # | reading and the code | about 25 min |
 # | the 2 exercises (✎) | about 10 min |
-# | Run All at the default (CPU) scale, 2-core CPU | 3 min 15 s (measured on 2 cores shared with other jobs) |
+# | Run All at the default (CPU) scale, 2-core CPU | 2 min 5 s (measured 2026-12-04: one torch thread, 2 cores shared with two training runs) |
 # | Run All, `MKVIZ_SMALL=1` | 41 s (measured, likewise) |
 # | Run All at GPU scale (`MKVIZ_DEVICE=cuda`, ViT-S/16 at 224 px) | not measured (no GPU here) |
 #

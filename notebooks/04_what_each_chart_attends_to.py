@@ -79,7 +79,7 @@
 # |---|---|
 # | reading, the code and trying the explorers | about 35 min |
 # | the 2 exercises (✎) | about 10 min |
-# | Run All at the default scale (10 images, 512 for the statistics), 2-core CPU | 45 s (measured on 2 cores shared with another job) |
+# | Run All at the default scale (10 images, 512 for the statistics), 2-core CPU | 25 s (measured 2026-12-04: one torch thread, 2 cores shared with two training runs) |
 # | Run All, `MKVIZ_SMALL=1` | 20 s (measured, likewise) |
 # | Run All at GPU scale (`MKVIZ_DEVICE=cuda`) | not measured (nothing is trained; the CPU takes seconds) |
 #

@@ -68,7 +68,7 @@
 # |---|---|
 # | reading and the code | about 20 min |
 # | the 2 exercises (✎) | about 10 min |
-# | Run All at the default scale (10 images), 2-core CPU | 1 min 45 s (measured on 2 cores shared with another job) |
+# | Run All at the default scale (10 images), 2-core CPU | 1 min 4 s (measured 2026-12-04: one torch thread, 2 cores shared with two training runs) |
 # | Run All, `MKVIZ_SMALL=1` | 1 min (measured, likewise) |
 # | Run All at GPU scale (`MKVIZ_DEVICE=cuda`) | not measured (no GPU here) |
 #

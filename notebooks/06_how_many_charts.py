@@ -68,7 +68,7 @@
 # |---|---|
 # | reading, the code and trying the explorer | about 25 min |
 # | the 2 exercises (✎) | about 10 min |
-# | Run All at the default scale (all 10,000 test images), 2-core CPU | 2 min 40 s (measured on 2 cores shared with another job) |
+# | Run All at the default scale (all 10,000 test images), 2-core CPU | 1 min 13 s (measured 2026-12-04: one torch thread, 2 cores shared with two training runs) |
 # | Run All, `MKVIZ_SMALL=1` | 45 s (measured, likewise) |
 # | Run All at GPU scale (`MKVIZ_DEVICE=cuda`) | not measured (no GPU here) |
 #

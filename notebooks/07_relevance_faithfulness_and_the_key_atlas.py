@@ -75,7 +75,7 @@
 # |---|---|
 # | reading, the code and trying the explorer | about 30 min |
 # | the 2 exercises (✎) | about 10 min |
-# | Run All at the default scale (32 images, 49 steps per curve), 2-core CPU | 3 min 25 s (measured on 2 cores shared with another job) |
+# | Run All at the default scale (32 images, 49 steps per curve), 2-core CPU | 3 min 22 s (measured 2026-12-04: one torch thread, 2 cores shared with two training runs) |
 # | Run All, `MKVIZ_SMALL=1` | 30 s (measured, likewise) |
 # | Run All at GPU scale (`MKVIZ_DEVICE=cuda`) | not measured (nothing is trained; no GPU here) |
 #
