@@ -28,7 +28,7 @@ The layers, bottom to top; a module imports only from its own layer and the laye
 Imports between mkviz modules sit at the top of each module, and so do torch, timm and the standard library.
 The one exception, made here once for all modules: optional or heavy third-party packages (captum, plotly,
 ipywidgets/IPython, scipy, scikit-learn, yaml, torchvision's datasets and transforms, Pillow, umap,
-transformers, nbformat/nbclient/jupytext, sphinx) are imported inside the functions that need them, so that
+transformers, torchmetrics, nbformat/nbclient/jupytext, sphinx) are imported inside the functions that need them, so that
 `import mkviz` and `mkviz --help` stay fast and a missing optional package fails only the function that
 needs it.
 
