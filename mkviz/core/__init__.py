@@ -6,6 +6,7 @@
     hf              Hugging Face transformers attention, converted and recorded
     hf_io           Hugging Face save_pretrained / from_pretrained: manifold-key config and model classes
     models          convert / create_model / fold, the unbalanced-atlas loss, class_logits
+    segmentation    SegmentationModel, build_segmenter: a light head on a timm backbone's forward_intermediates
     timm_models     timm's registry: the `mkviz_<arch>` entrypoints (timm_build: the models behind them)
     overparam       the over-parameterised key control
     cost            parameters, FLOPs, the machine a cost was measured on

@@ -1,5 +1,5 @@
 """Datasets by name: `build_dataset(name, split, ...)` for every dataset of mkviz (shapes, digits, Fashion-MNIST,
-CIFAR-10/100, ImageFolder) and `data_config`, the timm data config a model is trained with.
+Fashion-MNIST scenes, CIFAR-10/100, ImageFolder) and `data_config`, the timm data config a model is trained with.
 """
 from __future__ import annotations
 
@@ -19,15 +19,19 @@ from .common import (IMAGENET_MEAN, IMAGENET_STD, Sample, SPLITS, check_image_si
                      default_data_root, split_indices)
 from .digits import DigitsDataset
 from .fashion_mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD, FashionMNISTDataset
+from .scenes import FashionScenesDataset
 from .shapes import ShapesDataset
 
-__all__ = ["LabeledSubset", "build_dataset", "DATASET_NAMES", "IN_MEMORY_DATASETS", "data_config"]
+__all__ = ["LabeledSubset", "build_dataset", "DATASET_NAMES", "IN_MEMORY_DATASETS", "DENSE_DATASETS", "data_config"]
 
 
-DATASET_NAMES = ("shapes", "digits", "fashion-mnist", "cifar10", "cifar100", "imagefolder")
+DATASET_NAMES = ("shapes", "digits", "fashion-mnist", "fashion-scenes", "cifar10", "cifar100", "imagefolder")
 
 # datasets held in memory as uint8 pixels at their own size (no crop, no timm transform)
-IN_MEMORY_DATASETS = ("shapes", "digits", "fashion-mnist")
+IN_MEMORY_DATASETS = ("shapes", "digits", "fashion-mnist", "fashion-scenes")
+
+# datasets whose items are (image, target dict) for detection and segmentation, not (image, label)
+DENSE_DATASETS = ("fashion-scenes",)
 
 # ----------------------------------------------------------------------------- CIFAR / ImageFolder
 class LabeledSubset(Dataset):
@@ -135,7 +139,7 @@ def data_config(name: str, image_size: int, model_cfg: dict[str, Any]) -> dict[s
            "crop_pct": float(model_cfg.get("crop_pct", 0.875)), "crop_mode": model_cfg.get("crop_mode", "center")}
     if name in IN_MEMORY_DATASETS:
         cfg.update(interpolation="bilinear", crop_pct=1.0, crop_mode="center")
-    if name == "fashion-mnist":
+    if name in ("fashion-mnist", "fashion-scenes"):
         cfg.update(mean=FASHION_MNIST_MEAN * in_chans, std=FASHION_MNIST_STD * in_chans)
     return cfg
 
@@ -152,10 +156,12 @@ def build_dataset(
     with_masks: bool = False,
     **kwargs: Any,
 ) -> Dataset:
-    """One entry point for every dataset; ``ds[i]`` is always ``(image float32 (3,H,W), label int)``.
+    """One entry point for every dataset; ``ds[i]`` is ``(image float32 (3,H,W), label int)``, except for
+    "fashion-scenes" (``DENSE_DATASETS``): ``(image float32 (3,H,W), target dict)`` (``FashionScenesDataset``).
 
     Args:
-        name: "shapes", "digits", "fashion-mnist", "cifar10", "cifar100" or "imagefolder" (case-insensitive).
+        name: "shapes", "digits", "fashion-mnist", "fashion-scenes", "cifar10", "cifar100" or "imagefolder"
+            (case-insensitive).
         root: data folder. CIFAR: where ``cifar-10-batches-py`` / ``cifar-100-python`` live (None:
             ``default_data_root()``). ImageFolder (required): ``root/<class>/<image>``, or
             ``root/{train,val,test}/<class>/<image>`` (e.g. Imagenette). Fashion-MNIST: a folder holding
@@ -165,7 +171,7 @@ def build_dataset(
             80/10/10 partition. All partitions are seeded by ``seed``.
         image_size: H = W. None: the model's input size if ``model`` is given (``patch_embed.img_size``
             when it has one, else its data config's ``input_size``), else 64 (shapes),
-            32 (digits, CIFAR), 224 (ImageFolder).
+            32 (digits, CIFAR), 224 (ImageFolder), 64 (fashion-scenes: the canvas).
         download: CIFAR and Fashion-MNIST; False (default) never touches the network and raises
             FileNotFoundError naming the folder it looked in when the data is missing.
         model: optional timm model. CIFAR/ImageFolder use ``timm.data.resolve_data_config({}, model=model)``
@@ -177,6 +183,8 @@ def build_dataset(
         **kwargs: shapes: ``num_samples``, ``difficulty``, ``transform``, ``precompute``; digits:
             ``transform``, ``threshold``; fashion-mnist: ``num_samples``, ``augment``, ``in_chans``,
             ``threshold`` (its mean/std/channels come from ``model`` when given, else its own statistics);
+            fashion-scenes: ``num_samples`` and the scene options of ``FashionScenesDataset`` (mean/std/channels
+            as fashion-mnist);
             CIFAR/ImageFolder: ``transform`` (replaces the default one).
 
     Returns: a Dataset with ``class_names``, ``num_classes`` and ``labels``.
@@ -189,9 +197,14 @@ def build_dataset(
         cfg = resolve_data_config({}, model=model)
         if image_size is None:
             image_size = _model_image_size(model, cfg)
+    if name in ("fashion-mnist", "fashion-scenes") and cfg is not None:
+        kwargs = {"mean": cfg["mean"], "std": cfg["std"], "in_chans": int(cfg["input_size"][0]), **kwargs}
+    if name == "fashion-scenes":
+        if with_masks:
+            raise ValueError("with_masks=True does not apply to 'fashion-scenes' (its targets always hold masks)")
+        return FashionScenesDataset(split=split, image_size=image_size if image_size is not None else 64, root=root,
+                                    download=download, seed=seed, normalize=normalize, **kwargs)
     if name == "fashion-mnist":
-        if cfg is not None:
-            kwargs = {"mean": cfg["mean"], "std": cfg["std"], "in_chans": int(cfg["input_size"][0]), **kwargs}
         return FashionMNISTDataset(split=split, image_size=image_size if image_size is not None else 28,
                                    root=root, download=download, seed=seed, normalize=normalize,
                                    with_masks=with_masks, **kwargs)

@@ -5,6 +5,7 @@
     distributed   one process or several (torchrun)
     run_dir       the run folder: what may be written, resuming with the same settings, history files
     optim         the optimiser and its parameter groups
+    tasks         what a run learns: classification, segmentation (model, step loss, evaluation, collation)
     checkpoint    checkpoint files: safetensors + JSON, atomic writes, finding and resuming
     build         models from a spec or a checkpoint folder (`build_model`, `load_checkpoint`)
     timm_hub      checkpoint folders in timm's Hub format (config.json keys), migrating older folders
@@ -26,6 +27,7 @@ from .config import PRESETS, RUNTIME_FIELDS, TrainConfig, model_spec, num_classe
 from .inputs import EpochBatchSampler, build_datasets
 from .loop import evaluate, lr_at, train
 from .run_dir import changed_settings
+from .tasks import TASKS, Task, build_backbone, evaluate_segmentation, spec_classes
 
 __all__ = [
     "TrainConfig", "PRESETS", "train", "evaluate", "build_datasets", "changed_settings", "model_spec",
@@ -35,5 +37,6 @@ __all__ = [
     "find_checkpoint", "list_checkpoints", "export_checkpoint", "check_checkpoint", "resume_checkpoint",
     "check_output_dir", "MODEL_FILE", "CONFIG_FILE", "OPTIM_FILE", "STATE_FILE", "LATEST_FILE", "CKPT_DIR",
     "shipped_checkpoints_dir", "load_checkpoint", "build_model", "apply_data_config", "describe_spec",
-    "state_dict_mismatch", "model_input_size", "derive_data_config",
+    "state_dict_mismatch", "model_input_size", "derive_data_config", "TASKS", "Task", "build_backbone",
+    "evaluate_segmentation", "spec_classes",
 ]

@@ -11,9 +11,9 @@ import torch
 from timm.data import resolve_data_config
 from torch import nn
 
-from ..core.timm_build import build_spec
 from ..data.registry import data_config
 from .checkpoint import CheckpointError, CONFIG_FILE, MODEL_FILE, find_checkpoint, load_tensors, read_json
+from .tasks import TASKS
 
 __all__ = [
     "load_checkpoint", "build_model", "apply_data_config", "describe_spec", "state_dict_mismatch",
@@ -23,9 +23,10 @@ __all__ = [
 
 # ----------------------------------------------------------------------------- models from checkpoints
 def build_model(spec: dict[str, Any], pretrained: bool = False, seed: int = 0) -> nn.Module:
-    """The model a spec describes (`model`, `timm_kwargs`, `variant`, `num_charts`, ...)."""
+    """The model a spec describes (`model`, `timm_kwargs`, `variant`, `num_charts`, ...; `task`, default
+    classification: `mkviz.training.tasks.TASKS`)."""
     try:
-        model = build_spec(spec, pretrained=pretrained, seed=seed)
+        model = TASKS[spec.get("task", "classification")].build(spec, pretrained, seed)
     except TypeError as err:  # a timm kwarg this model does not take
         raise ValueError(f"model {spec['model']!r} does not accept these arguments {spec['timm_kwargs']}: {err}") \
             from None
@@ -91,6 +92,8 @@ def state_dict_mismatch(err: Exception) -> str:
     return lines[1] if len(lines) > 1 else lines[0]
 
 def model_input_size(model: nn.Module) -> Optional[int]:
-    """The square input size a timm ViT was built for (`patch_embed.img_size`), else None."""
-    size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    """The square input size a timm ViT was built for (`patch_embed.img_size`, also of a segmentation model's
+    `backbone`), else None."""
+    owner = model if hasattr(model, "patch_embed") else getattr(model, "backbone", None)
+    size = getattr(getattr(owner, "patch_embed", None), "img_size", None)
     return int(size[0]) if isinstance(size, (tuple, list)) else None

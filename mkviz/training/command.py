@@ -12,6 +12,7 @@ from ..core.checks import ArgumentParser
 from ..data.registry import DATASET_NAMES
 from .config import PRESETS, TrainConfig, VARIANT_CHOICES
 from .loop import train
+from .tasks import TASKS
 
 __all__ = ["make_parser", "config_from_args", "main"]
 
@@ -38,10 +39,16 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 def _model_options(m: argparse._ArgumentGroup) -> None:
+    m.add_argument("--task", default="classification", type=str.lower, choices=tuple(TASKS),
+                   help="what the model learns: image classes, or the classes of the pixels of --dataset "
+                   "fashion-scenes (segmentation), case-insensitive (default: %(default)s)")
+    m.add_argument("--head-layers", type=int, default=1, metavar="N",
+                   help="--task segmentation: the last N blocks (ViT) or stages (Swin) feed the segmentation head "
+                   "(default: %(default)s)")
     m.add_argument("--model", help="timm model name (default: the preset's model)")
     m.add_argument("--preset", choices=sorted(PRESETS),
                    help="a small ViT, timm kwargs on top of its model; the timm-kwarg options below override them "
-                   "(default: tiny, unless --model is given): "
+                   "(default: tiny, scenes on fashion-scenes, unless --model is given): "
                    + "; ".join(f"{k}: {v}" for k, v in PRESETS.items()))
     for flag, typ in (("--img-size", int), ("--patch-size", int), ("--embed-dim", int), ("--depth", int),
                       ("--num-heads", int), ("--mlp-ratio", float), ("--drop-rate", float),
@@ -80,13 +87,15 @@ def _data_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--download", action="store_true", help="download CIFAR / Fashion-MNIST into --data-root if missing")
     g.add_argument("--image-size", type=int, help="input size in pixels (default: the model's)")
     g.add_argument("--num-train", type=int, default=None,
-                   help="training images: shapes renders N, fashion-mnist uses the first N of its 54,000 "
-                   "(default: 8000 for shapes, all for fashion-mnist)")
+                   help="training images: shapes renders N, fashion-mnist uses the first N of its 54,000, "
+                   "fashion-scenes generates N scenes (default: 8000 for shapes, all for fashion-mnist, 10,000 "
+                   "scenes)")
     g.add_argument("--num-val", type=int, default=1000, help="shapes: validation images (default: %(default)s)")
     g.add_argument("--num-test", type=int, default=1000,
                    help="shapes: test images; 0: no test evaluation (default: %(default)s)")
     g.add_argument("--num-eval", type=int, default=None,
-                   help="fashion-mnist: validate and test on the first N images of each split (default: all)")
+                   help="fashion-mnist: validate and test on the first N images of each split; fashion-scenes: "
+                   "generate N val and N test scenes (default: all images, 1,000 scenes)")
     g.add_argument("--difficulty", default="easy", choices=("easy", "medium", "hard"),
                    help="shapes: scene difficulty (from medium on, distractor objects) (default: %(default)s)")
     g.add_argument("--augment", action="store_true", help="fashion-mnist: random flips and 2-px shifts in training")
@@ -154,10 +163,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = config_from_args(argv)
     result = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0 and not cfg.quiet:
-        msg = f"done: {result['step']} steps"
-        if "val" in result:
-            msg += f", val acc {result['val']['acc']:.4f}"
-        if "test" in result:
-            msg += f", test acc {result['test']['acc']:.4f}"
+        msg, metric = f"done: {result['step']} steps", TASKS[cfg.task].headline
+        for split in ("val", "test"):
+            if metric in result.get(split, {}):
+                msg += f", {split} {metric} {result[split][metric]:.4f}"
         print(msg + f"; run in {result['out']}", file=sys.stderr)
     return 0

@@ -11,7 +11,8 @@ from typing import Any, Optional
 import torch
 
 from ..core.key import VARIANTS, resolve_variant
-from ..data.registry import DATASET_NAMES, build_dataset
+from ..data.registry import DATASET_NAMES, DENSE_DATASETS, build_dataset
+from .tasks import TASKS
 
 __all__ = ["TrainConfig", "PRESETS", "model_spec", "num_classes_of", "RUNTIME_FIELDS"]
 
@@ -22,13 +23,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(model="vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=64, depth=4, num_heads=4),
     # Fashion-MNIST at its own 28 px: 7x7 patches of 4 px + cls token, 4 blocks of width 64 (data/README.md)
     "fashion": dict(model="vit_tiny_patch16_224", img_size=28, patch_size=4, embed_dim=64, depth=4, num_heads=4),
+    # the Fashion-MNIST scenes at 64 px (segmentation, detection): 8x8 patches of 8 px + cls token, 4 blocks of 64
+    "scenes": dict(model="vit_tiny_patch16_224", img_size=64, patch_size=8, embed_dim=64, depth=4, num_heads=4),
     # for tests and smoke runs: 2 blocks, 4x4 patches of 8 px
     "micro": dict(model="vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2),
 }
 
 VARIANT_CHOICES = ("baseline",) + VARIANTS
 
-NUM_CLASSES = {"shapes": 4, "digits": 10, "fashion-mnist": 10, "cifar10": 10, "cifar100": 100}
+NUM_CLASSES = {"shapes": 4, "digits": 10, "fashion-mnist": 10, "fashion-scenes": 11, "cifar10": 10, "cifar100": 100}
 
 # fields of TrainConfig that do not change the trajectory of a run (may differ when resuming)
 RUNTIME_FIELDS = {"out", "resume", "overwrite", "quiet", "compile", "num_workers", "save_every_steps", "keep_last",
@@ -37,14 +40,18 @@ RUNTIME_FIELDS = {"out", "resume", "overwrite", "quiet", "compile", "num_workers
 
 # fields that define the model (checked against --init-from checkpoints)
 _MODEL_FIELDS = ("model", "timm_kwargs", "variant", "num_charts", "context_broadcast", "kernel_size", "expand_from",
-                 "key_hidden")
+                 "key_hidden", "task", "head_layers")
 
 @dataclass
 class TrainConfig:
     """Everything a training run depends on (saved in every checkpoint's config.json)."""
 
+    # task
+    task: str = "classification"              # classification | segmentation (mkviz.training.tasks.TASKS)
+    head_layers: int = 1                      # segmentation: the last N blocks (ViT) / stages (Swin) feed the head
     # model
-    model: Optional[str] = None               # timm name; None: the preset's (or "tiny" preset if neither)
+    model: Optional[str] = None               # timm name; None: the preset's (or "tiny" preset if neither,
+    #                                           "scenes" on fashion-scenes)
     preset: Optional[str] = None              # a key of PRESETS (its timm kwargs; explicit timm_kwargs win)
     timm_kwargs: dict = field(default_factory=dict)
     variant: str = "baseline"                 # baseline | vanillak | simplek | spatialk | kua
@@ -63,10 +70,12 @@ class TrainConfig:
     image_size: Optional[int] = None          # None: the model's input size
     num_train: Optional[int] = None           # shapes: images rendered (None: 8000); fashion-mnist: the first
     #                                           num_train of its training split (None: all 54,000)
+    #                                           fashion-scenes: scenes generated (None: 10,000)
     num_val: int = 1000                       # shapes only (fashion-mnist: 6,000 held out of the official train)
     num_test: int = 1000                      # shapes only (fashion-mnist: the official 10,000)
     num_eval: Optional[int] = None            # fashion-mnist: validate and test on the first N images of each
-    #                                           split (None: all 6,000 / 10,000); for quick runs
+    #                                           split (None: all 6,000 / 10,000); for quick runs;
+    #                                           fashion-scenes: val and test scenes (None: 1,000 each)
     difficulty: str = "easy"
     augment: bool = False                     # fashion-mnist: random flips and 2-px shifts of training images
     # optimisation
@@ -101,8 +110,9 @@ class TrainConfig:
     def resolved(self) -> "TrainConfig":
         """A validated copy with the preset expanded into `model` and `timm_kwargs`."""
         c = dataclasses.replace(self, timm_kwargs=dict(self.timm_kwargs))
+        _check_task(c)
         if c.preset is None and c.model is None:
-            c.preset = "tiny"
+            c.preset = "scenes" if c.dataset in DENSE_DATASETS else "tiny"
         if c.preset is not None:
             if c.preset not in PRESETS:
                 raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {c.preset!r}")
@@ -110,6 +120,8 @@ class TrainConfig:
             name = p.pop("model")
             c.model = c.model or name
             c.timm_kwargs = {**p, **c.timm_kwargs}
+        if c.image_size is None and c.dataset in DENSE_DATASETS:  # the scenes' canvas is the model's input
+            c.image_size = int(c.timm_kwargs.get("img_size", 64))
         if c.image_size is not None and "img_size" not in c.timm_kwargs:
             c.timm_kwargs["img_size"] = c.image_size
         c.variant = str(c.variant).lower()
@@ -118,11 +130,9 @@ class TrainConfig:
                              f"got {self.variant!r}")
         if c.variant != "baseline":
             c.variant = resolve_variant(c.variant)
-        if c.dataset not in DATASET_NAMES:
-            raise ValueError(f"dataset must be one of {list(DATASET_NAMES)}, got {c.dataset!r}")
-        if c.num_train is None and c.dataset != "fashion-mnist":
+        if c.num_train is None and c.dataset not in ("fashion-mnist", "fashion-scenes"):
             c.num_train = 8000  # shapes' default (unused by digits, CIFAR, ImageFolder)
-        for name in ("epochs", "batch_size", "num_charts", "kernel_size", "num_val", "keep_last"):
+        for name in ("epochs", "batch_size", "num_charts", "kernel_size", "num_val", "keep_last", "head_layers"):
             _positive(name, getattr(c, name))
         if c.num_train is not None:
             _positive("num_train", c.num_train)
@@ -162,6 +172,20 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+def _check_task(c: TrainConfig) -> None:
+    """One-line ValueErrors for a task that is unknown, or does not fit the dataset or the options."""
+    if c.task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {c.task!r}")
+    if c.dataset not in DATASET_NAMES:
+        raise ValueError(f"dataset must be one of {list(DATASET_NAMES)}, got {c.dataset!r}")
+    allowed = TASKS[c.task].datasets
+    if c.dataset not in allowed:
+        raise ValueError(f"--task {c.task} trains on --dataset {' or '.join(allowed)}, got --dataset {c.dataset}"
+                         + ("; its scenes have no image labels: use --task segmentation" if c.dataset in DENSE_DATASETS
+                            else ""))
+    if c.task != "classification" and c.init_from:
+        raise ValueError(f"--init-from applies to --task classification only, got --task {c.task}")
+
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -189,9 +213,15 @@ def _positive(name: str, value: Any, allow_zero: bool = False) -> None:
 
 # ----------------------------------------------------------------------------- model
 def model_spec(cfg: TrainConfig, num_classes: int) -> dict[str, Any]:
-    return dict(model=cfg.model, timm_kwargs={**cfg.timm_kwargs, "num_classes": num_classes}, variant=cfg.variant,
+    """The spec `build_model` builds from; a task other than classification adds ``task`` and ``head``."""
+    spec = dict(model=cfg.model, timm_kwargs={**cfg.timm_kwargs, "num_classes": num_classes}, variant=cfg.variant,
                 num_charts=cfg.num_charts, context_broadcast=cfg.context_broadcast, kernel_size=cfg.kernel_size,
                 expand_from=cfg.expand_from, ua_weight=cfg.ua_weight, key_hidden=cfg.key_hidden)
+    if cfg.task == "segmentation":
+        spec.update(task=cfg.task, head={"indices": cfg.head_layers})
+    elif cfg.task != "classification":
+        spec["task"] = cfg.task
+    return spec
 
 # ----------------------------------------------------------------------------- data
 def num_classes_of(cfg: TrainConfig) -> int:

@@ -26,8 +26,8 @@ def build_datasets(cfg: TrainConfig, model: Optional[nn.Module] = None, splits: 
             kw = dict(num_samples=n, difficulty=cfg.difficulty)
         elif cfg.dataset == "fashion-mnist" and split == "train":
             kw = dict(num_samples=cfg.num_train, augment=cfg.augment)
-        elif cfg.dataset == "fashion-mnist":
-            kw = dict(num_samples=cfg.num_eval)
+        elif cfg.dataset in ("fashion-mnist", "fashion-scenes"):
+            kw = dict(num_samples=cfg.num_train if split == "train" else cfg.num_eval)
         out[split] = build_dataset(cfg.dataset, cfg.data_root, split, cfg.image_size, cfg.download, model=model,
                                    seed=data_seed_of(cfg), **kw)
         if len(out[split]) == 0:

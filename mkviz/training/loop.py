@@ -6,6 +6,9 @@ the command line: `mkviz.training.command`).
     model, config = load_checkpoint("outputs/vk8")
     evaluate(model, loader)                  # {"loss", "acc", "count"}
 
+The task (`--task`, `mkviz.training.tasks.TASKS`) supplies the model, the loss of a step, the evaluation and the
+batches' collation: classification (the default) or segmentation of the Fashion-MNIST scenes.
+
 Determinism and exact resume
 ----------------------------
 * The learning rate is a pure function of the global step (linear warmup, then cosine to `min_lr`).
@@ -25,7 +28,6 @@ Determinism and exact resume
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import sys
@@ -35,7 +37,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -51,6 +52,7 @@ from .distributed import Dist, init_dist
 from .inputs import EpochBatchSampler, build_datasets
 from .optim import build_optimizer
 from .run_dir import check_out_dir, check_resume_config, read_jsonl, write_jsonl
+from .tasks import TASKS, Task, autocast, evaluate, to_device
 from .timm_hub import hub_fields
 
 __all__ = ["train", "evaluate", "lr_at"]
@@ -97,36 +99,6 @@ def lr_at(step: int, total: int, base: float, min_lr: float, warmup: int) -> flo
     t = (step - warmup) / max(1, total - warmup)
     return min_lr + 0.5 * (base - min_lr) * (1.0 + math.cos(math.pi * min(1.0, t)))
 
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: Any, device: str | torch.device | None = None, amp: bool = False,
-             distributed: bool = False) -> dict[str, float]:
-    """Mean cross-entropy and accuracy of `model` over `loader` (batches of (images, labels)).
-
-    With `distributed`, every rank evaluates its shard and the sums are all-reduced."""
-    was_training = model.training
-    model.eval()
-    if device is None:
-        device = next(model.parameters()).device
-    device = torch.device(device)
-    sums = torch.zeros(3, dtype=torch.float64, device=device)
-    for batch in loader:
-        x, y = batch[0].to(device, non_blocking=True), torch.as_tensor(batch[1]).to(device, non_blocking=True)
-        with _autocast(device, amp):
-            logits = model(x)
-        sums[0] += F.cross_entropy(logits.float(), y, reduction="sum").double()
-        sums[1] += (logits.argmax(-1) == y).sum().double()
-        sums[2] += y.numel()
-    if distributed:
-        torch.distributed.all_reduce(sums)
-    model.train(was_training)
-    loss, correct, count = sums.tolist()
-    return {"loss": loss / max(count, 1), "acc": correct / max(count, 1), "count": int(count)}
-
-def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
 # ----------------------------------------------------------------------------- training
 def train(config: TrainConfig) -> dict[str, Any]:
     """Train (or resume) the run `config` describes; returns {"history", "val", "test", "out", ...}.
@@ -172,6 +144,10 @@ class _Run:
     probe: Optional[torch.Tensor] = None      # manifold models: the first 256 val images, for chart statistics
     probe_labels: Optional[torch.Tensor] = None  # their labels (KUA's chart usage per class)
     chart_init: dict[str, Any] = field(default_factory=dict)  # chart statistics before the first step
+
+    @property
+    def task(self) -> Task:
+        return TASKS[self.cfg.task]
 
     @property
     def global_batch(self) -> int:
@@ -237,11 +213,12 @@ def _setup_run(cfg: TrainConfig, d: Dist, device: torch.device) -> _Run:
     if cfg.compile:
         train_model = torch.compile(train_model)
     val_loader = DataLoader(data["val"], batch_size=2 * cfg.batch_size, num_workers=cfg.num_workers,
-                            sampler=list(range(d.rank, len(data["val"]), d.world)))
+                            sampler=list(range(d.rank, len(data["val"]), d.world)), collate_fn=TASKS[cfg.task].collate)
     run = _Run(cfg, d, device, amp, Path(cfg.out), meta, model, train_model, optimizer, anchored_decay,
                data["train"], val_loader, steps_per_epoch, total_steps, warmup, **progress)
     if cfg.variant != "baseline":  # follow the charts over training (mkviz.explain.specialisation)
-        run.probe, run.probe_labels = probe_images(data["val"]), probe_labels(data["val"])
+        run.probe = probe_images(data["val"])
+        run.probe_labels = probe_labels(data["val"]) if cfg.task == "classification" else None
         run.chart_init = (state.get("chart_init", {}) if state is not None
                           else chart_statistics(model, run.probe, labels=run.probe_labels))
     if d.main:
@@ -286,7 +263,8 @@ def _build_model_and_data(cfg: TrainConfig, device: torch.device, resuming: bool
         class_names = [str(i) for i in range(num_classes)]
     meta = {"train": cfg.to_dict(), "model_spec": spec, "class_names": class_names,
             "image_size": cfg.image_size or model_input_size(model), "dataset": cfg.dataset, "format_version": 1}
-    meta.update(hub_fields(model, spec, class_names))  # timm's config.json keys (mkviz.training.timm_hub)
+    if cfg.task == "classification":  # timm's config.json keys (mkviz.training.timm_hub)
+        meta.update(hub_fields(model, spec, class_names))
     return model, spec, data, meta
 
 def _schedule(cfg: TrainConfig, d: Dist, n_train: int) -> tuple[int, int, int]:
@@ -324,7 +302,7 @@ def _train_epoch(run: _Run, use_bar: bool) -> bool:
                                 run.batch_in_epoch)
     loader = DataLoader(run.train_data, batch_sampler=sampler, num_workers=cfg.num_workers,
                         generator=torch.Generator().manual_seed(data_seed_of(cfg) * 1_000_003 + run.epoch),
-                        pin_memory=run.device.type == "cuda")
+                        pin_memory=run.device.type == "cuda", collate_fn=run.task.collate)
     bar = _progress(len(sampler), f"epoch {run.epoch + 1}/{cfg.epochs}", use_bar)
     stopped = False
     t0 = time.perf_counter()
@@ -350,16 +328,16 @@ def _train_epoch(run: _Run, use_bar: bool) -> bool:
     run.running["time"] += time.perf_counter() - t0
     return stopped
 
-def _train_step(run: _Run, x: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor]:
-    """One optimiser step on this rank's batch (x, y); returns its learning rate and (detached) task loss."""
+def _train_step(run: _Run, x: torch.Tensor, y: Any) -> tuple[float, torch.Tensor]:
+    """One optimiser step on this rank's batch (x, y: labels or targets); returns its learning rate and
+    (detached) task loss."""
     cfg, model = run.cfg, run.model
-    x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
+    x, y = x.to(run.device, non_blocking=True), to_device(y, run.device)
     lr = run.lr(run.step)
     for g in run.optimizer.param_groups:
         g["lr"] = lr
-    with _autocast(run.device, run.amp):
-        logits = run.train_model(x)
-        task = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+    with autocast(run.device, run.amp):
+        task, n, correct = run.task.step(run.train_model, x, y, cfg.label_smoothing)
     loss = task + unbalanced_atlas_loss(model) if cfg.variant == "kua" else task
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -370,10 +348,10 @@ def _train_step(run: _Run, x: torch.Tensor, y: torch.Tensor) -> tuple[float, tor
     run.step += 1
     with torch.no_grad():
         task_v = task.detach()
-        run.running["loss_sum"] += float(task_v) * y.numel()
-        run.running["ua_sum"] += float(loss.detach() - task_v) * y.numel()
-        run.running["correct"] += float((logits.argmax(-1) == y).sum())
-        run.running["count"] += y.numel()
+        run.running["loss_sum"] += float(task_v) * n
+        run.running["ua_sum"] += float(loss.detach() - task_v) * n
+        run.running["correct"] += correct
+        run.running["count"] += n
     return lr, task_v
 
 def _log_step(run: _Run, task_v: torch.Tensor, lr: float) -> None:
@@ -395,11 +373,14 @@ def _end_epoch(run: _Run) -> None:
                         device=run.device)
     if d.enabled:
         torch.distributed.all_reduce(sums)
-    val = evaluate(run.model, run.val_loader, run.device, run.amp, d.enabled)
+    task = run.task
+    val = task.evaluate(run.model, run.val_loader, run.device, run.amp, d.enabled)
     n = max(sums[3].item(), 1.0)
-    row = {"epoch": run.epoch + 1, "step": run.step, "train_loss": sums[0].item() / n,
-           "train_acc": sums[2].item() / n, "val_loss": val["loss"], "val_acc": val["acc"],
-           "lr": run.lr(run.step - 1), "time": r["time"]}
+    row = {"epoch": run.epoch + 1, "step": run.step, "train_loss": sums[0].item() / n}
+    if task.train_metric:
+        row[f"train_{task.train_metric}"] = sums[2].item() / n
+    row.update({f"val_{k}": v for k, v in val.items() if k != "count"})
+    row.update({"lr": run.lr(run.step - 1), "time": r["time"]})
     if cfg.variant == "kua":
         row["ua_loss"] = sums[1].item() / n
     if run.probe is not None:
@@ -411,8 +392,10 @@ def _end_epoch(run: _Run) -> None:
     if d.main:
         write_jsonl(run.out / "metrics.jsonl", run.history)
         if not cfg.quiet:
-            print(f"epoch {row['epoch']}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f}"
-                  f"  val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f}  lr {row['lr']:.2e}"
+            m, h = task.train_metric, task.headline
+            train_m = f" {m.replace('_', ' ')} {row['train_' + m]:.3f}" if m else ""
+            print(f"epoch {row['epoch']}/{cfg.epochs}  train loss {row['train_loss']:.4f}{train_m}"
+                  f"  val loss {row['val_loss']:.4f} {h} {row['val_' + h]:.3f}  lr {row['lr']:.2e}"
                   f"  {row['time']:.1f}s", file=sys.stderr, flush=True)
 
 def _finish(run: _Run) -> dict[str, Any]:
@@ -423,7 +406,7 @@ def _finish(run: _Run) -> dict[str, Any]:
                               "finished": run.epoch >= cfg.epochs, "world_size": d.world,
                               "chart_init": run.chart_init}
     if run.history:
-        result["val"] = {"loss": run.history[-1]["val_loss"], "acc": run.history[-1]["val_acc"]}
+        result["val"] = {k[4:]: v for k, v in run.history[-1].items() if k.startswith("val_")}
     if run.epoch >= cfg.epochs:
         test = _evaluate_test(cfg, run.model, run.device, run.amp, d)
         if test is not None:
@@ -449,9 +432,9 @@ def _evaluate_test(cfg: TrainConfig, model: nn.Module, device: torch.device, amp
     except FileNotFoundError:  # e.g. an ImageFolder without a test/ folder
         return None
     loader = DataLoader(ds, batch_size=2 * cfg.batch_size, num_workers=cfg.num_workers,
-                        sampler=list(range(d.rank, len(ds), d.world)))
-    res = evaluate(model, loader, device, amp, d.enabled)
-    return {"loss": res["loss"], "acc": res["acc"]}
+                        sampler=list(range(d.rank, len(ds), d.world)), collate_fn=TASKS[cfg.task].collate)
+    res = TASKS[cfg.task].evaluate(model, loader, device, amp, d.enabled)
+    return {k: v for k, v in res.items() if k != "count"}
 
 def _progress(total: int, desc: str, enabled: bool) -> Any:
     if not enabled:

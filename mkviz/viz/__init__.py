@@ -6,4 +6,5 @@
     explorer_html   the explorers and the key atlas as self-contained HTML, no kernel (explorer_data: the
                     arrays they embed; assets/: the page's script and style)
     report          the HTML report `mkviz demo` writes
+    scene_figures   scenes with boxes, mask outlines and class names (ground truth or a detector's output)
 """
