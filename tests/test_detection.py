@@ -12,6 +12,13 @@ import mkviz
 from mkviz.core.detection import build_detector, detection_loss
 from mkviz.core.pyramid import PYRAMID_STRIDES, PyramidBackbone, SimpleFeaturePyramid
 from mkviz.explain.detection_metrics import coco_map, detection_map
+from mkviz.data.scenes import FashionScenesDataset, collate_scenes
+from mkviz.training import checkpoint as ckpt
+from mkviz.training.build import load_checkpoint
+from mkviz.training.config import TrainConfig
+from mkviz.training.loop import train
+from mkviz.training.tasks import evaluate_detection
+from torchvision.models.detection import MaskRCNN
 
 from small_models import randomized
 
@@ -220,3 +227,46 @@ def test_a_model_built_for_another_size_or_given_kwargs_is_refused(batch):
     images, targets = batch
     with pytest.raises(ValueError, match="call model.train"):
         detection_loss(detector("vit").eval(), images, targets)
+
+
+# ----------------------------------------------------------------------------- through `mkviz train`
+def _det_cfg(out, **kw):
+    return TrainConfig(task="detection", dataset="fashion-scenes", variant="vanillak", num_charts=4,
+                       timm_kwargs=dict(depth=2, embed_dim=32), num_train=16, num_eval=8, batch_size=4, epochs=1,
+                       lr=2e-3, out=str(out), quiet=True, **kw)
+
+
+def test_train_detection_checkpoints_load_and_resume_exactly(tmp_path):
+
+
+    ref = train(_det_cfg(tmp_path / "ref"))
+    row = ref["history"][0]
+    assert {"train_loss", "val_loss", "val_map", "val_map_50", "val_mask_map", "val_mask_map_50"} <= set(row)
+    assert 0.0 <= row["val_map"] <= row["val_map_50"] <= 1.0 and row["val_loss"] > 0
+    assert set(ref["test"]) == {"loss", "map", "map_50", "mask_map", "mask_map_50"}
+    model, config = load_checkpoint(tmp_path / "ref" / "final")
+    assert isinstance(model, MaskRCNN) and config["model_spec"]["task"] == "detection"
+    assert len(list(mkviz.manifold_modules(model))) == 2  # the converted trunk came back
+    x = FashionScenesDataset("val", num_samples=1, seed=0)[0][0]
+    with torch.no_grad():
+        a, b = model.eval()([x])[0], ref["model"].eval()([x])[0]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    train(_det_cfg(tmp_path / "cut", max_steps=2))  # stops (with a checkpoint) inside the epoch of 4 steps
+    resumed = train(_det_cfg(tmp_path / "cut", resume=True))
+    w1, _ = ckpt.load_tensors(tmp_path / "ref" / "final" / ckpt.MODEL_FILE)
+    w2, _ = ckpt.load_tensors(tmp_path / "cut" / "final" / ckpt.MODEL_FILE)
+    assert w1.keys() == w2.keys() and all(torch.equal(w1[k], w2[k]) for k in w1)
+    assert resumed["history"] == [{**row, "time": resumed["history"][0]["time"]}]
+
+
+def test_detection_evaluation_leaves_the_random_state_alone():
+
+    model = build_detector("vit", image_size=64)
+    loader = torch.utils.data.DataLoader(FashionScenesDataset("val", num_samples=4, seed=0), batch_size=2,
+                                         collate_fn=collate_scenes)
+    state = torch.get_rng_state()
+    scores = evaluate_detection(model, loader)
+    assert torch.equal(state, torch.get_rng_state()) and scores["count"] == 4 and scores["loss"] > 0
+    with pytest.raises(ValueError, match="task: detection evaluates in one process"):
+        evaluate_detection(model, loader, distributed=True)

@@ -6,6 +6,8 @@ accuracy their config claims.
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import timm
@@ -40,12 +42,15 @@ def test_every_checkpoint_is_shipped_small_and_complete():
 def test_recipes_parse_and_name_their_variant():
     for name in NAMES:
         cfg = config_from_args(train_args("fashion-mnist", name)).resolved()
-        assert cfg.dataset == "fashion-mnist" and not cfg.augment and cfg.epochs == 10 and cfg.lr == 3e-3
+        assert cfg.dataset == "fashion-mnist" and not cfg.augment and cfg.epochs == 10
+        assert cfg.lr == (1e-3 if name == "simplek-8" else 3e-3)  # SimpleK at the check's best rate
         assert cfg.variant == name.split("-")[0]
         assert cfg.timm_kwargs == {"img_size": 28, "patch_size": 4, "embed_dim": 64, "depth": 4, "num_heads": 4}
         if "-" in name:
             assert cfg.num_charts == int(name.split("-")[1])
     assert config_from_args(train_args("fashion-mnist", "kua-8")).ua_weight == 0.1
+    shipped = json.loads((checkpoint_dir("fashion-mnist", "simplek-8") / "config.json").read_text())
+    assert shipped["train"]["lr"] == 1e-3  # the shipped checkpoint is the one the recipe makes
     with pytest.raises(ValueError, match="checkpoint name must be one of"):
         train_args("fashion-mnist", "kua-3")
     with pytest.raises(ValueError, match="checkpoint name must be one of"):

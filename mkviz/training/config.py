@@ -47,7 +47,7 @@ class TrainConfig:
     """Everything a training run depends on (saved in every checkpoint's config.json)."""
 
     # task
-    task: str = "classification"              # classification | segmentation (mkviz.training.tasks.TASKS)
+    task: str = "classification"              # classification | segmentation | detection (training.tasks.TASKS)
     head_layers: int = 1                      # segmentation: the last N blocks (ViT) / stages (Swin) feed the head
     # model
     model: Optional[str] = None               # timm name; None: the preset's (or "tiny" preset if neither,

@@ -4,15 +4,10 @@ step, the evaluation, and how its batches are collated. The loop (`mkviz.trainin
     TASKS["classification"]   a timm classifier; cross-entropy; loss and accuracy
     TASKS["segmentation"]     a timm backbone + mkviz.core.segmentation's head; per-pixel cross-entropy;
                               loss, mIoU and pixel accuracy (torchmetrics)
+    TASKS["detection"]        a timm backbone in mkviz.core.detection's Mask R-CNN (simple feature pyramid);
+                              torchvision's summed losses; loss, box and mask COCO mAP (torchmetrics)
 
-A task is one `Task` entry. Detection on the same scenes plugs in as one more, with torchvision's detection API
-(train mode: ``model(list[image], list[target]) -> dict of losses``) and a model built on `build_backbone`::
-
-    TASKS["detection"] = Task(datasets=DENSE_DATASETS, collate=collate_scenes, step=detection_step,
-                              build=lambda spec, pretrained, seed: build_detector(build_backbone(spec, pretrained,
-                                                                  seed), num_classes=spec_classes(spec)),
-                              evaluate=<(model, loader, device, amp, distributed) -> {"map": ..., ...}>,
-                              headline="map", train_metric="")
+A task is one `Task` entry (its build, step, evaluate and collate functions); `--task` offers every entry.
 """
 from __future__ import annotations
 
@@ -24,14 +19,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.detection import build_detector
 from ..core.models import class_logits
 from ..core.segmentation import SegmentationModel
 from ..core.timm_build import build_spec
 from ..data.registry import DATASET_NAMES, DENSE_DATASETS
 from ..data.scenes import collate_scenes
+from ..explain.detection_metrics import detection_map
 
 __all__ = ["Task", "TASKS", "build_backbone", "spec_classes", "to_device", "autocast", "evaluate",
-           "evaluate_segmentation", "classification_step", "segmentation_step", "detection_step"]
+           "evaluate_segmentation", "evaluate_detection", "classification_step", "segmentation_step",
+           "detection_step"]
 
 
 @dataclass(frozen=True)
@@ -173,6 +171,36 @@ def detection_step(model: nn.Module, images: torch.Tensor, targets: list[dict[st
     return sum(losses.values()), len(targets), 0.0
 
 
+@torch.no_grad()
+def evaluate_detection(model: nn.Module, loader: Iterable, device: str | torch.device | None = None,
+                       amp: bool = False, distributed: bool = False) -> dict[str, float]:
+    """The detector's training loss (train-mode forward, loader read, under a forked RNG: the random state is untouched)
+    and COCO mAP (`mkviz.explain.detection_metrics.detection_map`: box and mask, IoU 0.50:0.95 and 0.50) over
+    ``loader`` (batches of (images (B,3,H,W), targets)). One process only: COCO mAP does not split over ranks."""
+    if distributed:
+        raise ValueError("task: detection evaluates in one process (COCO mAP does not reduce over ranks); "
+                         "train it without torchrun")
+    device = torch.device(device if device is not None else next(model.parameters()).device)
+    was_training, total = model.training, 0.0
+    model.train()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        batches = [(images.to(device), to_device(targets, device)) for images, targets in loader]
+        for images, targets in batches:
+            with autocast(device, amp):
+                total += float(sum(model(list(images), targets).values())) * len(targets)
+    model.train(was_training)
+    count = sum(len(targets) for _, targets in batches)
+    scores = detection_map(model, batches, class_metrics=False)
+    return {"loss": total / max(count, 1), "map": scores["box_map"], "map_50": scores["box_map_50"],
+            "mask_map": scores.get("mask_map", float("nan")), "mask_map_50": scores.get("mask_map_50", float("nan")),
+            "count": count}
+
+
+def _build_detector(spec: dict[str, Any], pretrained: bool, seed: int) -> nn.Module:
+    size = spec["timm_kwargs"].get("img_size", 64)
+    return build_detector(build_backbone(spec, pretrained, seed), num_classes=spec_classes(spec), image_size=size)
+
+
 def _build_segmenter(spec: dict[str, Any], pretrained: bool, seed: int) -> nn.Module:
     return SegmentationModel(build_backbone(spec, pretrained, seed), spec_classes(spec), **spec.get("head", {}))
 
@@ -183,4 +211,6 @@ TASKS: dict[str, Task] = {
     "classification": Task(CLASSIFICATION_DATASETS, build_spec, classification_step, evaluate),
     "segmentation": Task(DENSE_DATASETS, _build_segmenter, segmentation_step, evaluate_segmentation,
                          collate=collate_scenes, train_metric="pixel_acc", headline="miou"),
+    "detection": Task(DENSE_DATASETS, _build_detector, detection_step, evaluate_detection,
+                      collate=collate_scenes, train_metric="", headline="map"),
 }
