@@ -16,9 +16,10 @@
 # %% [markdown]
 # # 01 — Charts and the manifold key
 #
-# *Part 1 of 7 of the `mkviz` course.* 01 the math of charts and the manifold key ·
+# *Part 1 of 8 of the `mkviz` course.* 01 the math of charts and the manifold key ·
 # 02 the four variants side by side · 03 fine-tuning · 04 what each chart attends to ·
-# 05 attributions · 06 chart count and chart similarity · 07 relevance, faithfulness and the key atlas.
+# 05 attributions · 06 chart count and chart similarity · 07 relevance, faithfulness and the key atlas ·
+# 08 beyond classification.
 #
 # The paper *"A Manifold Representation of the Key in Vision Transformers"* (Meng, Goodwin,
 # Yazidi, Engelstad, arXiv 2402.00534, 2024) takes the key out of a ViT block's shared `qkv`

@@ -16,9 +16,10 @@
 # %% [markdown]
 # # 02 — The four variants side by side
 #
-# *Part 2 of 7 of the `mkviz` course.* 01 the math of charts and the manifold key ·
+# *Part 2 of 8 of the `mkviz` course.* 01 the math of charts and the manifold key ·
 # 02 the four variants side by side · 03 fine-tuning · 04 what each chart attends to ·
-# 05 attributions · 06 chart count and chart similarity · 07 relevance, faithfulness and the key atlas.
+# 05 attributions · 06 chart count and chart similarity · 07 relevance, faithfulness and the key atlas ·
+# 08 beyond classification.
 #
 # Notebook 01 built the manifold key on one attention block. Here we put it into a whole timm
 # ViT and ask practical questions:

@@ -16,9 +16,10 @@
 # %% [markdown]
 # # 03 — Fine-tuning: the baseline into a manifold key
 #
-# *Part 3 of 7 of the `mkviz` course.* 01 the math of charts and the manifold key ·
+# *Part 3 of 8 of the `mkviz` course.* 01 the math of charts and the manifold key ·
 # 02 the four variants side by side · 03 fine-tuning · 04 what each chart attends to ·
-# 05 attributions · 06 chart count and chart similarity · 07 relevance, faithfulness and the key atlas.
+# 05 attributions · 06 chart count and chart similarity · 07 relevance, faithfulness and the key atlas ·
+# 08 beyond classification.
 #
 # Notebook 02 ended on a warning: at kernel size 1 the manifold key is a re-parameterisation of
 # a plain ViT, so any gain must come from *training*. This notebook trains, on the data of

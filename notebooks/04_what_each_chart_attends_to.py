@@ -16,9 +16,10 @@
 # %% [markdown]
 # # 04 — What each chart attends to
 #
-# *Part 4 of 7 of the `mkviz` course.* 01 the math of charts and the manifold key ·
+# *Part 4 of 8 of the `mkviz` course.* 01 the math of charts and the manifold key ·
 # 02 the four variants side by side · 03 fine-tuning · 04 what each chart attends to ·
-# 05 attributions · 06 chart count and chart similarity · 07 relevance, faithfulness and the key atlas.
+# 05 attributions · 06 chart count and chart similarity · 07 relevance, faithfulness and the key atlas ·
+# 08 beyond classification.
 #
 # A manifold-key model computes one key per **chart**, $K_c$, and fuses them into the key that
 # attention uses. Each chart therefore has an attention map of its own,

@@ -16,9 +16,10 @@
 # %% [markdown]
 # # 05 — Attributions with captum
 #
-# *Part 5 of 7 of the `mkviz` course.* 01 the math of charts and the manifold key ·
+# *Part 5 of 8 of the `mkviz` course.* 01 the math of charts and the manifold key ·
 # 02 the four variants side by side · 03 fine-tuning · 04 what each chart attends to ·
-# 05 attributions · 06 chart count and chart similarity · 07 relevance, faithfulness and the key atlas.
+# 05 attributions · 06 chart count and chart similarity · 07 relevance, faithfulness and the key atlas ·
+# 08 beyond classification.
 #
 # Attention maps (notebook 04) say where a query *looks*; they do not say what the prediction
 # *depends on*. Attributions do: they distribute the class score over the inputs of a chosen

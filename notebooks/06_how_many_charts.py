@@ -16,9 +16,10 @@
 # %% [markdown]
 # # 06 — How many charts?
 #
-# *Part 6 of 7 of the `mkviz` course.* 01 the math of charts and the manifold key ·
+# *Part 6 of 8 of the `mkviz` course.* 01 the math of charts and the manifold key ·
 # 02 the four variants side by side · 03 fine-tuning · 04 what each chart attends to ·
-# 05 attributions · 06 chart count and chart similarity · 07 relevance, faithfulness and the key atlas.
+# 05 attributions · 06 chart count and chart similarity · 07 relevance, faithfulness and the key atlas ·
+# 08 beyond classification.
 #
 # The paper's main experiments use $H = 8$ charts. What changes with the number of charts? This
 # notebook takes five VanillaK models that differ **only** in $H$ (1, 2, 4, 8 and 16 charts;

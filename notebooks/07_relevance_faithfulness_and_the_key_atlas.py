@@ -16,9 +16,10 @@
 # %% [markdown]
 # # 07 — Relevance, faithfulness and the key atlas
 #
-# *Part 7 of 7 of the `mkviz` course.* 01 the math of charts and the manifold key ·
+# *Part 7 of 8 of the `mkviz` course.* 01 the math of charts and the manifold key ·
 # 02 the four variants side by side · 03 fine-tuning · 04 what each chart attends to ·
-# 05 attributions · 06 chart count and chart similarity · 07 relevance, faithfulness and the key atlas.
+# 05 attributions · 06 chart count and chart similarity · 07 relevance, faithfulness and the key atlas ·
+# 08 beyond classification.
 #
 # Notebook 04 showed where each chart's
 # attention *looks*; notebook 05 what the score *depends on* through captum. This notebook goes
