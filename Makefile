@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install data chromium demo test test-fast lab book bench-params checkpoints repro repro-kernel repro-small sync-notebooks clean
+.PHONY: install data chromium demo test test-fast lab book bench-params checkpoints repro repro-kernel repro-dense repro-small sync-notebooks clean
 
 install: $(STAMP) data
 
@@ -78,6 +78,11 @@ repro: install
 repro-kernel: install
 	$(BIN)/mkviz sweep configs/kernel_fmnist.yaml
 	$(BIN)/mkviz sweep configs/kua_usage_fmnist.yaml
+
+# the dense study on Fashion-MNIST scenes (docs/dense_fmnist.md: segmentation mIoU and detection box mAP, baseline
+# against VanillaK-8 and KUA-8; about 90 minutes on 2 cores; resumable: run it again after a stop)
+repro-dense: install
+	$(BIN)/mkviz sweep configs/dense_fmnist.yaml
 
 # the first, superseded study on shapes and digits (docs/reproduction.md; about 40 minutes)
 repro-small: install

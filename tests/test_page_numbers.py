@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import json
 import math
 import re
@@ -23,11 +24,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 REPRO, CHARTS, LR = "docs/reproduction_fmnist.md", "docs/chart_specialisation.md", "docs/lr_check_fmnist.md"
 KERNEL = "docs/kernel_size_fmnist.md"
+DENSE = "docs/dense_fmnist.md"
 README, DATA = "README.md", "data/README.md"
 
 # page -> (start, end) of the region checked (None: the whole page)
 PAGES = {
-    REPRO: None, CHARTS: None, LR: None, KERNEL: None,
+    REPRO: None, CHARTS: None, LR: None, KERNEL: None, DENSE: None,
     README: ("## Does it help?", "## The course"),
     DATA: ("| checkpoint | variant |", "**Why this recipe**"),
 }
@@ -115,6 +117,19 @@ def kernel_margin() -> str:
     return f"{100 * sweep['report']['equivalence_margin']:g}"
 
 
+@functools.lru_cache(None)
+def dense_sweep() -> dict:
+    return mk("sweep", "load_sweep")(ROOT / "configs/dense_fmnist.yaml")
+
+
+def dense_power(family: int) -> tuple[str, str]:
+    """The two-sided level of Holm's first step over `family` comparisons and the 80 %-power MDE of a paired t-test
+    with the dense study's seeds, in units of the paired differences' standard deviation."""
+    n, alpha = len(dense_sweep()["seeds"]), 0.05 / family
+    mde = mk("stats", "min_detectable_effect")(1 / math.sqrt(n), n - 1, alpha)
+    return f"{alpha:g}", f"{mde:.2f}"
+
+
 def margin_pp() -> str:
     return f"{100 * study()[0]['report']['equivalence_margin']:g}"
 
@@ -169,6 +184,15 @@ class Claim(NamedTuple):
 
 V8, B, OP = "vanillak-8", "baseline", "overparam-key"
 CLAIMS = [
+    # --- dense_fmnist.md: the question, from the sweep file, the dataset's defaults and mkviz.stats
+    Claim(DENSE, "box IoU at most {} with\n  every earlier", lambda: (
+        f"{inspect.signature(mk('data.scenes', 'FashionScenesDataset')).parameters['max_iou'].default:g}",)),
+    Claim(DENSE, "equivalence at a margin of **±{} point**", lambda: (
+        f"{100 * dense_sweep()['report']['equivalence_margin']:g}",)),
+    Claim(DENSE, "weight decay {}\n  (chart scales", lambda: (f"{dense_sweep()['common']['weight_decay']:g}",)),
+    Claim(DENSE, "unbalanced-atlas weight {} (as in", lambda: (f"{dense_sweep()['configs']['kua-8']['ua_weight']:g}",)),
+    Claim(DENSE, "primary\n  comparisons (α = {}) detects with 80 % power a true difference of {} σ", lambda: dense_power(2)),
+    Claim(DENSE, "four-comparison family (α = {}) one of {} σ", lambda: dense_power(4)),
     # --- reproduction_fmnist.md: the question and the set-up
     Claim(REPRO, "KUA-8 (λ = {}", lambda: (str(study()[0]["configs"]["kua-8"]["ua_weight"]),)),
     Claim(REPRO, "the last epoch added {}–{} points", lambda: (
@@ -334,6 +358,8 @@ CLAIMS += [
 
 # numbers that are constants of the design or quoted from outside, not results: (page, exact text, reason)
 ALLOWED = [
+    (DENSE, "IoU\n  0.50:0.95", "COCO's definition of mAP"),
+    (DENSE, "80 % power", "the stated power of the MDE"),
     (REPRO, "arXiv 2402.00534", "the paper's identifier"),
     (REPRO, "+0.87 top-1 for ViT-B and +0.52 for Swin-T", "the paper's reported ImageNet gains"),
     (REPRO, "gain (+0.52, Swin-T)", "the paper's reported ImageNet gain"),

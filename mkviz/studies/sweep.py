@@ -32,6 +32,7 @@ from ..training.config import TrainConfig
 from ..training.inputs import build_datasets
 from ..training.loop import evaluate, train
 from ..training.run_dir import changed_settings
+from ..training.tasks import TASKS
 from . import sweep_report
 from .sweep_config import Run, expand_runs, load_sweep
 import torch
@@ -88,15 +89,18 @@ def _run_one(sweep: dict[str, Any], run: Run, state: str) -> dict[str, Any]:
     res = train(cfg)
     wall = time.perf_counter() - t0
     model = res.pop("model")
-    size = int(getattr(model.patch_embed, "img_size", (32, 32))[0]) if hasattr(model, "patch_embed") else 32
     resolved = cfg.resolved()
+    size = int(getattr(model.patch_embed, "img_size", (32, 32))[0]) if hasattr(model, "patch_embed") else \
+        int(resolved.timm_kwargs.get("img_size", 32))  # a dense model: its backbone's input size
+    # every metric of the final evaluation: val_/test_ loss and acc (classification), miou, map, ... (dense tasks)
+    metrics = {f"{split}_{name}": value for split in ("val", "test") for name, value in res[split].items()
+               if name != "count"}
     record = {
         "sweep": sweep["name"], "run_id": run.run_id, "dataset": run.dataset, "config": run.config,
-        "seed": run.seed, "variant": resolved.variant,
+        "seed": run.seed, "variant": resolved.variant, "task": resolved.task, "headline": TASKS[resolved.task].headline,
         "num_charts": cfg.num_charts if resolved.variant != "baseline" else None,
-        "params": count_params(model), "flops": count_flops(model.cpu(), (1, 3, size, size)),
-        "val_acc": res["val"]["acc"], "test_acc": res["test"]["acc"], "test_loss": res["test"]["loss"],
-        "epochs": res["epoch"], "steps": res["step"], "history": res["history"],
+        "params": count_params(model), "flops": count_flops(model.cpu().eval(), (1, 3, size, size)),
+        **metrics, "epochs": res["epoch"], "steps": res["step"], "history": res["history"],
         "train_time_s": round(sum(r["time"] for r in res["history"]), 2), "wall_time_s": round(wall, 2),
         "resumed": state == "partial", "threads": torch.get_num_threads(), "machine": machine_description(),
         "train": resolved.to_dict(), "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -105,7 +109,7 @@ def _run_one(sweep: dict[str, Any], run: Run, state: str) -> dict[str, Any]:
         record["train"].pop(key, None)
     if res.get("chart_init"):
         record["chart_init"] = res["chart_init"]
-    if resolved.variant == "kua":
+    if resolved.variant == "kua" and resolved.task == "classification":
         record["test_acc_one_hot"] = one_hot_test_accuracy(resolved, model)
     ckpt.atomic_write_json(result_path, record)
     return {**record, "_state": state}
@@ -142,7 +146,8 @@ def run_sweep(sweep: dict[str, Any], jobs: Optional[int] = None, only: Optional[
             print(f"[{n + 1}/{len(runs)}] {run.run_id} FAILED: {err}", file=log, flush=True)
         else:
             records.append(rec)
-            print(f"[{n + 1}/{len(runs)}] {run.run_id}  test acc {rec['test_acc']:.3f}  "
+            headline = rec.get("headline", "acc")
+            print(f"[{n + 1}/{len(runs)}] {run.run_id}  test {headline} {rec['test_' + headline]:.3f}  "
                   f"({rec['wall_time_s']:.0f} s{', resumed' if rec['_state'] == 'partial' else ''}; "
                   f"{time.perf_counter() - t0:.0f} s elapsed)", file=log, flush=True)
 

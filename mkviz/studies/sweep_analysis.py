@@ -194,7 +194,11 @@ def lr_check_block(lr_sweep: dict[str, Any], records: list[dict[str, Any]]) -> s
 
 
 # ----------------------------------------------------------------------------- cost
-def _train_step_flops(train: dict[str, Any], batch: int) -> int:
+def _train_step_flops(train: dict[str, Any], batch: int) -> Optional[int]:
+    """Counted FLOPs of one classification training step (None for a dense task: a detector's step depends on its
+    proposals and needs targets; the backbone's share is the classification model's)."""
+    if train.get("task", "classification") != "classification":
+        return None
     cfg = TrainConfig(**{k: v for k, v in train.items() if k != "timm_kwargs"},
                       timm_kwargs=dict(train["timm_kwargs"])).resolved()
     model = build_model(model_spec(cfg, num_classes_of(cfg)))
@@ -218,10 +222,12 @@ def cost_block(sweep: dict[str, Any], rows: dict[str, dict[str, Any]], records: 
              "| training FLOPs × | mean training time (s) | × |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for config, i in info.items():
-        ratio = (lambda key: f"{i[key] / b[key]:.2f}") if b else (lambda key: "–")
-        total = f"{i['step'] * i['epochs'] / (b['step'] * b['epochs']):.2f}" if b else "–"
+        ratio = (lambda key: f"{i[key] / b[key]:.2f}" if b and i[key] and b[key] else "–")
+        counted = b and i["step"] and b["step"]
+        total = f"{i['step'] * i['epochs'] / (b['step'] * b['epochs']):.2f}" if counted else "–"
+        step = f"{i['step'] / 1e9:.2f} ({i['batch']})" if i["step"] else f"– ({i['batch']})"
         lines.append(f"| `{config}` | {i['params'] / 1e3:.0f}k | {ratio('params')} | {i['flops'] / 1e6:.1f} "
-                     f"| {i['step'] / 1e9:.2f} ({i['batch']}) | {ratio('step')} | {i['epochs']} | {total} "
+                     f"| {step} | {ratio('step')} | {i['epochs']} | {total} "
                      f"| {i['time']:.0f} | {ratio('time')} |")
     return "\n".join(lines) + "\n"
 
@@ -229,22 +235,25 @@ def cost_block(sweep: dict[str, Any], rows: dict[str, dict[str, Any]], records: 
 def curves_block(sweep: dict[str, Any], records: list[dict[str, Any]]) -> str:
     """How flat the training curves were at the end, per configuration: validation accuracy after the last
     epoch, what the last epoch added to it (mean and range over seeds), and the train − validation gap then."""
-    lines = ["| configuration | n | epochs | val acc % after the last epoch | last epoch's gain, pp (mean [min, max]) "
-             "| train − val, pp |", "|---|---:|---:|---:|---:|---:|"]
+    name = records[0].get("headline", "acc") if records else "acc"  # the task's metric: acc, miou, map
+    val, trained = f"val_{name}", f"train_{name}"
+    lines = [f"| configuration | n | epochs | val {name} % after the last epoch | last epoch's gain, pp (mean [min, "
+             f"max]) | train − val, pp |", "|---|---:|---:|---:|---:|---:|"]
     gains_all = []
     for config in sweep["configs"]:
         hists = [r["history"] for r in records if r["config"] == config and len(r["history"]) >= 2]
         if not hists:
             continue
-        gains = [h[-1]["val_acc"] - h[-2]["val_acc"] for h in hists]
-        gaps = [h[-1]["train_acc"] - h[-1]["val_acc"] for h in hists]
+        gains = [h[-1][val] - h[-2][val] for h in hists]
+        gaps = [h[-1][trained] - h[-1][val] for h in hists if trained in h[-1]]
         gains_all += gains
-        lines.append(f"| `{config}` | {len(hists)} | {len(hists[0])} | {_ms([h[-1]['val_acc'] for h in hists])} "
+        lines.append(f"| `{config}` | {len(hists)} | {len(hists[0])} | {_ms([h[-1][val] for h in hists])} "
                      f"| {_pp(float(np.mean(gains)), 2)} [{_pp(min(gains), 2)}, {_pp(max(gains), 2)}] "
-                     f"| {_pp(float(np.mean(gaps)))} |")
+                     f"| {_pp(float(np.mean(gaps))) if gaps else '–'} |")
     if gains_all:
+        what = "validation accuracy" if name == "acc" else f"validation {name}"
         lines += ["", f"Over all {len(gains_all)} runs the last epoch added {_pp(float(np.mean(gains_all)), 2)} points "
-                      f"of validation accuracy on average ({_pp(min(gains_all), 2)} to {_pp(max(gains_all), 2)})."]
+                      f"of {what} on average ({_pp(min(gains_all), 2)} to {_pp(max(gains_all), 2)})."]
     return "\n".join(lines) + "\n"
 
 

@@ -54,15 +54,23 @@ def paired_p(a: dict[int, float], b: dict[int, float]) -> float:
     return float(stats.ttest_1samp(d, 0.0).pvalue)
 
 
-METRICS = ("test_acc", "val_acc")
+METRICS = ("test_acc", "val_acc")  # the classification metrics; a dense task's are test_miou, test_map, ...
+_METRIC = re.compile(r"(test|val)_[a-z0-9_]+")
 
 
-def report_metric(sweep: dict[str, Any]) -> str:
-    """The accuracy a sweep's report compares: `report.metric`, "test_acc" (default) or "val_acc" (a sweep that
-    selects settings, such as a learning-rate check, must not look at the test set)."""
+def report_metric(sweep: dict[str, Any], dataset: Optional[str] = None) -> str:
+    """The metric a sweep's report compares: `report.metric`, "test_acc" (default), "val_acc" (a sweep that selects
+    settings, such as a learning-rate check, must not look at the test set), or a dense task's "test_miou",
+    "test_map", ...; a mapping {dataset: metric} gives each dataset (e.g. each task) its own."""
     metric = (sweep.get("report") or {}).get("metric", "test_acc")
-    if metric not in METRICS:
-        raise ValueError(f"sweep {sweep['name']}: report.metric must be one of {list(METRICS)}, got {metric!r}")
+    if isinstance(metric, dict):
+        if dataset not in metric:
+            raise ValueError(f"sweep {sweep['name']}: report.metric must name a metric for every dataset "
+                             f"{list(sweep['datasets'])}, got {metric!r}")
+        metric = metric[dataset]
+    if not isinstance(metric, str) or not _METRIC.fullmatch(metric):
+        raise ValueError(f"sweep {sweep['name']}: report.metric must be one of {list(METRICS)} or another "
+                         f"test_<name> / val_<name> of the run records, got {metric!r}")
     return metric
 
 
@@ -71,8 +79,8 @@ def summarize(records: list[dict[str, Any]], sweep: dict[str, Any]) -> dict[str,
     params, flops, and (except for the baseline) the Welch comparison and paired p against the baseline."""
     out: dict[str, dict[str, dict[str, Any]]] = {}
     base = sweep["baseline"]
-    metric = report_metric(sweep)
     for dataset in sweep["datasets"]:
+        metric = report_metric(sweep, dataset)
         rows: dict[str, dict[str, Any]] = {}
         for config in sweep["configs"]:
             recs = [r for r in records if r["dataset"] == dataset and r["config"] == config]
@@ -205,7 +213,7 @@ def render_blocks(sweep: dict[str, Any], records: Optional[list[dict[str, Any]]]
     blocks = {"setup": _setup(records, sweep)}
     for dataset in sweep["datasets"]:
         rows = summary.get(dataset)
-        label = report_metric(sweep).replace("_acc", " acc")
+        label = report_metric(sweep, dataset).replace("_", " ")
         blocks[f"results-{dataset}"] = _results_table(rows, base, label) if rows else "No finished runs yet.\n"
     rep = sweep.get("report") or {}
     if rep.get("primary"):  # a sweep that stated its comparisons: the full analysis

@@ -1,0 +1,69 @@
+"""A sweep over the dense tasks: segmentation and detection on fashion-scenes, each dataset entry its own task and
+metric (`report.metric: {seg: test_miou, det: test_map}`), through the same runs, records and page blocks."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from mkviz.studies.sweep import run_sweep
+from mkviz.studies.sweep_config import load_sweep
+from mkviz.studies.sweep_report import render_blocks, report_metric, summarize
+
+DENSE = {
+    "name": "dense_micro", "plots_dir": None, "seeds": [0, 1], "jobs": 1, "baseline": "baseline",
+    "common": {"dataset": "fashion-scenes", "timm_kwargs": {"depth": 2, "embed_dim": 32}, "num_train": 16,
+               "num_eval": 8, "batch_size": 8, "epochs": 2, "lr": 2e-3},
+    "datasets": {"seg": {"task": "segmentation"}, "det": {"task": "detection"}},
+    "configs": {"baseline": {"variant": "baseline"}, "vanillak-2": {"variant": "vanillak", "num_charts": 2}},
+    "report": {"metric": {"seg": "test_miou", "det": "test_map"}, "primary": [["vanillak-2", "baseline"]],
+               "family": "stated", "equivalence_margin": 0.01},
+}
+
+
+@pytest.fixture(scope="module")
+def dense_sweep(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dense")
+    sweep = {**DENSE, "results_dir": str(tmp / "res"), "runs_dir": str(tmp / "runs"), "page": str(tmp / "page.md")}
+    (tmp / "dense.yaml").write_text(yaml.safe_dump(sweep))
+    sweep = load_sweep(tmp / "dense.yaml")
+    records, failures = run_sweep(sweep, jobs=1)
+    assert failures == []
+    return sweep, records
+
+
+@pytest.mark.slow
+def test_dense_records_carry_their_tasks_metrics(dense_sweep):
+    sweep, records = dense_sweep
+    assert len(records) == 8
+    for r in records:
+        task = {"seg": "segmentation", "det": "detection"}[r["dataset"]]
+        assert r["task"] == task and r["headline"] == {"segmentation": "miou", "detection": "map"}[task]
+        assert 0.0 <= r[f"test_{r['headline']}"] <= 1.0 and r["test_loss"] > 0 and r["flops"] > 0
+        assert "test_acc" not in r and "test_acc_one_hot" not in r
+        assert r["history"][-1][f"val_{r['headline']}"] == pytest.approx(r[f"val_{r['headline']}"])
+
+
+@pytest.mark.slow
+def test_dense_page_blocks_compare_each_tasks_metric(dense_sweep):
+    sweep, records = dense_sweep
+    summary = summarize(records, sweep)
+    for dataset, metric in (("seg", "test_miou"), ("det", "test_map")):
+        recs = [r for r in records if r["dataset"] == dataset and r["config"] == "vanillak-2"]
+        assert summary[dataset]["vanillak-2"]["mean"] == pytest.approx(np.mean([r[metric] for r in recs]))
+    blocks = render_blocks(sweep, records, summary)
+    assert "test miou" in blocks["results-seg"] and "test map" in blocks["results-det"]
+    assert "`vanillak-2` − `baseline` | primary" in blocks["comparisons-seg"]
+    assert "val miou %" in blocks["curves-seg"] and "val map %" in blocks["curves-det"]
+    assert "| – (8) |" in blocks["cost-det"]  # a detector's step FLOPs are not counted
+
+
+def test_report_metric_per_dataset_and_bad_values():
+    sweep = {"name": "s", "datasets": {"seg": {}, "det": {}}, "report": {"metric": {"seg": "test_miou"}}}
+    assert report_metric(sweep, "seg") == "test_miou"
+    with pytest.raises(ValueError, match="report.metric must name a metric for every dataset"):
+        report_metric(sweep, "det")
+    with pytest.raises(ValueError, match="report.metric must be one of"):
+        report_metric({"name": "s", "report": {"metric": "accuracy"}})
