@@ -17,12 +17,16 @@ from mkviz import exercises
 from mkviz.data import FASHION_MNIST_SYSTEM_DIR
 from mkviz.course.exercises import EXERCISES, check
 from mkviz.course.grading import exercise_cells, grade, solutions_for, with_solutions
+from mkviz.core.detection import build_detector
 from mkviz.core.key import ManifoldKey
+from mkviz.explain.metrics import patch_coverage
+
+from conftest import small_vit
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("0*.ipynb"))
 HAVE_DATA = (FASHION_MNIST_SYSTEM_DIR / "t10k-images-idx3-ubyte.gz").is_file()
-NEEDS_DATA = ("03_", "04_", "05_", "06_", "07_")   # the notebooks that read Fashion-MNIST
+NEEDS_DATA = ("03_", "04_", "05_", "06_", "07_", "08_")   # the notebooks that read Fashion-MNIST
 
 
 @pytest.fixture(autouse=True)
@@ -95,6 +99,47 @@ def test_the_spatialk_check_accepts_the_one_matmul_form(capsys):
     answer = x @ (s[:, :, None] * W).mean(0).T + (s * key.chart_maps.bias.view(3, 16)).mean(0)
     check("01.spatialk-one-matmul", answer, key=key, x=x)
     assert _line(capsys).startswith("✓ PASS")
+
+
+def test_the_anchor_count_check_counts_the_detectors_anchors(capsys):
+    torch.manual_seed(0)
+    detector = build_detector("vit", embed_dim=32, depth=1, num_heads=2).eval()
+    images = torch.randn(2, 3, 64, 64)
+    check("08.anchor-count", (16 * 16 + 8 * 8 + 4 * 4 + 2 * 2) * 3, detector=detector, images=images)
+    assert _line(capsys).startswith("✓ PASS 08.anchor-count")
+    check("08.anchor-count", 16 * 16 + 8 * 8 + 4 * 4 + 2 * 2, detector=detector, images=images)  # one per location
+    assert "you say 340 anchors; the detector's anchor generator places 1020" in _line(capsys)
+    check("08.anchor-count", 1020.0, detector=detector, images=images)
+    assert "should be an int" in _line(capsys)
+
+
+def test_the_chance_shares_check_compares_with_scene_attention_shares(capsys):
+    """Three rectangles on a 32-px image (4x4 patches of 8 px), the last on top; the third covers no patch for
+    half its pixels, so it has no query and does not count."""
+    torch.manual_seed(0)
+    masks = torch.zeros(3, 32, 32, dtype=torch.uint8)
+    for k, (y0, x0, y1, x1) in enumerate([(0, 0, 16, 16), (8, 16, 32, 32), (28, 0, 32, 6)]):
+        masks[:k, y0:y1, x0:x1] = 0
+        masks[k, y0:y1, x0:x1] = 1
+    given = dict(model=small_vit().eval(), image=torch.randn(3, 32, 32), masks=masks, layer="blocks.1.attn")
+    articles, per_article = masks.bool(), []
+    for k in range(3):
+        others = articles[torch.arange(3) != k].any(0)
+        coverage = torch.stack([patch_coverage(m, (4, 4)) for m in (articles[k], others, ~articles.any(0))])
+        if (coverage[0] >= 0.5).any():
+            per_article.append(coverage.mean(1))
+    assert len(per_article) == 2
+    solution = dict(zip(("same", "other", "background"), torch.stack(per_article).mean(0).tolist()))
+    check("08.chance-shares", solution, **given)
+    assert _line(capsys).startswith("✓ PASS 08.chance-shares")
+    check("08.chance-shares", tuple(solution.values()), **given)   # the three shares in order are accepted too
+    assert _line(capsys).startswith("✓ PASS 08.chance-shares")
+    every = torch.stack([torch.stack([patch_coverage(m, (4, 4)) for m in (articles[k], articles[torch.arange(3) != k]
+                                      .any(0), ~articles.any(0))]).mean(1) for k in range(3)]).mean(0)
+    check("08.chance-shares", dict(zip(solution, every.tolist())), **given)   # the third article counted too
+    assert _line(capsys).startswith("✗ FAIL 08.chance-shares: your 'same' share is ")
+    check("08.chance-shares", {"same": 0.1}, **given)
+    assert "should have the keys ['same', 'other', 'background']" in _line(capsys)
 
 
 def test_grading_a_student_notebook_reports_checks_and_errors(tmp_path, capsys):

@@ -25,8 +25,10 @@ from ..core.cost import count_params
 from ..core.key import ManifoldKey
 from ..explain.metrics import chart_cosine_similarity
 from ..explain.relevance import class_relevance
+from ..explain.scene_attention import REGIONS, scene_attention_shares
 from ..training.inputs import EpochBatchSampler
 import torch
+from torchvision.models.detection.image_list import ImageList
 
 __all__ = ["EXERCISES", "CheckResult", "Exercise", "check", "results", "reset"]
 
@@ -302,3 +304,38 @@ def _deletion_auc(answer: Any, curve: Any, fractions: Any) -> Optional[str]:
 
     expected = torch.trapezoid(curve.double(), fractions.double()).item()
     return _number_problem(answer, expected, "your area", tol=1e-5)
+
+
+# --------------------------------------------------------------------------- 08 beyond classification
+@_exercise("08.anchor-count", "the number of anchors the region proposal network places on one scene",
+           "at every location of every pyramid level there is one anchor per aspect ratio: the sum over the "
+           "levels of h·w (levels[name].shape[-2:]) times len(ASPECT_RATIOS).")
+def _anchor_count(answer: Any, detector: Any, images: Any) -> Optional[str]:
+    if isinstance(answer, bool) or not isinstance(answer, int):
+        return f"the answer should be an int, got {answer!r}."
+    with torch.no_grad():
+        features = list(detector.backbone(images).values())       # [(B, C, h, w)] per level
+    sizes = [tuple(images.shape[-2:])] * len(images)
+    expected = len(detector.rpn.anchor_generator(ImageList(images, sizes), features)[0])   # (A, 4) for image 0
+    if answer != expected:
+        return f"you say {answer} anchors; the detector's anchor generator places {expected} on one image."
+    return None
+
+
+@_exercise("08.chance-shares", "the chance shares (same article, other articles, background) of one scene",
+           "per article k with (patch_coverage(masks[k], (8, 8)) >= 0.5).any(): the mean over the 64 patches of "
+           "the coverage of masks[k], of the other masks' union and of ~masks.any(0); then the mean over those "
+           "articles.")
+def _chance_shares(answer: Any, model: Any, image: Any, masks: Any, layer: str) -> Optional[str]:
+    if isinstance(answer, dict):
+        if set(answer) != set(REGIONS):
+            return f"the answer should have the keys {list(REGIONS)}, got {sorted(answer)}."
+        answer = [answer[region] for region in REGIONS]
+    if not isinstance(answer, (list, tuple)) or len(answer) != len(REGIONS):
+        return f"the answer should be a dict {{{', '.join(map(repr, REGIONS))}: share}}, got {answer!r}."
+    chance = scene_attention_shares(model, image[None], [masks], layer)["chance"]
+    for region, value in zip(REGIONS, answer):
+        problem = _number_problem(value, chance[region], f"your {region!r} share", tol=1e-5)
+        if problem:
+            return problem
+    return None
