@@ -386,5 +386,5 @@ assert all(0.9 < v <= 1.0 + 1e-6 for row in mean_cos.values() for v in row.value
 #   [`docs/chart_specialisation.md`](../docs/chart_specialisation.md) argues this and measures, over
 #   training, how far charts of each variant moved apart or together.
 #
-# This is the end of the course. `README.md` lists the library's entry points; `mkviz train`
-# trains your own models and `mkviz.ChartExplorer` opens any of them.
+# **Next, 07:** relevance, faithfulness and the key atlas: which patches made the model predict
+# its class, and which map to believe.

@@ -449,3 +449,6 @@ ex
 # - `record_attention(lazy=True)` keeps O(N) per layer and recomputes any row exactly.
 # - `mkviz.figures.key_atlas` shows queries and chart keys together; in the explorer a click picks
 #   the query.
+#
+# **Next, 08:** beyond classification: the same backbone under a segmentation head and a Mask R-CNN,
+# on scenes of several articles.
