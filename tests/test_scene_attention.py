@@ -7,7 +7,8 @@ import torch
 from conftest import small_vit
 
 import mkviz
-from mkviz.explain.scene_attention import REGIONS, region_coverage, scene_attention_shares
+from mkviz.explain.scene_attention import (REGIONS, query_region_shares, query_regions, region_coverage,
+                                           scene_attention_shares)
 
 LAYER = "blocks.1.attn"
 
@@ -71,3 +72,35 @@ def test_bad_inputs_are_one_line():
     images, masks = _scenes()
     with pytest.raises(ValueError, match="masks: one"):
         scene_attention_shares(small_vit().eval(), images, masks[:1], LAYER)
+
+
+def test_per_query_form_averages_to_scene_attention_shares():
+    """query_regions / query_region_shares: each query's shares; averaged over an instance's queries, then over
+    instances, they are scene_attention_shares (fused and every chart); a query on no instance has NaN "same"."""
+    images, masks = _scenes()
+    model = mkviz.convert(small_vit(), "vanillak", 4, perturbation=0.5).eval()
+    out = scene_attention_shares(model, images, masks, LAYER)
+    with torch.no_grad(), mkviz.record_attention(model, layers=[LAYER]) as rec:
+        model(images)
+    per_instance = []
+    for b in range(2):
+        instance, coverage = query_regions(masks[b], (4, 4))  # (16,), (16, 3, 16)
+        maps = torch.cat([rec.attention[LAYER][b][None], rec.chart_attention[LAYER][b]])[:, :, 1:, 1:]  # (5, heads, 16, 16)
+        shares = query_region_shares(maps, coverage).mean(1)  # (5, 16, 3): heads averaged
+        background = instance < 0
+        assert shares[:, background, 0].isnan().all() and not shares[:, ~background].isnan().any()
+        torch.testing.assert_close(shares[..., 1:].sum(-1)[:, background], torch.ones(5, int(background.sum())))
+        torch.testing.assert_close(shares[:, ~background].sum(-1), torch.ones(5, int((~background).sum())))
+        per_instance += [shares[:, instance == k].mean(1) for k in range(len(masks[b])) if (instance == k).any()]
+    mean = torch.stack(per_instance).mean(0)  # (5, 3)
+    assert mean[0].tolist() == pytest.approx([out["fused"][r] for r in REGIONS], abs=1e-6)
+    for c in range(4):
+        assert mean[1 + c].tolist() == pytest.approx([out["charts"][c][r] for r in REGIONS], abs=1e-6)
+    # image 1: patch (0, 2) is half on the first rectangle (x 16..20 of 16..24): on it; (2, 1) a quarter on the
+    # third: on none; (3, 3) below the second (it ends at y 24): on none
+    instance, coverage = query_regions(masks[1], (4, 4))
+    assert instance.view(4, 4).tolist() == [[0, 0, 0, -1], [0, 0, 1, 1], [2, -1, 1, 1], [2, 2, -1, -1]]
+    assert coverage[9, 0].isnan().all() and coverage[9, 1:].sum(0).tolist() == pytest.approx([1.0] * 16)
+    torch.testing.assert_close(coverage[2], region_coverage(masks[1], 0, (4, 4)))
+    empty, cov = query_regions(torch.zeros(0, 32, 32), (4, 4))
+    assert (empty == -1).all() and cov[:, 2].eq(1).all()

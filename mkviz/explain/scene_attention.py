@@ -11,6 +11,10 @@ heads averaged) is split by the patches' pixel coverage (`patch_coverage`, "frac
 The three shares sum to 1 per query. Chance is what uniform attention over the patches gives: the mean
 coverage of each region. Shares are averaged over the queries of an instance, then over instances, so
 a large article does not outweigh a small one. The same for the fused map and for each chart's map.
+
+The per-query form (what the explorers draw for one query): `query_regions(masks, grid)` gives every patch's
+instance and the region partition seen from it, `query_region_shares(rows, coverage)` the three shares of each
+query's row. A query on no instance (no instance covers half of it) has no "same" region: NaN there.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ from .maps import patch_grid
 from .metrics import patch_coverage
 from .record import record_attention
 
-__all__ = ["REGIONS", "region_coverage", "scene_attention_shares"]
+__all__ = ["REGIONS", "region_coverage", "query_regions", "query_region_shares", "scene_attention_shares"]
 
 REGIONS = ("same", "other", "background")
 
@@ -42,10 +46,42 @@ def region_coverage(masks: torch.Tensor, instance: int, grid_size: tuple[int, in
     return torch.stack([patch_coverage(m, grid_size) for m in (same, others, background)])  # (3, P)
 
 
-def _shares(rows: torch.Tensor, coverage: torch.Tensor) -> torch.Tensor:
-    """rows: (heads, Q, P) attention over patches, renormalised; coverage (3, P) -> (3,) mean shares."""
+def query_regions(masks: torch.Tensor, grid_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(instance (P,) long, coverage (P, 3, P)): each patch's instance (-1: none covers half of it) and, seen
+    from a query on that patch, `region_coverage` of its instance (the "same" row NaN for a query on none).
+
+    masks: (K, H_img, W_img) silhouettes of one image (K may be 0). A patch half covered by two instances
+    belongs to the first.
+    """
+    if masks.dim() != 3:
+        raise ValueError(f"masks must be (K, H, W), got {tuple(masks.shape)}")
+    p = grid_size[0] * grid_size[1]
+    if len(masks) == 0:  # nothing but background
+        empty = torch.tensor([float("nan"), 0.0, 1.0])[:, None].expand(3, p)  # (3, P)
+        return torch.full((p,), -1), empty[None].expand(p, 3, p).clone()
+    per_instance = torch.stack([region_coverage(masks, k, grid_size) for k in range(len(masks))])  # (K, 3, P)
+    on = per_instance[:, 0] >= 0.5  # (K, P): the patch lies on instance k
+    instance = torch.where(on.any(0), on.float().argmax(0), torch.full((p,), -1))  # (P,)
+    objects = per_instance[0, 0] + per_instance[0, 1]  # (P,) coverage by any instance
+    none = torch.stack([torch.full((p,), float("nan")), objects, per_instance[0, 2]])  # (3, P)
+    coverage = torch.where((instance >= 0)[:, None, None], per_instance[instance.clamp_min(0)], none)  # (P, 3, P)
+    return instance, coverage
+
+
+def query_region_shares(rows: torch.Tensor, coverage: torch.Tensor) -> torch.Tensor:
+    """(..., Q, 3) shares of each query's row on its same / other / background regions (NaN: no same region).
+
+    rows: (..., Q, P) attention of Q queries over the P patches (prefix tokens left out; renormalised here);
+    coverage: (Q, 3, P) the queries' region partitions (`query_regions`, indexed by the queries' patches).
+    """
     rows = rows / rows.sum(-1, keepdim=True).clamp_min(1e-12)
-    return torch.einsum("hqp,rp->r", rows, coverage) / (rows.shape[0] * rows.shape[1])
+    return torch.einsum("...qp,qrp->...qr", rows, coverage)
+
+
+def _shares(rows: torch.Tensor, coverage: torch.Tensor) -> torch.Tensor:
+    """rows: (heads, Q, P) attention over patches; coverage (3, P) -> (3,) mean shares."""
+    per_query = query_region_shares(rows, coverage[None].expand(rows.shape[1], -1, -1))  # (heads, Q, 3)
+    return per_query.mean((0, 1))
 
 
 def _image_shares(fused: torch.Tensor, charts: torch.Tensor | None, masks: torch.Tensor,

@@ -107,10 +107,8 @@ class AttentionCache:
         rec, geo = self.entry(i)["recording"], self.geometry[layer]
         with torch.no_grad():
             if geo["kind"] == "vit":
-                idx = query_index(int(query[0]), int(query[1]), geo["grid"], geo["prefix"])
-                a = rec.attention_rows(layer, [idx])[0, :, 0]  # (heads, N)
-                ca = torch.stack([rec.attention_rows(layer, [idx], chart=c)[0, :, 0]
-                                  for c in range(self.num_charts)])  # (H, heads, N)
+                rows = self.query_rows(i, layer, query)
+                a, ca = rows[0], rows[1:]  # (heads, N), (H, heads, N)
                 frow = a.mean(0) if head is None else a[head]
                 crow = ca.mean(1) if head is None else ca[:, head]
                 gh, gw = geo["grid"]
@@ -120,6 +118,17 @@ class AttentionCache:
             fused = rec.image_map(layer, q, head=head)
             charts = rec.chart_maps(layer, q, head=head)
         return fused, charts, fused.reshape(-1), charts.flatten(1)
+
+    def query_rows(self, i: int, layer: str, query: Tuple[int, int]) -> torch.Tensor:
+        """(1 + H, heads, N) attention rows of one query of a ViT layer: the fused map's, then each chart's."""
+        rec, geo = self.entry(i)["recording"], self.geometry[layer]
+        if geo["kind"] != "vit":
+            raise ValueError(f"query_rows: {layer} is Swin window attention; rows are for ViT layers")
+        idx = query_index(int(query[0]), int(query[1]), geo["grid"], geo["prefix"])
+        with torch.no_grad():
+            a = rec.attention_rows(layer, [idx])[0, :, 0]  # (heads, N)
+            ca = [rec.attention_rows(layer, [idx], chart=c)[0, :, 0] for c in range(self.num_charts)]
+        return torch.stack([a, *ca])
 
     def similarity(self, i: int, layer: str, head: Head, kind: str) -> torch.Tensor:
         """(H, H) chart similarity of a layer: cosine / CKA of the chart keys (restricted to the head's channels

@@ -5,11 +5,14 @@ recorded layer, head and patch query, the fused attention row and every chart's 
 (rows (B, heads, G, 1 + H, G), G = gh·gw patches, as base64 float32 or float16), the per-chart statistics of
 each query (entropy of the whole row over all N keys, prefix tokens included; share of the map on the
 evidence mask), the chart similarity matrices of every similarity kind (`mkviz.explain.metrics.chart_similarity`,
-as `ChartExplorer` computes them) and the key atlas's 2-D points (`mkviz.viz.key_atlas.key_atlas`). The head
+as `ChartExplorer` computes them) and the key atlas's 2-D points (`mkviz.viz.key_atlas.key_atlas`); with
+instance masks, each query's shares on the same object, the other objects and the background
+(`mkviz.viz.scene_view`: "scene" (B, k, G, M, 3), NaN "same" for a query on no object; "scene_chance"
+(B, G, 3), what uniform attention gives). The head
 "mean" of the maps is the mean of the heads' rows (computed in the page from the embedded rows, or embedded
 alone with heads="mean"); its statistics and atlas are mkviz's.
 
-    model_data(model, x, masks, opts)     every array of one model on the images, stacked over the images
+    model_data(model, x, masks, opts, scenes=None)     every array of one model on the images, stacked over the images
     encode_arrays / decode_array          arrays <-> {"shape", "dtype", "data": base64, little endian}
     model_inputs, evidence_masks, display_sources, explorer_options: the inputs, checked
 
@@ -31,8 +34,10 @@ from ..core.checks import check_choice
 from ..explain import metrics
 from ..explain.maps import patch_grid
 from ..explain.record import record_attention
+from ..explain.scene_attention import query_regions
 from .figure_base import image_source
 from .key_atlas import key_atlas
+from .scene_view import scene_shares_by_head
 
 __all__ = ["model_data", "encode_arrays", "decode_array", "json_script", "figure_json", "model_inputs",
            "evidence_masks", "display_sources", "explorer_options", "ROW_DTYPES", "HEAD_CHOICES"]
@@ -142,8 +147,10 @@ def _atlas_template(rec: Any, layer: str) -> dict:
     return spec
 
 
-def _layer_data(rec: Any, layer: str, grid: Any, cov: Optional[torch.Tensor], opts: dict) -> dict:
-    """One image's arrays for one layer: rows (k_rows, G, M, G), entropy and evidence (k, G, M), similarity, atlas."""
+def _layer_data(rec: Any, layer: str, grid: Any, cov: Optional[torch.Tensor], opts: dict,
+                regions: Optional[torch.Tensor] = None) -> dict:
+    """One image's arrays for one layer: rows (k_rows, G, M, G), entropy and evidence (k, G, M), similarity, atlas;
+    with regions (G, 3, G) (`query_regions`), scene (k, G, M, 3)."""
     p = grid.num_prefix_tokens
     fused = rec.attention[layer][0][None]  # (1, heads, N, N)
     charts = rec.chart_attention[layer][0]  # (H, heads, N, N)
@@ -155,6 +162,9 @@ def _layer_data(rec: Any, layer: str, grid: Any, cov: Optional[torch.Tensor], op
                entropy=metrics.attention_entropy(stacked).permute(1, 2, 0).numpy())
     if cov is not None:
         out["evidence"] = _shares(stacked[..., p:], cov).permute(1, 2, 0).numpy()
+    if regions is not None:
+        scene = scene_shares_by_head(patch, regions)  # (M, 1 + heads, G, 3)
+        out["scene"] = (scene if opts["heads"] == "all" else scene[:, :1]).permute(1, 2, 0, 3).numpy()
     heads = _head_options(fused.shape[1], opts["heads"])
     if opts["maps"] == "charts":
         out["similarity"] = _similarities(rec, layer, heads, opts["similarity"])
@@ -183,17 +193,21 @@ def _manifold_layers(rec: Any, model: nn.Module, name: str) -> List[str]:
 
 
 def model_data(model: nn.Module, x: torch.Tensor, masks: Optional[torch.Tensor], opts: dict,
-               name: str = "model") -> dict:
+               name: str = "model", scenes: Optional[Sequence[torch.Tensor]] = None) -> dict:
     """Every embedded array of one model on images x (B, 3, H, W): {"charts", "heads", "grid", "layers":
-    {layer: {array: (B, ...)}}, "predicted": [(class, p)]} (arrays stacked over the images)."""
+    {layer: {array: (B, ...)}}, "predicted": [(class, p)], "scene_chance": (B, G, 3) or None} (arrays stacked
+    over the images). scenes: B instance masks (K_b, H, W) (`instance_masks_list`) or None."""
     model = _check_model(model, name).eval()
     grid = patch_grid(model, tuple(x.shape[-2:]))
-    per_image, predicted, layers = [], [], None
+    per_image, predicted, layers, chance = [], [], None, []
     for i in range(x.shape[0]):
         rec, probs = _record_image(model, x[i:i + 1], opts["layers"])
         layers = layers or _manifold_layers(rec, model, name)
         cov = None if masks is None else metrics.patch_coverage(masks[i], grid.grid_size).reshape(-1)
-        per_image.append({l: _layer_data(rec, l, grid, cov, opts) for l in layers})
+        regions = None if scenes is None else query_regions(scenes[i], grid.grid_size)[1]  # (G, 3, G)
+        if regions is not None:
+            chance.append(regions.mean(-1).numpy())  # (G, 3)
+        per_image.append({l: _layer_data(rec, l, grid, cov, opts, regions) for l in layers})
         predicted.append((int(probs.argmax()), float(probs.max())))
         if i == 0 and opts["atlas"]:
             atlas = _atlas_template(rec, layers[0])
@@ -202,7 +216,8 @@ def model_data(model: nn.Module, x: torch.Tensor, masks: Optional[torch.Tensor],
                        {s: np.stack([im[l][k][s] for im in per_image]) for s in per_image[0][l][k]})
                    for k in per_image[0][l]} for l in layers}
     return dict(charts=int(first.key.num_charts), heads=int(first.num_heads), grid=grid, layers=stacked,
-                predicted=predicted, atlas_template=atlas if opts["atlas"] else None)
+                predicted=predicted, atlas_template=atlas if opts["atlas"] else None,
+                scene_chance=np.stack(chance).astype(np.float32) if chance else None)
 
 
 def _b64(a: np.ndarray, dtype: str = "float32") -> str:

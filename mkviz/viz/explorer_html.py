@@ -3,6 +3,7 @@
     html = chart_explorer_html(model, images, masks=masks, class_names=names)     # a page (str)
     save_html("explorer.html", html)                                              # refuses to overwrite
     chart_count_explorer_html({1: m1, 2: m2, 4: m4, 8: m8}, images, accuracies={1: .81, ...})
+    chart_explorer_html(model, scenes, instance_masks=[m1, m2])                   # + same / other / background
     key_atlas_html(model, images)                                                 # the atlas and the fused map
     embedded_data(html)                                                           # the embedded arrays, decoded
 
@@ -32,6 +33,7 @@ from ..explain import metrics
 from . import figures
 from .explorer_data import (decode_array, display_sources, encode_arrays, evidence_masks, explorer_options,
                             figure_json, json_script, model_data, model_inputs)
+from .scene_view import instance_masks_list, scene_region_bars
 
 __all__ = ["chart_explorer_html", "chart_count_explorer_html", "key_atlas_html", "save_html", "embedded_data",
            "PLOTLY_JS_CHOICES", "MAX_DATA_BYTES"]
@@ -59,12 +61,14 @@ def _maps_template(grid: Tuple[int, int], image_size: Tuple[int, int], charts: i
     return spec
 
 
-def _stat_templates(charts: int, evidence: bool) -> dict:
+def _stat_templates(charts: int, evidence: bool, scene: bool = False) -> dict:
     zeros = [0.0] * charts
     out = dict(entropy=figure_json(figures.entropy_bars(zeros, fused=0.0, max_entropy=0.0,
                                                          title="entropy of the query's attention (nats)")))
     if evidence:
         out["evidence"] = figure_json(figures.evidence_bars(zeros, fused=0.0, chance=0.0))
+    if scene:
+        out["scene"] = figure_json(scene_region_bars(np.zeros((1 + charts, 3)), np.zeros(3)))
     return out
 
 
@@ -148,13 +152,14 @@ def _payload(kind: str, models: List[Tuple[int, dict]], x: torch.Tensor, masks: 
     max_charts = max(m["charts"] for _, m in models) if opts["maps"] == "charts" else 0
     image_size = (int(x.shape[-2]), int(x.shape[-1]))
     chance = None if masks is None else [float(metrics.patch_coverage(m, grid.grid_size).mean()) for m in masks]
+    scene = ref.get("scene_chance") is not None
     entries = []
     for h, m in models:
         charts = m["charts"] if opts["maps"] == "charts" else 0
         entry = dict(charts=m["charts"], predicted=m["predicted"],
                      layers={l: encode_arrays(a, opts["dtype"]) for l, a in m["layers"].items()},
                      maps=_maps_template(grid.grid_size, image_size, charts, 1 + max_charts),
-                     stats=_stat_templates(charts, masks is not None))
+                     stats=_stat_templates(charts, masks is not None, scene))
         if opts["atlas"]:
             entry["atlas"] = m["atlas_template"]
         entries.append(entry)
@@ -163,6 +168,7 @@ def _payload(kind: str, models: List[Tuple[int, dict]], x: torch.Tensor, masks: 
                 heads=opts["heads"], dtype=opts["dtype"], maps=opts["maps"], chance=chance,
                 similarity=opts["similarity"] if opts["maps"] == "charts" else [],
                 similarity_styles=_similarity_styles(opts["similarity"]) if opts["maps"] == "charts" else {},
+                scene_chance=encode_arrays({"c": ref["scene_chance"]}, "float32")["c"] if scene else None,
                 models=entries, **extra)
 
 
@@ -170,12 +176,13 @@ def _explorer_html(kind: str, models: Sequence[Tuple[int, nn.Module]], images: A
                    kw: dict, extra: dict) -> str:
     """Record every model on the images, embed the arrays and the figure templates, render the page."""
     x, sample_masks = model_inputs(images)
-    masks = sample_masks if masks is None else masks
     size = (int(x.shape[-2]), int(x.shape[-1]))
+    scenes = instance_masks_list(kw.get("instance_masks"), masks, x.shape[0], size)
+    masks = sample_masks if masks is None and scenes is None else masks
     ev = evidence_masks(masks, x.shape[0], size)
     sources = display_sources(kw.get("display_images"), x)
-    data = [(h, model_data(m, x, ev, opts, name=f"models_by_charts[{h}]" if kind == "count" else "model"))
-            for h, m in models]
+    data = [(h, model_data(m, x, ev, opts, name=f"models_by_charts[{h}]" if kind == "count" else "model",
+                           scenes=scenes)) for h, m in models]
     for h, d in data:
         if kind == "count" and d["charts"] != h:
             raise ValueError(f"models_by_charts[{h}]: the model has {d['charts']} charts, not {h}")
@@ -197,7 +204,7 @@ def _labels_extra(class_names: Optional[Sequence[str]], labels: Any, n: int) -> 
     return dict(class_names=names, labels=ys)
 
 
-def chart_explorer_html(model: nn.Module, images: Any, masks: Any = None, *,
+def chart_explorer_html(model: nn.Module, images: Any, masks: Any = None, *, instance_masks: Any = None,
                         class_names: Optional[Sequence[str]] = None, labels: Any = None, display_images: Any = None,
                         layers: Any = None, layer: Union[str, int, None] = None,
                         query: Optional[Tuple[int, int]] = None, heads: str = "all", dtype: str = "float16",
@@ -210,6 +217,12 @@ def chart_explorer_html(model: nn.Module, images: Any, masks: Any = None, *,
     Args:
         model: a manifold-key ViT / DeiT. images: float (B, 3, H, W) model inputs (or a batched `Sample`, whose
             evidence masks and labels are used). masks: optional (B, H, W) evidence masks.
+        instance_masks: instead of masks, B tensors (K_b, H, W) of each scene's instance silhouettes (later
+            instances on top): the page adds, for the current query, the share of each map (fused and every
+            chart) on the same object (the instance covering the query's patch for at least half its pixels),
+            the other objects and the background, one grouped bar chart with chance (uniform attention) dashed
+            per region; a query on no object has no "same" bar ("query on the background"). Precomputed per
+            image, head and query (`mkviz.viz.scene_view`); the head mean is the mean of the heads' shares.
         class_names, labels (B,): shown in the info line. display_images: (B, 3, H, W) uint8 or [0, 1] pixels
             to draw (default: the inputs, min-max rescaled).
         layers: which layers to record (`mkviz.select_layers` spec; default every manifold layer);
@@ -228,7 +241,7 @@ def chart_explorer_html(model: nn.Module, images: Any, masks: Any = None, *,
     labels = labels if labels is not None or not hasattr(images, "label") else images.label
     opts = explorer_options(layers, heads, dtype, similarity, "charts", atlas)
     kw = dict(display_images=display_images, layer=layer, query=query, plotly_js=plotly_js, full_page=full_page,
-              element_id=element_id, max_bytes=max_bytes, title=title)
+              element_id=element_id, max_bytes=max_bytes, title=title, instance_masks=instance_masks)
     return _explorer_html("chart", [(0, model)], images, masks, opts, kw, _labels_extra(class_names, labels, n))
 
 
@@ -296,14 +309,16 @@ def save_html(path: Union[str, Path], html: str, *, overwrite: bool = False) -> 
 def embedded_data(html: str, element_id: Optional[str] = None) -> dict:
     """The data an explorer page embeds (its first explorer, or the one with element_id), arrays decoded:
     payload["models"][m]["layers"][layer] = {"rows": (B, k, G, M, G), "entropy": (B, k, G, M), "evidence",
-    "similarity": {kind: (B, k, H, H)}, "atlas": (B, k, (1 + H)·N, 2)} (k: head options, "mean" first;
-    rows with heads="all": one per head, no mean)."""
+    "similarity": {kind: (B, k, H, H)}, "atlas": (B, k, (1 + H)·N, 2), "scene": (B, k, G, M, 3)} (k: head
+    options, "mean" first; rows with heads="all": one per head, no mean); payload["scene_chance"]: (B, G, 3)."""
     pattern = r'<script type="application/json" id="(%s)-data">(.*?)</script>' % (
         re.escape(element_id) if element_id else r"[A-Za-z][\w-]*")
     match = re.search(pattern, html, flags=re.S)
     if match is None:
         raise ValueError(f"html: no explorer data found{f' for element_id={element_id!r}' if element_id else ''}")
     payload = json.loads(match.group(2))
+    if payload.get("scene_chance"):
+        payload["scene_chance"] = decode_array(payload["scene_chance"])
     for entry in payload["models"]:
         for arrays in entry["layers"].values():
             for k, v in arrays.items():

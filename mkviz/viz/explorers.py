@@ -32,10 +32,12 @@ from torch import nn
 from ..explain import metrics
 from ..explain.maps import query_index, query_position
 from ..explain.metrics import SIMILARITY_KINDS
+from ..explain.scene_attention import query_regions
 from . import figures
 from .attention_cache import AttentionCache, evidence_share
 from .explorer_html import chart_count_explorer_html, chart_explorer_html
 from .explorer_controls import ExplorerControls, as_display_images, to_images, to_masks
+from .scene_view import instance_masks_list, scene_region_bars, scene_shares_by_head
 
 __all__ = ["ChartExplorer", "ChartCountExplorer", "AttentionCache", "SIMILARITY_KINDS"]
 
@@ -49,6 +51,11 @@ class ChartExplorer(ExplorerControls):
         images: float (B, 3, H, W) model inputs (normalised as the model expects), or a batched `Sample`.
         masks: optional evidence masks (B, H, W) (e.g. `Sample.evidence_mask`): enables the
             "attention on evidence" panel.
+        instance_masks: instead of masks, B tensors (K_b, H, W) of each scene's instance silhouettes (ViT / DeiT):
+            `scene_figure` shows, for the current query, the share of the fused map and of each chart on the
+            same object (the instance covering the query's patch for at least half its pixels), the other
+            objects and the background, with chance (uniform attention) dashed per region; a query on no object
+            has no "same" bar and the title says "query on the background" (`mkviz.viz.scene_view`).
         image_size: resize images (and masks) to this size (int or (H, W)) before the forward.
         class_names: names of the model's classes (for the prediction shown above the figures).
         labels: optional true labels (B,).
@@ -63,23 +70,28 @@ class ChartExplorer(ExplorerControls):
     `stats_figure` (per-chart entropy and, with masks, share of attention on evidence, for the current
     query), `atlas_figure` (`figures.key_atlas` of the image, layer and head: queries and every chart's keys
     in one 2-D projection, the query ringed; a click on a point selects its patch as the query; None for
-    Swin); `widget` (the top-level ipywidgets.VBox); `cache` (the `AttentionCache`).
+    Swin); `scene_figure` (with instance_masks: `scene_view.scene_region_bars` for the query, updated with it;
+    else None); `widget` (the top-level ipywidgets.VBox); `cache` (the `AttentionCache`).
     """
 
     def __init__(self, model: nn.Module, images: Any, masks: Any = None, image_size=None,
                  class_names: Optional[Sequence[str]] = None, *, labels: Any = None, display_images: Any = None,
                  layer: Union[str, int, None] = None, query: Optional[Tuple[int, int]] = None,
-                 cache_size: int = 4, height_per_row: int = 190) -> None:
+                 cache_size: int = 4, height_per_row: int = 190, instance_masks: Any = None) -> None:
         import ipywidgets as W
         import plotly.graph_objects as go
 
         x = to_images(images, image_size)
-        if masks is None and hasattr(images, "evidence_mask"):
+        scenes = instance_masks_list(instance_masks, masks, x.shape[0], tuple(x.shape[-2:]), image_size is not None)
+        if masks is None and scenes is None and hasattr(images, "evidence_mask"):
             masks = images.evidence_mask
         if labels is None and hasattr(images, "label") and hasattr(images, "evidence_mask"):
             labels = images.label
         self.cache = AttentionCache(model, x, cache_size=cache_size)
         self.masks = to_masks(masks, len(self.cache), self.cache.image_size)
+        if scenes is not None and self.cache.is_swin:
+            raise ValueError("instance_masks: the scene panel is for ViT / DeiT; Swin's window attention has none")
+        self.instance_masks, self._regions = scenes, {}
         self.class_names = list(class_names) if class_names is not None else None
         self.labels = None if labels is None else [int(v) for v in torch.as_tensor(labels).reshape(-1)]
         self._display = as_display_images(display_images, x)
@@ -99,6 +111,7 @@ class ChartExplorer(ExplorerControls):
         self.similarity_figure = go.FigureWidget(figures.similarity_heatmap(
             self.cache.similarity(self.image_index, self.layer, self.head, "cosine"), "cosine", height=360))
         self.stats_figure = go.FigureWidget(self._stats_layout(H))
+        self.scene_figure = None if scenes is None else go.FigureWidget(scene_region_bars(**self.current_scene()))
         self.atlas_figure = None if self.cache.is_swin else go.FigureWidget(self._atlas())
         if self.atlas_figure is not None:  # a click on a query or key selects its patch as the query
             for t in self.atlas_figure.data[:-1]:
@@ -113,7 +126,8 @@ class ChartExplorer(ExplorerControls):
         controls = W.VBox([W.HBox([self.image_slider, self.layer_dropdown, self.head_dropdown]),
                            W.HBox([self.row_slider, self.col_slider, self.shared_scale_checkbox]),
                            W.HBox([self.similarity_toggle]), self.info])
-        bottom = W.HBox([self.similarity_figure, self.stats_figure], layout=W.Layout(flex_flow="row wrap"))
+        scene = [] if self.scene_figure is None else [self.scene_figure]
+        bottom = W.HBox([self.similarity_figure, self.stats_figure, *scene], layout=W.Layout(flex_flow="row wrap"))
         atlas = [] if self.atlas_figure is None else [self.atlas_figure]
         self.widget = W.VBox([controls, self.maps_figure, bottom, *atlas])  # the bottom row wraps on narrow screens
 
@@ -131,7 +145,7 @@ class ChartExplorer(ExplorerControls):
         """This explorer as self-contained HTML that needs no kernel (`mkviz.chart_explorer_html`): its model,
         images, evidence masks, class names, labels and display images, opening on its current layer and query.
         kwargs add or override that function's options (full_page, plotly_js, heads, dtype, layers, ...)."""
-        state = dict(masks=self.masks, class_names=self.class_names, labels=self.labels,
+        state = dict(masks=self.masks, instance_masks=self.instance_masks, class_names=self.class_names, labels=self.labels,
                      display_images=np.stack(self._display), layer=self.layer,
                      query=(int(self.query[0]), int(self.query[1])))
         return chart_explorer_html(self.cache.model, self.cache.images, **{**state, **kwargs})
@@ -181,6 +195,27 @@ class ChartExplorer(ExplorerControls):
             out["evidence"] = torch.cat([evidence_share(fused, cov)[None], evidence_share(charts, cov)])
             out["chance"] = float(cov.mean())
         return out
+
+    def current_scene(self) -> Dict[str, Any]:
+        """{"shares": (1 + H, 3) fused then charts on same / other / background (NaN same: a query on no object),
+        "chance": (3,)} for the current image, layer, head and query (`mkviz.viz.scene_view`)."""
+        i, geo = self.image_index, self.cache.geometry[self.layer]
+        if i not in self._regions:
+            self._regions[i] = query_regions(self.instance_masks[i], geo["grid"])[1]  # (G, 3, G)
+        q = self.query[0] * geo["grid"][1] + self.query[1]
+        rows = self.cache.query_rows(i, self.layer, self.query)[:, :, None, geo["prefix"]:]  # (M, heads, 1, G)
+        shares = scene_shares_by_head(rows, self._regions[i][q:q + 1])[:, 0 if self.head is None else 1 + self.head]
+        return {"shares": shares[:, 0], "chance": self._regions[i][q].mean(-1)}
+
+    def _update_scene(self) -> None:
+        """Redraw the scene bars for the current query (the figure `scene_region_bars` builds, copied in)."""
+        if self.scene_figure is None:
+            return
+        new = scene_region_bars(**self.current_scene())
+        with self.scene_figure.batch_update():
+            for t, n in zip(self.scene_figure.data, new.data):
+                t.y = n.y
+            self.scene_figure.layout.title.text = new.layout.title.text
 
     # ---------------------------------------------------------------- the key atlas (ViT)
     def _query_token(self) -> int:
@@ -264,6 +299,8 @@ class ChartExplorer(ExplorerControls):
                 d[2].y = st["evidence"].numpy()
                 d[3].y = [st["chance"]] * 2
         self.info.value = self._info_html()
+        if getattr(self, "scene_figure", None) is not None:
+            self._update_scene()
         if getattr(self, "atlas_figure", None) is not None:
             self._update_atlas_query()
 

@@ -129,6 +129,7 @@
       this.simDiv = add("similarity", d.similarity.length);
       this.entropyDiv = add("entropy", d.maps === "charts");
       this.evidenceDiv = add("evidence", d.maps === "charts" && m.stats.evidence);
+      this.sceneDiv = add("scene", d.maps === "charts" && m.stats.scene);
       this.accuracyDiv = add("accuracy", d.accuracy_figure);
       this.atlasDiv = null;
       if (m.atlas) {
@@ -220,6 +221,7 @@
       this.updateMaps();
       if (this.simDiv) this.updateSimilarity();
       if (this.entropyDiv) this.updateStats();
+      if (this.sceneDiv) this.updateScene();
       if (this.accuracyDiv) this.updateAccuracy();
       if (this.atlasDiv) this.updateAtlas();
       this.info.innerHTML = this.infoHtml();
@@ -284,6 +286,27 @@
       ev.data[1].y = [chance, chance];
       (ev.layout.shapes || []).forEach(sh => { sh.y0 = chance; sh.y1 = chance; });
       this.draw(this.evidenceDiv, ev);
+    }
+
+    /** The current query's shares (M maps × same / other / background; null: no same object) and chance (3). */
+    currentScene() {
+      const a = this.array("scene"), [, k, G, M] = a.shape, s = this.state, q = this.queryIndex();
+      if (!this.sceneChance) this.sceneChance = decode(this.data.scene_chance);
+      const val = x => (Number.isNaN(x) ? null : x), base = ((s.image * k + s.head) * G + q) * M * 3;
+      const shares = [];
+      for (let m = 0; m < M; m++) shares.push([0, 1, 2].map(r => val(a.values[base + m * 3 + r])));
+      const cb = (s.image * G + q) * 3;
+      return {shares: shares, chance: [0, 1, 2].map(r => val(this.sceneChance[cb + r]))};
+    }
+
+    updateScene() {
+      const spec = this.stats.scene, {shares, chance} = this.currentScene(), meta = spec.layout.meta;
+      shares.forEach((y, m) => { spec.data[m].y = y; });
+      const line = spec.data.find(t => t.name === "chance");  // dashed segments as mkviz.viz.scene_view.chance_path
+      line.y = [];
+      chance.forEach((c, r) => { line.y.push(c, c); if (r < 2) line.y.push(null); });
+      spec.layout.title = {text: meta.title + (chance[0] === null ? "<br><sup>" + meta.note + "</sup>" : "")};
+      this.draw(this.sceneDiv, spec);
     }
 
     updateAccuracy() {
