@@ -65,7 +65,8 @@
 # - train a segmenter with `TrainConfig(task="segmentation")` and read mIoU against what a trivial
 #   prediction scores; score a detector with COCO mAP (`detection_map`);
 # - measure where a query on one article attends in a scene (`scene_attention_shares`), fused and
-#   per chart, against chance, and say what one seed on a few images can and cannot show.
+#   per chart, against chance, and say what one seed on a few images can and cannot show; open the
+#   chart explorer on scenes (`instance_masks=`) to see it query by query.
 #
 # **Prerequisites.** Notebooks 01 (charts, per-chart attention), 03 (`TrainConfig` and `train`) and
 # 04 (attention on the article against chance). What a bounding box, IoU and a semantic mask are.
@@ -78,7 +79,7 @@
 # | the 2 exercises (✎) | about 15 min |
 # | Run All at the default scale (2 segmenters on 1,536 scenes for 4 epochs, 10 detector steps), 2-core CPU | TIME_DEFAULT |
 # | Run All, `MKVIZ_SMALL=1` | TIME_SMALL |
-# | Run All at GPU scale (`MKVIZ_DEVICE=cuda`: 10,000 scenes, 12 epochs) | not measured |
+# | Run All at GPU scale (`MKVIZ_DEVICE=cuda`: 3,000 scenes, 12 epochs) | not measured (the scenes are generated on the CPU, about 3 ms each) |
 #
 # **Exercises** are marked ✎. Write a few lines where a cell says `None  # your code`, then run the check
 # cell under it: it prints `✓ PASS`, `✗ FAIL` with what differs and a hint, or `· TODO` while the stub is
@@ -89,8 +90,8 @@
 #
 # | variable | default | meaning |
 # |---|---|---|
-# | `MKVIZ_SMALL` | `0` | `1`: 256 training scenes for 1 epoch, 32 for validation and test, 2 detector steps (what the test suite uses) |
-# | `MKVIZ_DEVICE` | `cpu` | `cuda` for the GPU scale (10,000 training scenes, 12 epochs, 500 for validation and test) |
+# | `MKVIZ_SMALL` | `0` | `1`: 256 training scenes for 1 epoch, 32 for validation and test, 2 detector steps, 2 scenes in the explorer (what the test suite uses) |
+# | `MKVIZ_DEVICE` | `cpu` | `cuda` for the GPU scale (3,000 training scenes, 12 epochs, 500 for validation and test, 200 detector steps) |
 # | `MKVIZ_SEED` | `0` | the runs' seed: their scenes, initialisation and data order |
 # | `MKVIZ_OUT` | a new temporary folder | where the runs are written; an existing run there is never overwritten |
 #
@@ -103,7 +104,6 @@ import os
 import tempfile
 from pathlib import Path
 
-import plotly.graph_objects as go
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
@@ -120,6 +120,7 @@ from mkviz.explain.detection_metrics import detection_map
 from mkviz.explain.scene_attention import REGIONS, scene_attention_shares
 from mkviz.training import PRESETS, TrainConfig, train
 from mkviz.viz.scene_figures import scenes_figure
+from mkviz.viz.scene_view import scene_region_bars
 
 SMALL = os.environ.get("MKVIZ_SMALL", "0") == "1"
 DEVICE = torch.device(os.environ.get("MKVIZ_DEVICE", "cpu"))
@@ -130,10 +131,11 @@ if SMALL:  # seconds: the segmenters learn little, the detector nothing
     # tensors this small gain nothing from threads, and tests share the CPU
     torch.set_num_threads(1)
 elif DEVICE.type == "cuda":  # the scale of the stated study (docs/dense_fmnist.md), one seed
-    N_TRAIN, EPOCHS, N_EVAL, DET_STEPS = 10_000, 12, 500, 200
+    N_TRAIN, EPOCHS, N_EVAL, DET_STEPS = 3000, 12, 500, 200
 else:  # a few minutes on a 2-core CPU
     N_TRAIN, EPOCHS, N_EVAL, DET_STEPS = 1536, 4, 128, 10
-N_SHOW = 4  # scenes in the figures and in section 4
+N_SHOW = 4  # scenes in the figures
+N_EXPLORE = 2 if SMALL else N_SHOW  # scenes in the explorer
 torch.manual_seed(SEED)
 print(f"mkviz {mkviz.__version__}, torch {torch.__version__}, device {DEVICE}; runs go to {OUT}")
 
@@ -396,7 +398,7 @@ scenes_figure(pixels, rows, cols=N_SHOW, panel_size=190, titles=titles).show()
 # ### A detector, a few steps
 #
 # Training a Mask R-CNN to a useful mAP takes thousands of steps; one step at batch 8 takes about
-# 1.5 s on this CPU, so that is an hour, not a notebook. We take a few steps by hand with
+# 1.5 to 2 s on this CPU, so that is an hour or more, not a notebook. We take a few steps by hand with
 # `detection_loss` (the sum of the RPN's objectness and box losses and the RoI heads' class, box and
 # mask losses: torchvision's Mask R-CNN returns them in train mode) to see the pieces move, and
 # score the result with `detection_map`: COCO box and mask mAP (IoU 0.50:0.95) through torchmetrics.
@@ -463,19 +465,18 @@ for label, row in named:
     print(f"{label:<20}" + "".join(f"{row[region]:>12.3f}" for region in REGIONS))
 assert all(abs(sum(row.values()) - 1) < 1e-5 for _, row in named)
 
+# %% [markdown]
+# `scene_region_bars` (`mkviz.viz.scene_view`, the figure the explorer below updates per query)
+# draws the same table: the regions on x, one bar per map, chance dashed.
+
 # %%
-fig = go.Figure()
-fig.add_bar(x=list(REGIONS), y=[vk["chance"][r] for r in REGIONS], name="chance (uniform)",
-            marker_color="lightgrey")
-for label, s in shares.items():
-    fig.add_bar(x=list(REGIONS), y=[s["fused"][r] for r in REGIONS], name=f"{label}, fused")
-for c, row in enumerate(vk["charts"]):
-    fig.add_bar(x=list(REGIONS), y=[row[r] for r in REGIONS], name="VanillaK-8, charts 1-8",
-                legendgroup="charts", showlegend=c == 0, marker_color="rgba(31, 119, 180, 0.35)",
-                hovertext=f"chart {c + 1}")
-fig.update_layout(barmode="group", height=380, width=820, yaxis_title="share of attention",
-                  title=f"where a query on one article attends, {LAYER}, {N_ATT} test scenes")
-fig.show()
+table = [share["fused"] for share in shares.values()] + vk["charts"]  # {region: share} per map
+values = torch.tensor([[row[r] for r in REGIONS] for row in table])  # (2 + 8, 3)
+names = [f"{label}, fused" for label in shares]
+names += [f"chart {c + 1}" for c in range(len(vk["charts"]))]
+chance = torch.tensor([vk["chance"][r] for r in REGIONS])  # (3,)
+title = f"where a query on one article attends, {LAYER}, {N_ATT} test scenes"
+scene_region_bars(values, chance, names=names, title=title).show()
 
 # %% [markdown]
 # ### ✎ Exercise 8.2 — chance, by hand
@@ -513,18 +514,26 @@ check("08.chance-shares", answer, model=backbone, image=att_images[0], masks=sce
 # ### The explorer on scenes
 #
 # `mkviz.ChartExplorer` (notebook 04) takes the segmenter's backbone and the scenes like any other
-# images. Given the scenes' instance masks with the keyword `instance_masks=` (one `(K, 64, 64)`
-# tensor per image, here `masks`), it adds, for the query patch, bars of the fused and each chart's
-# attention on the same article, the other articles and the background:
-#
-# ```python
-# ex = mkviz.ChartExplorer(backbone, att_images, display_images=test_scenes.images_uint8(range(N_ATT)),
-#                          instance_masks=masks, layer=LAYER)
-# ex
-# ```
-#
-# (`instance_masks=` is new: on an mkviz whose `ChartExplorer` does not take it yet, leave it out and
-# the explorer shows the maps alone.)
+# images. Given the scenes' instance masks with `instance_masks=` (one `(K, 64, 64)` tensor per
+# image), it adds a panel for the current query: the fused map's and each chart's share on the same
+# article, the other articles and the background, with chance dashed (a query on no article says
+# so). Click a patch on an article, then one on the background, and compare the bars with the
+# averages above.
+
+# %%
+ex = mkviz.ChartExplorer(backbone, att_images[:N_EXPLORE], instance_masks=masks[:N_EXPLORE],
+                         display_images=test_scenes.images_uint8(range(N_EXPLORE)), layer=LAYER,
+                         query=(3, 3))
+ex
+
+# %% [markdown]
+# As in notebook 04, `ex.save_html(path)` writes the explorer as one self-contained page (every
+# image, layer, head and query precomputed, the scene bars included) that opens in any browser with
+# no kernel and no network.
+
+# %%
+page = ex.save_html("scene_explorer.html", overwrite=True)
+print(f"{page}: {page.stat().st_size / 2**20:.1f} MiB, opens in any browser")
 
 # %% [markdown]
 # ## Summary
@@ -541,7 +550,8 @@ check("08.chance-shares", answer, model=backbone, image=att_images[0], masks=sce
 #   `detection_map` scores it.
 # - `scene_attention_shares` splits a query's attention into same article, other articles and
 #   background, fused and per chart, against chance: a description of a model, not a test of the
-#   key. The stated comparison is [`docs/dense_fmnist.md`](../docs/dense_fmnist.md).
+#   key; `ChartExplorer(..., instance_masks=...)` shows it per query. The stated comparison is
+#   [`docs/dense_fmnist.md`](../docs/dense_fmnist.md).
 #
 # This is the end of the course. `README.md` lists the library's entry points; `mkviz train`
 # trains your own models (`--task segmentation` and `--task detection` on `fashion-scenes`), and
