@@ -217,7 +217,8 @@ def _setup_run(cfg: TrainConfig, d: Dist, device: torch.device) -> _Run:
     run = _Run(cfg, d, device, amp, Path(cfg.out), meta, model, train_model, optimizer, anchored_decay,
                data["train"], val_loader, steps_per_epoch, total_steps, warmup, **progress)
     if cfg.variant != "baseline":  # follow the charts over training (mkviz.explain.specialisation)
-        run.probe = probe_images(data["val"])
+        # 256 validation images; 64 scenes for a dense task (its forward is a whole segmenter or detector)
+        run.probe = probe_images(data["val"], 256 if cfg.task == "classification" else 64)
         run.probe_labels = probe_labels(data["val"]) if cfg.task == "classification" else None
         run.chart_init = (state.get("chart_init", {}) if state is not None
                           else chart_statistics(model, run.probe, labels=run.probe_labels))
