@@ -112,6 +112,50 @@ def checkpoints() -> dict[str, dict]:
     return out
 
 
+@functools.lru_cache(None)
+def kernel_family() -> dict[tuple[str, str], dict]:
+    """Study v3's stated family: stats.compare, the Holm p over the family, the TOST p and its Holm values."""
+    stats = importlib.import_module("mkviz.stats")
+    sweep, _, rows = study("kernel_fmnist")
+    in_family = mk("sweep_analysis", "in_holm_family")
+    fam = [c for c in mk("sweep_analysis", "comparison_family")(sweep, rows) if in_family(sweep, c[2])]
+    res = [stats.compare(rows[a]["accs"], rows[b]["accs"]) for a, b, _ in fam]
+    tost = [stats.tost_paired(rows[a]["accs"], rows[b]["accs"], sweep["report"]["equivalence_margin"])["p"]
+            for a, b, _ in fam]
+    holm, holm_tost = stats.holm([r["paired"]["p"] for r in res]), stats.holm(tost)
+    primary = [i for i, (_, _, role) in enumerate(fam) if role == "primary"]
+    holm_tost_primary = dict(zip(primary, stats.holm([tost[i] for i in primary])))
+    return {(a, b): {**r, "holm": h, "tost": t, "holm_tost": ht, "holm_tost_primary": holm_tost_primary.get(i)}
+            for i, ((a, b, _), r, h, t, ht) in enumerate(zip(fam, res, holm, tost, holm_tost))}
+
+
+def kcmp(a: str, b: str) -> dict:
+    return kernel_family()[(a, b)]
+
+
+def kernel_paired(a: str, b: str) -> dict:
+    """The paired comparison of two study v3 configurations outside the family (description)."""
+    rows = study("kernel_fmnist")[2]
+    return importlib.import_module("mkviz.stats").paired(rows[a]["accs"], rows[b]["accs"])
+
+
+def kernel_train_flops(a: str, b: str) -> float:
+    """Counted training FLOPs of run a over run b (step FLOPs at the batch size × epochs)."""
+    count = mk("core.cost", "count_train_flops")
+    out = []
+    for config in (a, b):
+        train = next(r["train"] for r in study("kernel_fmnist")[1] if r["config"] == config)
+        cfg = mk("training.config", "TrainConfig")(**train).resolved()
+        model = mk("training.build", "build_model")(mk("training.loop", "model_spec")(cfg, 10))
+        size = cfg.timm_kwargs["img_size"]
+        out.append(count(model, (cfg.batch_size, 3, size, size)) * cfg.epochs)
+    return out[0] / out[1]
+
+
+def p_lt(p: float) -> str:                                 # "< 0.001" or "0.012"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
 def kernel_margin() -> str:
     sweep = mk("sweep", "load_sweep")(ROOT / "configs/kernel_fmnist.yaml")
     return f"{100 * sweep['report']['equivalence_margin']:g}"
@@ -183,6 +227,7 @@ class Claim(NamedTuple):
 
 
 V8, B, OP = "vanillak-8", "baseline", "overparam-key"
+K1, K8 = "vanillak-1-k3", "vanillak-8-k3"
 CLAIMS = [
     # --- dense_fmnist.md: the question, from the sweep file, the dataset's defaults and mkviz.stats
     Claim(DENSE, "box IoU at most {} with\n  every earlier", lambda: (
@@ -221,11 +266,34 @@ CLAIMS = [
                  "key too (p = {}, Holm {}).\nOver the whole family of comparisons neither is shown equivalent "
                  "(Holm {} and {})", lambda: (margin_pp(), *tost_readings())),
     Claim(README, "give two one-sided tests at ±{} points", lambda: (margin_pp(),)),
+    Claim(README, "VanillaK-8 k=3 − VanillaK-1 k=3 is {} points, equivalent within the stated ±{} (TOST p = {}), "
+                  "while\nVanillaK-1 k=3 is {} points above the baseline and {} above the FLOP-matched one (both "
+                  "Holm p {})", lambda: (
+        pp(kcmp(K8, K1)["paired"]["diff"]), kernel_margin(), p3(kcmp(K8, K1)["tost"]),
+        pp(kcmp(K1, B)["paired"]["diff"]), pp(kcmp(K1, "baseline-15ep")["paired"]["diff"]),
+        p_lt(max(kcmp(K1, B)["holm"], kcmp(K1, "baseline-15ep")["holm"])))),
     # --- kernel_size_fmnist.md: the question, stated before its runs (the margin is the sweep file's)
     Claim(KERNEL, "equivalence at a margin of **±{}\n  points** stated here in advance", lambda: (kernel_margin(),)),
     Claim(KERNEL, "The equivalence test at ±{} points", lambda: (kernel_margin(),)),
     Claim(KERNEL, "gives a minimum\n  detectable effect of about {} a point at 10 seeds", lambda: (
         "half" if round(100 * cmp(V8, B)["mde_paired"], 1) == 0.5 and cmp(V8, B)["paired"]["n"] == 10 else "?",)),
+    # --- kernel_size_fmnist.md: the answer
+    Claim(KERNEL, "VanillaK-8 k=3 − VanillaK-1 k=3 is {} points (paired {} % interval {}, p = {},\n  10 seeds)",
+          lambda: (pp(kcmp(K8, K1)["paired"]["diff"]), "95", ci(kcmp(K8, K1)["paired"]), p3(kcmp(K8, K1)["paired"]["p"]))),
+    Claim(KERNEL, "the stated margin of ±{} points", lambda: (kernel_margin(),)),
+    Claim(KERNEL, "TOST\n  p = {} (Holm over the primary comparison {}, over the family of three {})", lambda: (
+        p3(kcmp(K8, K1)["tost"]), p3(kcmp(K8, K1)["holm_tost_primary"]), p3(kcmp(K8, K1)["holm_tost"]))),
+    Claim(KERNEL, "VanillaK-1 k=3 − baseline is {} points ({}, Holm p over the family {})", lambda: (
+        pp(kcmp(K1, B)["paired"]["diff"]), ci(kcmp(K1, B)["paired"]), p_lt(kcmp(K1, B)["holm"]))),
+    Claim(KERNEL, "(15 epochs, {}× VanillaK-1 k=3's counted training FLOPs)", lambda: (
+        f"{kernel_train_flops('baseline-15ep', K1):.3f}",)),
+    Claim(KERNEL, "it is\n  {} points ({}, Holm p {})", lambda: (
+        pp(kcmp(K1, "baseline-15ep")["paired"]["diff"]), ci(kcmp(K1, "baseline-15ep")["paired"]),
+        p_lt(kcmp(K1, "baseline-15ep")["holm"]))),
+    Claim(KERNEL, "three more epochs buy the baseline {} points", lambda: (
+        pp(kernel_paired("baseline-15ep", B)["diff"]),)),
+    Claim(KERNEL, "also has {}× the baseline's parameters", lambda: (
+        f"{study('kernel_fmnist')[2][K1]['params'] / study('kernel_fmnist')[2][B]['params']:.2f}",)),
     # --- the answer
     Claim(REPRO, "VanillaK-8 scored {} and the plain ViT {}", lambda: (pm(V8), pm(B))),
     Claim(REPRO, "VanillaK-8 − baseline is {} points ({} % interval {}, p = {}, Hedges' g = {})", lambda: (
