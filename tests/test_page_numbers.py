@@ -25,11 +25,12 @@ ROOT = Path(__file__).resolve().parents[1]
 REPRO, CHARTS, LR = "docs/reproduction_fmnist.md", "docs/chart_specialisation.md", "docs/lr_check_fmnist.md"
 KERNEL = "docs/kernel_size_fmnist.md"
 DENSE = "docs/dense_fmnist.md"
+KUA_USAGE = "docs/kua_usage_fmnist.md"
 README, DATA = "README.md", "data/README.md"
 
 # page -> (start, end) of the region checked (None: the whole page)
 PAGES = {
-    REPRO: None, CHARTS: None, LR: None, KERNEL: None, DENSE: None,
+    REPRO: None, CHARTS: None, LR: None, KERNEL: None, DENSE: None, KUA_USAGE: None,
     README: ("## Does it help?", "## The course"),
     DATA: ("| checkpoint | variant |", "**Why this recipe**"),
 }
@@ -156,6 +157,11 @@ def p_lt(p: float) -> str:                                 # "< 0.001" or "0.012
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def kua_usage_end(key: str) -> list:
+    """A quantity of the KUA usage runs' last epoch, one value per run."""
+    return [r["history"][-1][key] for r in study("kua_usage_fmnist")[1]]
+
+
 def kernel_margin() -> str:
     sweep = mk("sweep", "load_sweep")(ROOT / "configs/kernel_fmnist.yaml")
     return f"{100 * sweep['report']['equivalence_margin']:g}"
@@ -276,6 +282,18 @@ CLAIMS = [
     Claim(KERNEL, "The equivalence test at ±{} points", lambda: (kernel_margin(),)),
     Claim(KERNEL, "gives a minimum\n  detectable effect of about {} a point at 10 seeds", lambda: (
         "half" if round(100 * cmp(V8, B)["mde_paired"], 1) == 0.5 and cmp(V8, B)["paired"]["n"] == 10 else "?",)),
+    # --- kua_usage_fmnist.md: the reading
+    Claim(KUA_USAGE, "near uniform to {} (1/8 = {} is uniform)", lambda: (
+        f"{np.mean(kua_usage_end('membership_max')):.3f}", f"{1 / 8:.3f}")),
+    Claim(KUA_USAGE, "inference changes test accuracy by {} points", lambda: (pp(float(np.mean(
+        [r["test_acc_one_hot"] - r["test_acc"] for r in study("kua_usage_fmnist")[1]]))),)),
+    Claim(KUA_USAGE, "usage entropy falls from log2 8 = 3 bits at the start to {} bits at the end", lambda: (
+        f"{np.mean(kua_usage_end('chart_usage_entropy')):.2f}",)),
+    Claim(KUA_USAGE, "the most used chart\n  takes {} of the tokens and the least {}", lambda: tuple(
+        f"{np.mean([np.mean(pick(np.asarray(u), axis=1)) for u in kua_usage_end('chart_usage_layers')]):.3f}"
+        for pick in (np.max, np.min))),
+    Claim(KUA_USAGE, "That is about {} charts' worth", lambda: (
+        f"{np.mean([np.mean([2 ** e for e in r['history'][-1]['chart_usage_entropy_layers']]) for r in study('kua_usage_fmnist')[1]]):.1f}",)),
     # --- kernel_size_fmnist.md: the answer
     Claim(KERNEL, "VanillaK-8 k=3 − VanillaK-1 k=3 is {} points (paired {} % interval {}, p = {},\n  10 seeds)",
           lambda: (pp(kcmp(K8, K1)["paired"]["diff"]), "95", ci(kcmp(K8, K1)["paired"]), p3(kcmp(K8, K1)["paired"]["p"]))),

@@ -72,7 +72,7 @@ def test_kua_chart_usage_sums_to_one_and_its_entropy_tells_uniform_from_collapse
     usage = torch.tensor(stats["chart_usage_layers"])  # (layers, H)
     assert usage.shape == (2, H) and torch.allclose(usage, torch.full((2, H), 1 / H), atol=1e-6)
     assert math.isclose(stats["chart_usage_entropy"], math.log2(H), abs_tol=1e-5)
-    assert sorted(stats["chart_usage_by_class"]) == ["0", "1", "2"]
+    assert sorted(stats["chart_usage_by_class_layers"]) == ["0", "1", "2"]
     collapsed = torch.zeros(3, 5, H)
     collapsed[..., 2] = 1.0  # every token of every image on chart 2
     spread = torch.softmax(torch.randn(3, 5, H, generator=torch.Generator().manual_seed(0)), dim=-1)
@@ -80,8 +80,9 @@ def test_kua_chart_usage_sums_to_one_and_its_entropy_tells_uniform_from_collapse
     assert out["chart_usage_entropy_layers"][0] == 0.0 and out["chart_usage_layers"][0] == [0.0, 0.0, 1.0, 0.0]
     mean_spread = spread.mean(dim=(0, 1))
     assert math.isclose(out["chart_usage_entropy_layers"][1], usage_entropy(mean_spread), rel_tol=1e-6)
-    expected = ((collapsed[1:].mean(dim=1) + spread[1:].mean(dim=1)) / 2).mean(dim=0)  # class 1: images 1 and 2
-    assert torch.allclose(torch.tensor(out["chart_usage_by_class"]["1"]), expected, atol=1e-6)
+    expected = torch.stack([collapsed[1:].mean(dim=(0, 1)), spread[1:].mean(dim=(0, 1))])  # class 1: images 1, 2
+    assert torch.allclose(torch.tensor(out["chart_usage_by_class_layers"]["1"]), expected, atol=1e-6)
+    assert out["chart_usage_by_class_layers"]["0"][0] == [0.0, 0.0, 1.0, 0.0]  # per layer: never mixed over layers
 
 
 def test_training_logs_kua_chart_usage_every_epoch(tmp_path):
@@ -89,4 +90,4 @@ def test_training_logs_kua_chart_usage_every_epoch(tmp_path):
                             num_val=32, num_test=0, epochs=1, batch_size=32, out=str(tmp_path / "run"), quiet=True))
     for row in (res["chart_init"], res["history"][-1]):
         assert [math.isclose(sum(u), 1.0, abs_tol=1e-5) for u in row["chart_usage_layers"]] == [True] * 2
-        assert 0.0 <= row["chart_usage_entropy"] <= math.log2(4) + 1e-6 and row["chart_usage_by_class"]
+        assert 0.0 <= row["chart_usage_entropy"] <= math.log2(4) + 1e-6 and row["chart_usage_by_class_layers"]

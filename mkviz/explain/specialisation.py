@@ -8,8 +8,8 @@
     membership_max    KUA only: mean over tokens of max_c p(c|n) (1/H: uniform, 1: one chart per token)
     chart_usage       KUA only: each chart's mean membership over tokens and images, per layer (`chart_usage_layers`,
                       (layers, H)); `chart_usage_entropy` its entropy in bits (log2 H: every chart used alike, 0: one
-                      chart takes every token, a collapse); with labels, `chart_usage_by_class` (class -> H, averaged
-                      over layers)
+                      chart takes every token, a collapse); with labels, `chart_usage_by_class_layers` (class ->
+                      (layers, H): chart c of one layer is not chart c of another, so nothing is averaged over layers)
 
 Training logs them after every epoch (`metrics.jsonl`: `chart_cosine`, `chart_js`, ...; `chart_init` before
 the first step), which is how `docs/chart_specialisation.md` follows the charts over training. Why charts can
@@ -57,16 +57,17 @@ def usage_entropy(usage: torch.Tensor) -> float:
 
 def chart_usage(memberships: list[torch.Tensor], labels: Optional[torch.Tensor] = None) -> dict[str, Any]:
     """KUA's chart usage from each layer's memberships p(c|n), (B, N, H) per layer, on the same images: each chart's
-    mean membership per layer and its entropy, and (with `labels` (B,)) per class, averaged over layers."""
+    mean membership per layer and its entropy, and (with `labels` (B,)) the same per class and layer. Chart c of one
+    layer has nothing to do with chart c of another, so usage is never averaged over layers by chart index; only
+    entropies (and rank-ordered shares) are."""
     per_image = torch.stack([m.float().mean(dim=1) for m in memberships])  # (layers, B, H)
     usage = per_image.mean(dim=1)  # (layers, H)
     entropies = [usage_entropy(u) for u in usage]
     out: dict[str, Any] = {"chart_usage_layers": usage.tolist(), "chart_usage_entropy": sum(entropies) / len(entropies),
                            "chart_usage_entropy_layers": entropies}
     if labels is not None:
-        by_image = per_image.mean(dim=0)  # (B, H)
-        out["chart_usage_by_class"] = {str(int(c)): by_image[labels == c].mean(dim=0).tolist()
-                                       for c in labels.unique()}
+        out["chart_usage_by_class_layers"] = {str(int(c)): per_image[:, labels == c].mean(dim=1).tolist()
+                                              for c in labels.unique()}  # {class: (layers, H)}
     return out
 
 

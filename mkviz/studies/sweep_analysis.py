@@ -323,8 +323,10 @@ def specialisation_blocks(sweep: dict[str, Any], records: list[dict[str, Any]]) 
 def usage_block(sweep: dict[str, Any], records: list[dict[str, Any]]) -> Optional[str]:
     """KUA's chart usage (`mkviz.explain.specialisation.chart_usage`) for the configurations whose runs logged it:
     the usage entropy at initialisation and at the end (log2 H: every chart used alike; 0: a collapse onto one
-    chart), the least- and most-used chart's share at the end (mean over layers), and the range of the per-class
-    entropies at the end. None when no run logged it."""
+    chart; mean over layers), the least- and most-used chart's share at the end (per layer, then the mean over
+    layers: chart c of one layer is not chart c of another), and the range of the per-class entropies at the end
+    (per class and layer, mean over layers; runs that logged per-class usage only averaged over layers by chart
+    index, which mixes unrelated charts, show "–"). None when no run logged it."""
     lines = ["| configuration | n | usage entropy, bits (uniform = log2 H): init → end | least / most used chart, "
              "share at end (uniform = 1/H) | per-class usage entropy at end, bits: min – max |",
              "|---|---:|---|---|---|"]
@@ -334,12 +336,13 @@ def usage_block(sweep: dict[str, Any], records: list[dict[str, Any]]) -> Optiona
             continue
         init = [r["chart_init"]["chart_usage_entropy"] for r in recs]
         end = [r["history"][-1]["chart_usage_entropy"] for r in recs]
-        shares = [np.mean(r["history"][-1]["chart_usage_layers"], axis=0) for r in recs]  # (H,) per run
-        by_class = [usage_entropy_of(u) for r in recs for u in r["history"][-1].get("chart_usage_by_class", {}).values()]
+        usage = [np.asarray(r["history"][-1]["chart_usage_layers"]) for r in recs]  # (layers, H) per run
+        least, most = ([float(np.mean(pick(u, axis=1))) for u in usage] for pick in (np.min, np.max))
+        by_class = [float(np.mean([usage_entropy_of(layer) for layer in per_layer])) for r in recs
+                    for per_layer in r["history"][-1].get("chart_usage_by_class_layers", {}).values()]
         classes = f"{min(by_class):.3f} – {max(by_class):.3f}" if by_class else "–"
         lines.append(f"| `{config}` | {len(recs)} | {_ms(init, 1, 3)} → {_ms(end, 1, 3)} "
-                     f"| {_ms([s.min() for s in shares], 1, 3)} / {_ms([s.max() for s in shares], 1, 3)} "
-                     f"| {classes} |")
+                     f"| {_ms(least, 1, 3)} / {_ms(most, 1, 3)} | {classes} |")
     return "\n".join(lines) + "\n" if len(lines) > 2 else None
 
 
