@@ -83,7 +83,7 @@
 # |---|---|---|---|---|
 # | **test** | `MKVIZ_SMALL=1` | the shipped baseline (`fashion` preset: 4 blocks of width 64, 28 px) | 1,024 training images; 128 val / test | 1 epoch, batch 64 (16 steps) |
 # | **CPU** | default | the shipped baseline | 8,192 training images; 1,000 val / test | 2 epochs, batch 128 (128 steps) |
-# | **GPU** | `MKVIZ_DEVICE=cuda` | a ViT-S/16 baseline trained here first (timm's pretrained weights with `MKVIZ_PRETRAINED=1`) | Fashion-MNIST upsampled to 224 px, or your ImageFolder | 3 epochs, batch 128, all images |
+# | **GPU** | `MKVIZ_DEVICE=cuda` | a ViT-S/16 baseline trained here first for 4 epochs (timm's pretrained weights with `MKVIZ_PRETRAINED=1`) | Fashion-MNIST upsampled to 224 px, or your ImageFolder | 2 epochs, batch 128, all images |
 #
 # | variable | default | meaning |
 # |---|---|---|
@@ -93,7 +93,8 @@
 # | `MKVIZ_DATASET` | `fashion-mnist` | GPU scale only: `fashion-mnist` or `imagefolder` |
 # | `MKVIZ_DATA_ROOT` | — | the ImageFolder root (`<class>/<image>` or `train/`, `val/`, `test/`) |
 # | `MKVIZ_PRETRAINED` | `0` | GPU scale: `1` starts the baseline from timm's ViT-S/16 weights (needs internet once) |
-# | `MKVIZ_OUT` | a new temporary folder | where the runs are written; an existing run there is never overwritten |
+# | `MKVIZ_OUT` | a new temporary folder | where the runs and the results table (`results_table.json`) are written; an existing run there is never overwritten |
+# | `MKVIZ_WORKERS` | `8` | GPU scale: data-loading processes (`num_workers`) |
 #
 # At the test and CPU scales nothing is downloaded and the baseline is not trained again: it is
 # the checkpoint in `data/checkpoints/fashion-mnist/baseline`. A GPU run, for example:
@@ -117,6 +118,7 @@ from torch.utils.data import DataLoader
 import mkviz
 from mkviz import figures
 from mkviz.apps.shipped import checkpoint_dir
+from mkviz.core.cost import machine_description
 from mkviz.course.exercises import check
 from mkviz.data import build_dataset
 from mkviz.training import TrainConfig, load_checkpoint, train
@@ -133,6 +135,7 @@ DATASET = os.environ.get("MKVIZ_DATASET", "fashion-mnist").lower()
 DATA_ROOT = os.environ.get("MKVIZ_DATA_ROOT") or None
 PRETRAINED = os.environ.get("MKVIZ_PRETRAINED", "0") == "1"
 OUT = Path(os.environ.get("MKVIZ_OUT") or tempfile.mkdtemp(prefix="mkviz-03-"))
+WORKERS = int(os.environ.get("MKVIZ_WORKERS", "8"))
 torch.manual_seed(SEED)
 print(f"mkviz {mkviz.__version__}, torch {torch.__version__}, device {DEVICE}; runs go to {OUT}")
 
@@ -165,15 +168,16 @@ print(f"scale: {SCALE if DEVICE.type != 'cuda' else 'GPU'}")
 
 # %% [markdown]
 # The GPU scale (not run by the test suite): a ViT-S/16 at 224 px, on Fashion-MNIST upsampled from
-# 28 px (`image_size=224`: the registry resizes it bilinearly) or on an ImageFolder. No shipped
-# checkpoint has this size, so the baseline is trained first, by the same `train`.
+# 28 px (`image_size=224`: the registry resizes it bilinearly, in `WORKERS` loader processes) or on an
+# ImageFolder, with bf16 autocast. No shipped checkpoint has this size, so the baseline is trained
+# first, by the same `train`, for 4 epochs: short, so that Run All stays a few minutes.
 
 # %%
 if DEVICE.type == "cuda":
     SCALE = "GPU"
     common.update(dataset=DATASET, data_root=DATA_ROOT, model="vit_small_patch16_224",
-                  image_size=224, epochs=3, batch_size=128, amp=True)
-    base_cfg = TrainConfig(**{**common, "epochs": 10, "lr": 1e-4 if PRETRAINED else 5e-4},
+                  image_size=224, epochs=2, batch_size=128, amp=True, num_workers=WORKERS)
+    base_cfg = TrainConfig(**{**common, "epochs": 4, "lr": 1e-4 if PRETRAINED else 5e-4},
                            pretrained=PRETRAINED, variant="baseline", out=str(OUT / "baseline"))
     BASELINE = Path(train(base_cfg)["final"])
 print(f"starting point: {BASELINE}")
@@ -337,6 +341,16 @@ for name, r in results.items():
 figures.cost_table_figure(rows, title=f"results ({SCALE} scale, seed {SEED}, one run each)").show()
 for row in rows:
     print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
+
+# %% [markdown]
+# The table is also saved beside the runs, with what it was measured on, so that a report can be
+# made from it without re-running (`python -m mkviz.course.notebook_runs` turns it into a page).
+
+# %%
+table = {"notebook": "03_fine_tuning", "scale": SCALE, "seed": SEED, "settings": common,
+         "start_test_acc": start_acc, "machine": machine_description(), "rows": rows}
+(OUT / "results_table.json").write_text(json.dumps(table, indent=1, default=str) + "\n")
+print(f"wrote {OUT / 'results_table.json'}")
 
 # %% [markdown]
 # **How to read this.** Both runs start at the baseline's accuracy and loss; neither starts from

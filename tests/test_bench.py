@@ -143,3 +143,31 @@ def test_explorer_latency_measures_a_slider_move():
     assert set(ms) == {"first_forward_ms", "slider_move_ms"}
     # a slider move redraws from the cache: cheaper than the recorded forward that built the explorer
     assert ms["slider_move_ms"] < ms["first_forward_ms"]
+
+
+def test_compile_blocks_and_fold():
+    """The suite folds models whose blocks are compiled (`fold` deep-copies them): the folded copy, compiled
+    again or not, computes its own function, not the original's."""
+    torch.manual_seed(0)
+    model = mkviz.convert(small_vit(depth=2), "vanillak", 2).eval()
+    x = torch.randn(2, 3, 32, 32)
+    bench_suite.compile_blocks(model, backend="eager")
+    with torch.no_grad():
+        before = model(x)
+        stale = mkviz.fold(model)                                     # blocks copied with the compiled code
+        fresh = bench_suite.compile_blocks(mkviz.fold(model), backend="eager")
+        expected = fresh(x)
+        assert (expected - before).abs().max().item() < 1e-5        # folding keeps the function
+        for p in model.blocks.parameters():
+            p.zero_()                                                 # change the original only
+        assert (fresh(x) - expected).abs().max().item() == 0.0        # the fresh copy runs its own blocks
+        assert (stale(x) - expected).abs().max().item() == 0.0        # so does the copy of compiled blocks
+        assert (model(x) - expected).abs().max().item() > 1e-3       # while the original changed
+
+
+def test_compile_scope_errors():
+    with pytest.raises(ValueError, match="compile must be False, True or one of"):
+        bench.run_suite("vit_tiny_patch16_224", img_size=32, batch_size=2, repeats=1, pairs=[("vanillak", 2)],
+                        compile="everything", latency_img_size=None, model_kwargs=TINY, log=lambda s: None)
+    with pytest.raises(ValueError, match="compile scope 'blocks' needs a model with a `blocks` list"):
+        bench_suite.compile_blocks(torch.nn.Linear(2, 2))

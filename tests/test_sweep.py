@@ -219,3 +219,12 @@ def test_committed_fashion_mnist_pages_are_in_sync_with_their_json(monkeypatch: 
     sweep = load_sweep(ROOT / "configs" / "repro_fmnist.yaml")
     assert sweep_report.check_page(sweep) == []
     assert sweep["report"]["primary"] == [["vanillak-8", "baseline"], ["vanillak-8", "overparam-key"]]
+
+
+def test_only_takes_comma_separated_globs():
+    """`--only a,b` keeps the runs matching either glob, in the sweep's own order (stage, then seed-major)."""
+    sweep = load_sweep("configs/repro_gpu.yaml")
+    ids = [r.run_id for r in expand_runs(sweep, "fmnist__baseline__s*, fmnist__vanillak-8__s*")]
+    assert ids[:4] == ["fmnist__baseline__s0", "fmnist__vanillak-8__s0", "fmnist__baseline__s1",
+                       "fmnist__vanillak-8__s1"]
+    assert len(ids) == 20 and len(expand_runs(sweep, "fmnist__baseline__s*")) == 10

@@ -1,7 +1,7 @@
 """Benchmarks against timm's baseline.
 
     python -m mkviz.bench [run] [--quick] [--json PATH] [--model NAME] [--img-size 224] [--batch-size 8]
-                          [--device cpu|cuda] [--dtype float32|bfloat16] [--compile]
+                          [--device cpu|cuda] [--dtype float32|bfloat16] [--compile [model|blocks]]
                           [--variants ...] [--num-charts 1 2 4 8 16] [--repeats 5]
         the suite: for each variant x number of charts, parameters, nominal FLOPs, training and
         inference throughput, folded inference throughput and peak training memory, each as a
@@ -40,7 +40,7 @@ from ..core.key import VARIANTS
 from ..core.models import convert
 from ..viz.explorers import ChartExplorer
 from . import bench_record
-from .bench_suite import DEFAULT_CHARTS, DEFAULT_MODELS, QUICK, RECORD_FIELDS, run_suite, suite_pairs
+from .bench_suite import COMPILE_SCOPES, DEFAULT_CHARTS, DEFAULT_MODELS, QUICK, RECORD_FIELDS, run_suite, suite_pairs
 
 __all__ = ["CostRow", "cost_table", "format_cost_table", "RECORD_FIELDS", "run_suite", "format_suite", "format_markdown", "main"]
 
@@ -107,6 +107,12 @@ def explorer_latency(model: str = "vit_small_patch16_224", img_size: int = 224, 
     first = (time.perf_counter() - start) * 1000.0
     return {"first_forward_ms": first, "slider_move_ms": explorer.update_latency_ms(moves)}
 
+def _compiled(record: dict[str, Any], text: str) -> str:
+    """`text` (+ " per block" for `--compile blocks`) when the record's models were compiled, else ""."""
+    if not record["compile"]:
+        return ""
+    return text + (" per block" if record.get("compile_scope") == "blocks" else "")
+
 def _fmt(value: Optional[float], digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -126,7 +132,7 @@ def format_suite(records: Sequence[dict[str, Any]], markdown: bool = False) -> s
             f"{r0['baseline_flops'] / 1e9:.2f} GFLOPs/image at {r0['img_size']} px): "
             f"train {r0['baseline_train_images_per_s']:.1f} images/s, "
             f"inference {r0['baseline_infer_images_per_s']:.1f} images/s "
-            f"(batch {r0['batch_size']}, {r0['device']}, {r0['dtype']}{', compiled' if r0['compile'] else ''}, "
+            f"(batch {r0['batch_size']}, {r0['device']}, {r0['dtype']}{_compiled(r0, ', compiled')}, "
             f"{r0.get('optimizer', 'AdamW')}, median of {r0['repeats']} rounds{', QUICK settings' if r0['quick'] else ''})")
     lat = [r for r in records if r.get("reforward_ms") is not None]
     if lat:
@@ -148,7 +154,7 @@ def format_markdown(records: Sequence[dict[str, Any]]) -> str:
             f"{m.get('torch_threads', '?')} torch threads{', ' + m['gpu'] if m.get('gpu') else ''}), "
             f"Python {m.get('python', '?')}, torch {m.get('torch', '?')}, timm {m.get('timm', '?')}: "
             f"`{r0['model']}` at {r0['img_size']} px, batch {r0['batch_size']}, {r0['dtype']}"
-            f"{', torch.compile' if r0['compile'] else ''}, median of {r0['repeats']} interleaved rounds after "
+            f"{_compiled(r0, ', torch.compile')}, median of {r0['repeats']} interleaved rounds after "
             f"{r0['warmup']} warm-up{' (--quick)' if r0['quick'] else ''}; 1-minute load average "
             f"{r0.get('load_average_start', '?')} at the start, {r0.get('load_average_end', '?')} at the end "
             f"(other processes on the same cores).\n\n")
@@ -167,7 +173,10 @@ def _run_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="default: cuda when a GPU is visible, else cpu")
     r.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                    help="bfloat16: torch.autocast for every model, baseline included")
-    r.add_argument("--compile", action="store_true", help="torch.compile every model (baseline included)")
+    r.add_argument("--compile", nargs="?", const="model", default=None, choices=COMPILE_SCOPES,
+                   help="torch.compile every model, the baseline included: the whole model (`--compile`, "
+                        "`--compile model`) or each transformer block on its own (`--compile blocks`: one block's "
+                        "graph to compile instead of the whole model's, the cold start of regional compilation)")
     r.add_argument("--variants", nargs="+", default=list(VARIANTS), help=f"default: {' '.join(VARIANTS)}")
     r.add_argument("--num-charts", nargs="+", type=int, default=None, help="default 1 2 4 8 16")
     r.add_argument("--repeats", type=int, default=None, help=f"timed rounds (default 5, {QUICK['repeats']} with --quick)")
@@ -194,7 +203,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"QUICK mode: {model} at {img} px (not 224), batch {batch}, {repeats} rounds after {warmup} warm-up; "
               f"{len(pairs)} records: " + ", ".join(f"{v}/{h}" for v, h in pairs), flush=True)
     start = time.perf_counter()
-    records = run_suite(model, img, batch, args.device, args.dtype, args.compile, pairs=pairs, repeats=repeats,
+    records = run_suite(model, img, batch, args.device, args.dtype, args.compile or False, pairs=pairs, repeats=repeats,
                         warmup=warmup, quick=quick, latency_img_size=args.latency_img_size or None,
                         log=lambda s: print(s, file=sys.stderr, flush=True))
     print(format_markdown(records) if args.markdown else format_suite(records))

@@ -22,7 +22,7 @@ from ..core.key import LINEAR_VARIANTS, VARIANTS, resolve_variant
 from ..core.models import convert, fold
 from .bench_timing import libc, memory_method, peak_step_bytes, round_robin, time_ratio, sync, timed
 
-__all__ = ["RECORD_FIELDS", "run_suite", "suite_pairs"]
+__all__ = ["COMPILE_SCOPES", "RECORD_FIELDS", "compile_blocks", "run_suite", "suite_pairs"]
 
 
 DEFAULT_MODELS = ("vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224",
@@ -32,6 +32,15 @@ DEFAULT_CHARTS = (1, 2, 4, 8, 16)
 
 # --quick: every variant at 8 charts and VanillaK at every chart count, on smaller inputs
 QUICK = dict(img_size=96, batch_size=8, repeats=3, warmup=1)
+
+# what `compile=` compiles: the whole model (one graph), or each transformer block on its own ("regional
+# compilation": the blocks of a ViT share one compiled graph, so a cold start compiles one block, not twelve)
+COMPILE_SCOPES = ("model", "blocks")
+
+# compiled graphs per code object before dynamo falls back to eager: the suite compiles the baseline, every
+# variant and the folded models, for training and for inference, so timm's default (8) is too few; a run
+# that still hits it fails instead of timing eager code as compiled
+RECOMPILE_LIMIT = 64
 
 # the fields every record carries (issue 6); records hold more (absolute numbers, settings)
 RECORD_FIELDS = ("variant", "num_charts", "params", "flops", "params_ratio", "flops_ratio",
@@ -67,6 +76,32 @@ def _groups(pairs: Sequence[tuple[str, int]]) -> list[list[tuple[str, int]]]:
     for pair in pairs:
         by_variant.setdefault(pair[0], []).append(pair)
     return list(by_variant.values())
+
+def compile_blocks(model: nn.Module, **compile_kwargs: Any) -> nn.Module:
+    """`torch.compile` each block of `model.blocks` in place (timm's ViT-style models); returns `model`.
+    `compile_kwargs` go to `nn.Module.compile` (`backend=`, `mode=`). Blocks of the same structure and shapes
+    share one compiled graph (dynamo guards on the code, the parameters are inputs)."""
+    blocks = getattr(model, "blocks", None)
+    if not isinstance(blocks, (nn.Sequential, nn.ModuleList)) or len(blocks) == 0:
+        raise ValueError(f"compile scope 'blocks' needs a model with a `blocks` list of transformer blocks "
+                         f"(timm's ViT, DeiT, EVA, BEiT); {type(model).__name__} has none: use scope 'model'")
+    for block in blocks:
+        block.compile(**compile_kwargs)
+    return model
+
+def _compiler(scope: Optional[str]) -> Callable[[nn.Module], Any]:
+    """The function that makes a model's compiled form (identity when `scope` is None)."""
+    if scope is None:
+        return lambda m: m
+    if scope not in COMPILE_SCOPES:
+        raise ValueError(f"compile must be False, True or one of {COMPILE_SCOPES}; got {scope!r}")
+    dynamo = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):  # the name differs between torch versions
+        if hasattr(dynamo, name):
+            setattr(dynamo, name, max(getattr(dynamo, name), RECOMPILE_LIMIT))
+    if hasattr(dynamo, "fail_on_recompile_limit_hit"):
+        dynamo.fail_on_recompile_limit_hit = True
+    return torch.compile if scope == "model" else compile_blocks
 
 def _load() -> Optional[float]:
     """1-minute load average (other processes competing for the cores), None where unknown."""
@@ -182,7 +217,7 @@ def run_suite(
         batch_size: int = 8,
         device: str = "cpu",
         dtype: str = "float32",
-        compile: bool = False,
+        compile: bool | str = False,
         variants: Sequence[str] = VARIANTS,
         num_charts: Sequence[int] = DEFAULT_CHARTS,
         repeats: int = 5,
@@ -200,6 +235,8 @@ def run_suite(
     conversions. Each variant is measured in its own group together with the baseline: all models of
     the group run round robin in every repeat. `pairs` overrides the (variant, num_charts) grid;
     `latency_img_size` (None: skip) is the image size of the re-forward latency (VanillaK only).
+    `compile`: False, True (= "model": `torch.compile` of the whole model) or "blocks" (each transformer block
+    compiled on its own, `compile_blocks`), the same for every model, the baseline included.
     """
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"dtype must be 'float32' or 'bfloat16'; got {dtype!r}")
@@ -213,8 +250,9 @@ def run_suite(
     pairs = list(dict.fromkeys((resolve_variant(v), int(h)) for v, h in pairs))
     model_kwargs = dict(model_kwargs or {})
     amp = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if dtype == "bfloat16" else contextlib.nullcontext
-    maybe_compile = (lambda m: torch.compile(m)) if compile else (lambda m: m)
-    if compile:
+    scope = ("model" if compile is True else compile) if compile else None
+    maybe_compile = _compiler(scope)
+    if scope:
         warmup = max(warmup, 2)
     mem_method = memory_method(dev)
 
@@ -225,7 +263,8 @@ def run_suite(
     y = torch.randint(0, base.num_classes or 1000, (batch_size,), generator=gen).to(dev)
     runner = _GroupRunner(base, x, y, dev, amp, maybe_compile, repeats, warmup, mem_method, log)
     optimizer = "AdamW (fused)" if _adamw(base).defaults.get("fused") else "AdamW"
-    common = dict(model=model, device=dev.type, dtype=dtype, compile=compile, img_size=img_size,
+    common = dict(model=model, device=dev.type, dtype=dtype, compile=scope is not None, compile_scope=scope,
+                  img_size=img_size,
                   batch_size=batch_size, repeats=repeats, warmup=warmup, quick=quick,
                   baseline_params=runner.base_params, baseline_flops=runner.base_flops, memory_method=mem_method,
                   optimizer=optimizer,

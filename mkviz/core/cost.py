@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import platform
-from typing import Any, Sequence
+import subprocess
+from typing import Any, Optional, Sequence
 
 import timm
 import torch
@@ -14,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .key import key_impl
 from .switches import eager_attention
 
-__all__ = ["count_params", "count_flops", "count_train_flops", "machine_description"]
+__all__ = ["count_params", "count_flops", "count_train_flops", "gpu_driver_version", "machine_description"]
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
@@ -57,9 +58,24 @@ def count_train_flops(model: nn.Module, input_size: Sequence[int] = (64, 3, 224,
     return int(counter.get_total_flops())
 
 
+def gpu_driver_version() -> Optional[str]:
+    """The NVIDIA driver's version as `nvidia-smi` reports it, None without a GPU or without nvidia-smi."""
+    if not torch.cuda.is_available():
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.strip().splitlines()[0] if out.strip() else None
+
+
 def machine_description() -> dict[str, Any]:
-    """What a benchmark or sweep record says about the machine: versions, platform, CPUs, torch threads, GPU."""
+    """What a benchmark or sweep record says about the machine: versions, platform, CPUs, torch threads, GPU
+    (name, CUDA version torch was built with, driver)."""
+    cuda = torch.cuda.is_available()
     return dict(python=platform.python_version(), torch=torch.__version__, timm=timm.__version__,
                 platform=platform.platform(), processor=platform.machine(), cpu_count=os.cpu_count(),
                 torch_threads=torch.get_num_threads(),
-                gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
+                gpu=torch.cuda.get_device_name(0) if cuda else None,
+                cuda=torch.version.cuda if cuda else None, gpu_driver=gpu_driver_version())

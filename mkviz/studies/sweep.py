@@ -176,7 +176,8 @@ def make_parser() -> argparse.ArgumentParser:
                 "its report page from the per-run JSON.")
     p.add_argument("config", help="sweep YAML file, e.g. configs/repro_small.yaml")
     p.add_argument("--jobs", type=int, help="runs in parallel (default: the file's 'jobs')")
-    p.add_argument("--only", help="only run ids matching this glob, e.g. 'digits__*' or '*__s0'")
+    p.add_argument("--only", help="only run ids matching this glob, e.g. 'digits__*' or '*__s0'; several globs "
+                                  "separated by commas: ids matching any")
     p.add_argument("--list", action="store_true", help="list the runs and their state (done/partial/todo), run nothing")
     p.add_argument("--report-only", action="store_true", help="regenerate the page and plots from the JSON only")
     p.add_argument("--check", action="store_true", help="exit 1 if the page is out of sync with the JSON")

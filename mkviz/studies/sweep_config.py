@@ -141,10 +141,15 @@ def _train_kwargs(sweep: dict[str, Any], dataset: str, config: str, seed: int) -
     return kw
 
 
+def _matches(run_id: str, only: str) -> bool:
+    """Whether `run_id` matches one of the comma-separated globs of `only`."""
+    return any(fnmatch.fnmatch(run_id, glob.strip()) for glob in only.split(","))
+
+
 def expand_runs(sweep: dict[str, Any], only: Optional[str] = None) -> list[Run]:
     """Every run of the sweep, by stage (a configuration's `stage`, default 0: e.g. the primary comparison
     first), then seed-major (all configurations of seed 0 first); a configuration runs the sweep's seeds or its
-    own `seeds`; optionally filtered by a glob on the run id; `match_params` is resolved into the widened MLP's `mlp_ratio` (`match_by: mlp`, the
+    own `seeds`; optionally filtered by globs on the run id (`only`, comma-separated: any may match); `match_params` is resolved into the widened MLP's `mlp_ratio` (`match_by: mlp`, the
     default) or the factorised key's `key_hidden` (`match_by: key`)."""
 
     matched: dict[tuple[str, str], float] = {}
@@ -154,7 +159,7 @@ def expand_runs(sweep: dict[str, Any], only: Optional[str] = None) -> list[Run]:
         for dataset in sweep["datasets"]:
             for config, ckw in sweep["configs"].items():
                 run_id = f"{dataset}__{config}__s{seed}"
-                if seed not in ckw.get("seeds", sweep["seeds"]) or (only and not fnmatch.fnmatch(run_id, only)):
+                if seed not in ckw.get("seeds", sweep["seeds"]) or (only and not _matches(run_id, only)):
                     continue
                 kw = _train_kwargs(sweep, dataset, config, seed)
                 if ckw.get("match_params"):

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The GPU checks in one script, in order of value, each under its own time limit and all within DEADLINE
+# seconds (a GPU lent for a few minutes must not end with nothing written):
+#   1. `mkviz bench` on CUDA: ViT-S/16 and ViT-B/16 at 224 px, bf16, batch 128, every variant at 8 charts,
+#      eager; then the same with torch.compile per block (`--compile blocks`)
+#   2. notebook 03 at GPU scale, run as a script (`python -m mkviz.course.notebook_runs run`)
+#   3. the GPU-scale Fashion-MNIST study (configs/repro_gpu.yaml): its primary comparison, seed-major (any
+#      prefix of the runs is balanced), three runs at a time, for the time that is left
+# Everything goes to OUT. Run from the repository root, with mkviz importable and Fashion-MNIST installed:
+#   OUT=outputs/gpu_checks DEADLINE=480 bash scripts/gpu_checks.sh
+# DRY=1 runs the same steps on the CPU at tiny sizes (a check of the script, not a measurement).
+set -u
+OUT=${OUT:-outputs/gpu_checks}
+DEADLINE=${DEADLINE:-480}
+PY=${PY:-python3}
+DRY=${DRY:-0}
+mkdir -p "$OUT"
+start=$(date +%s)
+
+left() { echo $(( DEADLINE - ($(date +%s) - start) )); }
+
+step() {  # step NAME CAP COMMAND...: run COMMAND under a limit of CAP seconds or the time left, if less
+    local name=$1 cap=$2 t s rc
+    shift 2
+    t=$(left)
+    [ "$t" -gt "$cap" ] && t=$cap
+    if [ "$t" -lt 30 ]; then
+        echo "== $name: skipped, ${t} s left"
+        return
+    fi
+    echo "== $name (at most ${t} s): $*"
+    s=$(date +%s)
+    timeout -k 10 "$t" "$@"
+    rc=$?
+    echo "== $name: exit $rc after $(( $(date +%s) - s )) s"
+}
+
+if [ "$DRY" = 1 ]; then
+    DEVICE=cpu
+    SMALL=(--model vit_tiny_patch16_224 --img-size 32 --batch-size 4 --repeats 2 --latency-img-size 32)
+    BASE=(--model vit_tiny_patch16_224 --img-size 32 --batch-size 4 --repeats 2 --latency-img-size 32)
+    NOTEBOOK=(env MKVIZ_SMALL=1 MKVIZ_DEVICE=cpu)
+    STUDY=(--list)
+else
+    DEVICE=cuda
+    SMALL=(--model vit_small_patch16_224 --batch-size 128 --repeats 10)
+    BASE=(--model vit_base_patch16_224 --batch-size 128 --repeats 10)
+    NOTEBOOK=(env MKVIZ_DEVICE=cuda MKVIZ_WORKERS=8)
+    STUDY=(--jobs 3)
+fi
+BENCH=("$PY" -m mkviz.apps.bench run --device "$DEVICE" --dtype bfloat16 --variants vanillak simplek spatialk kua
+       --num-charts 8)
+
+"$PY" -c "from mkviz.core.cost import machine_description as m; print(m())" | tee "$OUT/machine.txt"
+[ "$DEVICE" = cuda ] && nvidia-smi | tee -a "$OUT/machine.txt"
+
+# 1. the benchmark, eager then compiled per block
+step "bench ViT-S eager" 120 "${BENCH[@]}" "${SMALL[@]}" --json "$OUT/bench_vit_s_eager.json"
+step "bench ViT-B eager" 120 "${BENCH[@]}" "${BASE[@]}" --json "$OUT/bench_vit_b_eager.json"
+step "bench ViT-S compiled per block" 150 "${BENCH[@]}" "${SMALL[@]}" --compile blocks \
+    --json "$OUT/bench_vit_s_blocks.json"
+
+# 2. notebook 03 at GPU scale (its runs and results_table.json in nb03/, the Run All record beside them)
+step "notebook 03" 240 "${NOTEBOOK[@]}" MKVIZ_OUT="$OUT/nb03" \
+    "$PY" -m mkviz.course.notebook_runs run notebooks/03_fine_tuning.py --record "$OUT/nb03/run.json"
+
+step "bench ViT-B compiled per block" 150 "${BENCH[@]}" "${BASE[@]}" --compile blocks \
+    --json "$OUT/bench_vit_b_blocks.json"
+
+# 3. the study's primary comparison, seed-major, for the time left (finished runs write their JSON)
+step "study repro_gpu (primary comparison)" 100000 "$PY" -m mkviz.apps.cli sweep configs/repro_gpu.yaml \
+    --only 'fmnist__baseline__s*,fmnist__vanillak-8__s*,fmnist__overparam-key__s*' "${STUDY[@]}"
+echo "== done after $(( $(date +%s) - start )) s"
