@@ -83,7 +83,7 @@
 # |---|---|---|---|---|
 # | **test** | `MKVIZ_SMALL=1` | the shipped baseline (`fashion` preset: 4 blocks of width 64, 28 px) | 1,024 training images; 128 val / test | 1 epoch, batch 64 (16 steps) |
 # | **CPU** | default | the shipped baseline | 8,192 training images; 1,000 val / test | 2 epochs, batch 128 (128 steps) |
-# | **GPU** | `MKVIZ_DEVICE=cuda` | a ViT-S/16 baseline trained here first for 4 epochs (timm's pretrained weights with `MKVIZ_PRETRAINED=1`) | Fashion-MNIST upsampled to 224 px, or your ImageFolder | 2 epochs, batch 128, all images |
+# | **GPU** | `MKVIZ_DEVICE=cuda` | a ViT-S/16 baseline trained here first for 3 epochs (timm's pretrained weights with `MKVIZ_PRETRAINED=1`) | Fashion-MNIST upsampled to 224 px, or your ImageFolder | 1 epoch, batch 128, all images |
 #
 # | variable | default | meaning |
 # |---|---|---|
@@ -170,14 +170,14 @@ print(f"scale: {SCALE if DEVICE.type != 'cuda' else 'GPU'}")
 # The GPU scale (not run by the test suite): a ViT-S/16 at 224 px, on Fashion-MNIST upsampled from
 # 28 px (`image_size=224`: the registry resizes it bilinearly, in `WORKERS` loader processes) or on an
 # ImageFolder, with bf16 autocast. No shipped checkpoint has this size, so the baseline is trained
-# first, by the same `train`, for 4 epochs: short, so that Run All stays a few minutes.
+# first, by the same `train`, for 3 epochs: short, so that Run All stays a few minutes.
 
 # %%
 if DEVICE.type == "cuda":
     SCALE = "GPU"
     common.update(dataset=DATASET, data_root=DATA_ROOT, model="vit_small_patch16_224",
-                  image_size=224, epochs=2, batch_size=128, amp=True, num_workers=WORKERS)
-    base_cfg = TrainConfig(**{**common, "epochs": 4, "lr": 1e-4 if PRETRAINED else 5e-4},
+                  image_size=224, epochs=1, batch_size=128, amp=True, num_workers=WORKERS)
+    base_cfg = TrainConfig(**{**common, "epochs": 3, "lr": 1e-4 if PRETRAINED else 5e-4},
                            pretrained=PRETRAINED, variant="baseline", out=str(OUT / "baseline"))
     BASELINE = Path(train(base_cfg)["final"])
 print(f"starting point: {BASELINE}")

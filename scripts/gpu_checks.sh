@@ -2,7 +2,7 @@
 # The GPU checks in one script, in order of value, each under its own time limit and all within DEADLINE
 # seconds (a GPU lent for a few minutes must not end with nothing written):
 #   1. `mkviz bench` on CUDA: ViT-S/16 and ViT-B/16 at 224 px, bf16, batch 128, every variant at 8 charts,
-#      eager; then the same with torch.compile per block (`--compile blocks`)
+#      eager (then, after 2, the same with torch.compile per block, `--compile blocks`)
 #   2. notebook 03 at GPU scale, run as a script (`python -m mkviz.course.notebook_runs run`)
 #   3. the GPU-scale Fashion-MNIST study (configs/repro_gpu.yaml): its primary comparison, seed-major (any
 #      prefix of the runs is balanced), three runs at a time, for the time that is left
@@ -54,15 +54,18 @@ BENCH=("$PY" -m mkviz.apps.bench run --device "$DEVICE" --dtype bfloat16 --varia
 "$PY" -c "from mkviz.core.cost import machine_description as m; print(m())" | tee "$OUT/machine.txt"
 [ "$DEVICE" = cuda ] && nvidia-smi | tee -a "$OUT/machine.txt"
 
-# 1. the benchmark, eager then compiled per block
+# 1. the benchmark, eager
 step "bench ViT-S eager" 120 "${BENCH[@]}" "${SMALL[@]}" --json "$OUT/bench_vit_s_eager.json"
 step "bench ViT-B eager" 120 "${BENCH[@]}" "${BASE[@]}" --json "$OUT/bench_vit_b_eager.json"
+# 2. notebook 03 at GPU scale, before the compiled runs (cold compiles take minutes): its runs and
+#    results_table.json in nb03/, the Run All record beside them
+step "notebook 03" 200 "${NOTEBOOK[@]}" MKVIZ_OUT="$OUT/nb03" \
+    "$PY" -m mkviz.course.notebook_runs run notebooks/03_fine_tuning.py --record "$OUT/nb03/run.json"
+
+# 1b. the benchmark compiled per block
 step "bench ViT-S compiled per block" 150 "${BENCH[@]}" "${SMALL[@]}" --compile blocks \
     --json "$OUT/bench_vit_s_blocks.json"
 
-# 2. notebook 03 at GPU scale (its runs and results_table.json in nb03/, the Run All record beside them)
-step "notebook 03" 240 "${NOTEBOOK[@]}" MKVIZ_OUT="$OUT/nb03" \
-    "$PY" -m mkviz.course.notebook_runs run notebooks/03_fine_tuning.py --record "$OUT/nb03/run.json"
 
 step "bench ViT-B compiled per block" 150 "${BENCH[@]}" "${BASE[@]}" --compile blocks \
     --json "$OUT/bench_vit_b_blocks.json"

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from .key import ManifoldKey
+from .preservation import check_preserves_key
 
 __all__ = ["HF_ATTENTION", "MIN_TRANSFORMERS", "RECORDING_IMPLEMENTATION", "is_hf_attention", "unsupported_reason",
            "convert_attention", "manifold_keys", "fold", "recording_attention", "attach_recorder", "chart_attention"]
@@ -67,25 +68,6 @@ def unsupported_reason(module: nn.Module) -> Optional[str]:
 
 # --------------------------------------------------------------------------- conversion
 @torch.no_grad()
-def check_same_key(path: str, old: nn.Linear, key: ManifoldKey, perturbation: float) -> None:
-    """ValueError when the manifold key does not compute the Linear's key on a probe input (relative error)."""
-    if old.weight.is_meta:
-        return
-    x = torch.randn(1, 4, old.in_features, generator=torch.Generator().manual_seed(0)).to(old.weight)
-    training, key.training = key.training, False  # no KUA atlas term from the probe
-    try:
-        got = key(x)
-    finally:
-        key.training = training
-    ref = old(x)
-    err = ((got - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
-    tol = max(1e-4, 8 * torch.finfo(old.weight.dtype).eps)
-    if err > tol:
-        raise ValueError(f"{path}: perturbation={perturbation:g} is too large to keep the model's function: the "
-                         f"converted key differs from the original by {err:.1e} (relative, allowed {tol:.0e}); "
-                         "use a smaller perturbation (default 0.1), or init='scratch'")
-
-
 def convert_attention(path: str, attn: nn.Module, preserve: bool, perturbation: float,
                       generator: Optional[torch.Generator], *, variant: str, num_charts: int, kernel_size: int,
                       expand_from: str, context_broadcast: bool, ua_weight: float) -> None:
@@ -108,7 +90,7 @@ def convert_attention(path: str, attn: nn.Module, preserve: bool, perturbation: 
                       device=old.weight.device, dtype=old.weight.dtype)
     if preserve:
         key.load_base_key(old.weight, old.bias, perturbation=perturbation, generator=generator)
-        check_same_key(path, old, key, perturbation)
+        check_preserves_key(path, key, old.weight, old.bias, perturbation)
     else:
         key.reset_parameters("scratch", generator=generator)
     key.train(old.training)

@@ -22,6 +22,7 @@ from .checks import check_choice
 from .families import FAMILIES
 from .hf_io import to_manifold_class, to_plain_class
 from .key import INITS, ManifoldKey, check_perturbation, resolve_variant
+from .preservation import check_preserves_key
 
 __all__ = ["convert", "create_model", "fold", "manifold_modules", "unbalanced_atlas_loss", "class_logits"]
 
@@ -132,28 +133,6 @@ def _timm_key(old: nn.Module, new: ManifoldQKV) -> tuple[torch.Tensor, Optional[
     return old.qkv.weight[A:2 * A], (old.qkv.bias[A:2 * A] if old.qkv.bias is not None else None)
 
 
-@torch.no_grad()
-def _check_preserved(path: str, old: nn.Module, new: ManifoldQKV, perturbation: float) -> None:
-    """ValueError when the converted key does not compute the original key on a probe input (a perturbation
-    so large that rounding swamps the zero-sum cancellation)."""
-    weight, bias = _timm_key(old, new)
-    if weight.is_meta:
-        return
-    x = torch.randn(1, 4, weight.shape[1], generator=torch.Generator().manual_seed(0)).to(weight)
-    training, new.key.training = new.key.training, False  # no KUA atlas term from the probe
-    try:
-        got = new.key(x)
-    finally:
-        new.key.training = training
-    ref = nn.functional.linear(x, weight, bias)
-    err = ((got - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
-    tol = max(1e-4, 8 * torch.finfo(weight.dtype).eps) if weight.is_floating_point() else 1e-4
-    if err > tol:
-        raise ValueError(f"{path}: perturbation={perturbation:g} is too large to keep the model's function: the "
-                         f"converted key differs from the original by {err:.1e} (relative, allowed {tol:.0e}); "
-                         "use a smaller perturbation (default 0.1), or init='scratch'")
-
-
 def convert(
         model: nn.Module,
         variant: str = "vanillak",
@@ -217,7 +196,7 @@ def convert(
         else:
             continue
         if init == "preserve":
-            _check_preserved(path or "<model>", module, new, perturbation)
+            check_preserves_key(path or "<model>", new.key, *_timm_key(module, new), perturbation)
         new.train(module.training)
         _set_submodule(model, path, new)
         found += 1

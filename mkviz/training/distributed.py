@@ -41,6 +41,8 @@ def init_dist(device_arg: Optional[str]) -> tuple[Dist, torch.device]:
     else:
         device = torch.device("cpu")
     if device.type == "cuda":
+        if device.index is None:  # "cuda": the current device (set_device needs an index)
+            device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
