@@ -64,7 +64,7 @@
 # | the 2 exercises (✎) | about 10 min |
 # | Run All at the default (CPU) scale, 2-core CPU | 2 min 5 s (measured 2026-12-04: one torch thread, 2 cores shared with two training runs) |
 # | Run All, `MKVIZ_SMALL=1` | 41 s (measured, likewise) |
-# | Run All at GPU scale (`MKVIZ_DEVICE=cuda`, ViT-S/16 at 224 px) | not measured (no GPU here) |
+# | Run All at GPU scale (`MKVIZ_DEVICE=cuda`, ViT-S/16 at 224 px) | not measured yet: the one GPU run (an H200, 2026-12-04) trained the 3-epoch baseline (about 23 s an epoch) and stopped in section 2 after 97 s on a CPU tensor compared with a CUDA one, fixed since (`docs/gpu_runs.md`) |
 #
 # **Exercises** are marked ✎. Write a few lines where a cell says `None  # your code`, then run the check
 # cell under it: it prints `✓ PASS`, `✗ FAIL` with what differs and a hint, or `· TODO` while the stub is
@@ -264,7 +264,7 @@ anchor = decay_anchors(model)["blocks.0.attn.key.chart_maps.weight"]   # (H·C, 
 H, C = key.num_charts, key.key_dim
 per_chart = anchor.reshape(H, C, C)                    # (H·C, C, 1) -> (H, C, C)
 print(f"anchor {tuple(anchor.shape)}: every chart's is I_{C}:",
-      bool((per_chart == torch.eye(C)).all()))
+      bool((per_chart == torch.eye(C, device=per_chart.device)).all()))
 
 # %% [markdown]
 # **The step.** `anchored.apply(lr)` moves group 2 by $-\eta\lambda(\varphi_c - I)$ right before
@@ -275,7 +275,8 @@ print(f"anchor {tuple(anchor.shape)}: every chart's is I_{C}:",
 def deviation(block_key):
     """‖φ − I‖ over all charts, and ‖s − 1‖ of the scales, of one block's key."""
     phi = block_key.chart_maps.weight.detach().reshape(H, C, C)   # (H·C, C, 1) -> (H, C, C)
-    return (phi - torch.eye(C)).norm().item(), (block_key.scale.detach() - 1).norm().item()
+    eye = torch.eye(C, device=phi.device)                         # on the model's device
+    return (phi - eye).norm().item(), (block_key.scale.detach() - 1).norm().item()
 
 
 before = deviation(key)

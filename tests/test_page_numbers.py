@@ -21,16 +21,19 @@ from typing import Callable, NamedTuple
 import numpy as np
 import pytest
 
+import gpu_runs_data as gpu
+
 ROOT = Path(__file__).resolve().parents[1]
 REPRO, CHARTS, LR = "docs/reproduction_fmnist.md", "docs/chart_specialisation.md", "docs/lr_check_fmnist.md"
 KERNEL = "docs/kernel_size_fmnist.md"
 DENSE = "docs/dense_fmnist.md"
 KUA_USAGE = "docs/kua_usage_fmnist.md"
 README, DATA = "README.md", "data/README.md"
+GPU = gpu.PAGE
 
 # page -> (start, end) of the region checked (None: the whole page)
 PAGES = {
-    REPRO: None, CHARTS: None, LR: None, KERNEL: None, DENSE: None, KUA_USAGE: None,
+    REPRO: None, CHARTS: None, LR: None, KERNEL: None, DENSE: None, KUA_USAGE: None, GPU: None,
     README: ("## Does it help?", "## The course"),
     DATA: ("| checkpoint | variant |", "**Why this recipe**"),
 }
@@ -235,6 +238,32 @@ class Claim(NamedTuple):
 V8, B, OP = "vanillak-8", "baseline", "overparam-key"
 K1, K8 = "vanillak-1-k3", "vanillak-8-k3"
 CLAIMS = [
+    # --- gpu_runs.md: the two GPU runs' logs, the bench JSON and the training metrics (tests/gpu_runs_data.py)
+    Claim(GPU, "original key by {} to {}", lambda: (f"{min(gpu.refusal_errors()):.1e}", f"{max(gpu.refusal_errors()):.1e}")),
+    Claim(GPU, "training {}, inference {}, folded inference {}.", lambda: tuple(
+        f"{x:.2f}" for x in gpu.log_ratios(1, "bench ViT-B compiled per block")["vanillak"])),
+    Claim(GPU, "trained at {} (ViT-S) and {} (ViT-B) of the baseline's", lambda: (
+        f"{gpu.log_ratios(1, 'bench ViT-S eager')['vanillak'][0]:.2f}",
+        f"{gpu.log_ratios(1, 'bench ViT-B eager')['vanillak'][0]:.2f}")),
+    Claim(GPU, "against {} and\n  {} in run 2", lambda: tuple(
+        f"{gpu.bench(k)['vanillak']['train_throughput_ratio']:.2f}" for k in ("ViT-S/16 eager", "ViT-B/16 eager"))),
+    Claim(GPU, "SpatialK-8 ({}) and SimpleK-8\n  ({}), and at", lambda: tuple(
+        f"{gpu.bench('ViT-S/16 eager')[v]['infer_throughput_ratio']:.2f}" for v in ("spatialk", "simplek"))),
+    Claim(GPU, "(VanillaK-8 training\n  {} → {})", lambda: tuple(
+        f"{gpu.bench(k)['vanillak']['train_throughput_ratio']:.2f}" for k in ("ViT-S/16 eager", "ViT-S/16 compiled per block"))),
+    Claim(GPU, "3 epochs of {}, {} and\n{} s; validation accuracy {} % after the first, {} %\nafter the last; test accuracy {} %",
+          lambda: (*(f"{m['time']:.1f}" for m in gpu.notebook_baseline()),
+                   f"{100 * gpu.notebook_baseline()[0]['val_acc']:.1f}", f"{100 * gpu.notebook_baseline()[-1]['val_acc']:.1f}",
+                   f"{100 * gpu.notebook_test_acc():.2f}")),
+    Claim(GPU, "logit difference on a batch {},", lambda: (
+        re.search(r"max \|VanillaK-8 - baseline\| = ([\d.e+-]+)", gpu.log(2))[1],)),
+    Claim(GPU, "an epoch took {}–{} s", lambda: (f"{min(gpu.study_epoch_times()):.1f}", f"{max(gpu.study_epoch_times()):.1f}")),
+    Claim(GPU, "about {} images/s per run. At that pace one run takes about\n{} minutes, the 30 runs of the primary "
+               "comparison about {} hours three at a\ntime, all 81 runs about {} hours", lambda: tuple(
+        f"{gpu.study_pace()[k]:.0f}" for k in ("images_per_s", "run_min", "stage0_h", "all_h"))),
+    Claim(GPU, "10 epochs) about {} hours", lambda: (f"{gpu.study_pace()['lr_check_h']:.0f}",)),
+    Claim(GPU, "it needs about {} hours of one H200", lambda: (
+        f"{gpu.study_pace()['all_h'] + gpu.study_pace()['lr_check_h']:.0f}",)),
     # --- dense_fmnist.md: the question, from the sweep file, the dataset's defaults and mkviz.stats
     Claim(DENSE, "box IoU at most {} with\n  every earlier", lambda: (
         f"{inspect.signature(mk('data.scenes', 'FashionScenesDataset')).parameters['max_iou'].default:g}",)),
@@ -443,6 +472,8 @@ CLAIMS += [
 
 # numbers that are constants of the design or quoted from outside, not results: (page, exact text, reason)
 ALLOWED = [
+    (GPU, '"perturbation=0.1 is too large to keep', "the refusal's message, quoted (0.1: the default perturbation)"),
+    (GPU, "**Training throughput ≥ 0.9**", "the issue's target"),
     (DENSE, "IoU\n  0.50:0.95", "COCO's definition of mAP"),
     (DENSE, "80 % power", "the stated power of the MDE"),
     (REPRO, "arXiv 2402.00534", "the paper's identifier"),

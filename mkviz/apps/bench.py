@@ -11,6 +11,8 @@
         (variant, num_charts).
     python -m mkviz.bench table PATH.json
         a Markdown table from a JSON written by `run` (docs/benchmarks.md is made this way).
+    python -m mkviz.bench targets PATH.json [PATH.json ...]
+        the targets (training >= 0.9, folded inference >= 0.97, efficiency >= 0.85 at 8 charts) per run.
     python -m mkviz.bench params [--models ...] [--num-charts 8] [--markdown]
         parameters and nominal FLOPs (every chart computed as written, docs/design.md §2) of each
         variant vs the unmodified timm model, as a table; random weights, nothing downloaded.
@@ -113,6 +115,13 @@ def _compiled(record: dict[str, Any], text: str) -> str:
         return ""
     return text + (" per block" if record.get("compile_scope") == "blocks" else "")
 
+def _gpu(machine: dict[str, Any]) -> str:
+    """", NVIDIA H200 (driver 580.1, CUDA 13.0)" from a record's machine, "" without a GPU."""
+    if not machine.get("gpu"):
+        return ""
+    extra = ", ".join(f"{k} {machine[f]}" for k, f in (("driver", "gpu_driver"), ("CUDA", "cuda")) if machine.get(f))
+    return f", {machine['gpu']}" + (f" ({extra})" if extra else "")
+
 def _fmt(value: Optional[float], digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -151,7 +160,7 @@ def format_markdown(records: Sequence[dict[str, Any]]) -> str:
     r0 = records[0]
     m = r0.get("machine", {})
     head = (f"Measured {r0.get('date', '?')} on {r0['device']} ({m.get('cpu_count', '?')} cores, "
-            f"{m.get('torch_threads', '?')} torch threads{', ' + m['gpu'] if m.get('gpu') else ''}), "
+            f"{m.get('torch_threads', '?')} torch threads{_gpu(m)}), "
             f"Python {m.get('python', '?')}, torch {m.get('torch', '?')}, timm {m.get('timm', '?')}: "
             f"`{r0['model']}` at {r0['img_size']} px, batch {r0['batch_size']}, {r0['dtype']}"
             f"{_compiled(r0, ', torch.compile')}, median of {r0['repeats']} interleaved rounds after "
@@ -159,6 +168,26 @@ def format_markdown(records: Sequence[dict[str, Any]]) -> str:
             f"{r0.get('load_average_start', '?')} at the start, {r0.get('load_average_end', '?')} at the end "
             f"(other processes on the same cores).\n\n")
     return head + format_suite(records, markdown=True)
+
+# the issue's targets, at 8 charts: (label, record field, variants, threshold)
+TARGETS = (("training throughput ≥ 0.9", "train_throughput_ratio", ("vanillak", "simplek", "spatialk"), 0.9),
+           ("folded inference ≥ 0.97", "folded_infer_throughput_ratio", ("vanillak", "simplek", "spatialk"), 0.97),
+           ("efficiency ≥ 0.85", "efficiency", ("vanillak", "simplek", "spatialk", "kua"), 0.85))
+
+def format_targets(runs: dict[str, Sequence[dict[str, Any]]]) -> str:
+    """A Markdown table of the targets against several runs ({column label: records}): each cell lists the
+    variants' values at 8 charts in TARGETS order, a value below its target in bold."""
+    head = ["target", "variants"] + list(runs)
+    body = []
+    for label, field, variants, threshold in TARGETS:
+        cells = []
+        for records in runs.values():
+            at8 = {r["variant"]: r[field] for r in records if r["num_charts"] == 8}
+            values = [at8.get(v) for v in variants]
+            cells.append(" / ".join("–" if x is None else (f"**{x:.2f}**" if x < threshold else f"{x:.2f}")
+                                    for x in values))
+        body.append([label, " / ".join(variants)] + cells)
+    return _render(head, body, markdown=True, left=2)
 
 # ---------------------------------------------------------------------------------------- CLI
 def _run_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -231,6 +260,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _run_parser(sub)
     t = sub.add_parser("table", help="Markdown tables from a JSON written by `run --json`")
     t.add_argument("path", help="a JSON file written by `mkviz bench run --json PATH`")
+    g = sub.add_parser("targets", help="the targets (training, folded inference, efficiency) against saved runs")
+    g.add_argument("paths", nargs="+", help="JSON files written by `mkviz bench run --json PATH`")
     p = sub.add_parser("params", help="parameters and FLOPs of each variant vs the timm baseline")
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="timm model names")
     p.add_argument("--num-charts", type=int, default=8, help="charts of every variant (default 8)")
@@ -255,6 +286,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "table":
         with open(args.path) as f:
             print(format_markdown(json.load(f)))
+        return 0
+    if args.command == "targets":
+        runs = {}
+        for path in args.paths:
+            with open(path) as f:
+                runs[path] = json.load(f)
+        print(format_targets(runs))
         return 0
     rows = cost_table(args.models, args.num_charts, args.img_size)
     print(format_cost_table(rows, markdown=args.markdown))
