@@ -219,11 +219,11 @@ def _chart_pictures(report: Any, models: dict[str, LoadedModel], test: Any, indi
 
 
 # what the fused map is, given the charts' maps, for each variant (docs/design.md §2.4, §2.8)
+_MEAN_FUSION = ("averages its chart keys, so its fused map is the normalised geometric mean of the charts' maps: "
+                "a patch gets attention only where every chart gives it some.")
 FUSED_MAP_NOTES = {
-    "vanillak": "VanillaK averages its chart keys, so its fused map is the normalised geometric mean of the "
-                "charts' maps: a patch gets attention only where every chart gives it some.",
-    "spatialk": "SpatialK averages its chart keys, so its fused map is the normalised geometric mean of the "
-                "charts' maps: a patch gets attention only where every chart gives it some.",
+    "vanillak": "VanillaK " + _MEAN_FUSION,
+    "spatialk": "SpatialK " + _MEAN_FUSION,
     "simplek": "SimpleK mixes its chart keys with a learned dense fusion, so its fused map is not a function of "
                "the charts' maps: it need not resemble any of them.",
     "kua": "KUA mixes its chart keys per token by a learned membership, so its fused map is the geometric mean "
