@@ -56,3 +56,9 @@ def notebook_baseline() -> list[dict]:
 
 def notebook_test_acc() -> float:
     return json.loads((RUNS / "notebook03_baseline/results.json").read_text())["metrics"]["test"]["acc"]
+
+
+def extra_step_ms(label: str, variant: str) -> float:
+    """How much longer a training step of `variant` took than the baseline's, in ms (medians, same run)."""
+    r = bench(label)[variant]
+    return 1e3 * r["batch_size"] * (1 / r["train_images_per_s"] - 1 / r["baseline_train_images_per_s"])

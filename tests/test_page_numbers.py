@@ -257,6 +257,11 @@ CLAIMS = [
                    f"{100 * gpu.notebook_test_acc():.2f}")),
     Claim(GPU, "logit difference on a batch {},", lambda: (
         re.search(r"max \|VanillaK-8 - baseline\| = ([\d.e+-]+)", gpu.log(2))[1],)),
+    Claim(GPU, "(VanillaK-8 {} and {}, SpatialK-8 {} and {}, SimpleK-8 {} and {} ms", lambda: tuple(
+        f"{gpu.extra_step_ms(k, v):.1f}" for v in ("vanillak", "spatialk", "simplek")
+        for k in ("ViT-S/16 eager", "ViT-B/16 eager"))),
+    Claim(GPU, "grows with the model ({} and {} ms)", lambda: tuple(
+        f"{gpu.extra_step_ms(k, 'kua'):.1f}" for k in ("ViT-S/16 eager", "ViT-B/16 eager"))),
     Claim(GPU, "an epoch took {}–{} s", lambda: (f"{min(gpu.study_epoch_times()):.1f}", f"{max(gpu.study_epoch_times()):.1f}")),
     Claim(GPU, "about {} images/s per run. At that pace one run takes about\n{} minutes, the 30 runs of the primary "
                "comparison about {} hours three at a\ntime, all 81 runs about {} hours", lambda: tuple(
