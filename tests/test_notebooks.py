@@ -77,3 +77,14 @@ def test_code_lines_fit_the_site_page_width(source: Path):
     long = [f"cell {i}: {line}" for i, cell in enumerate(jupytext.read(source).cells)
             if cell.cell_type == "code" for line in cell.source.splitlines() if len(line) > SITE_CODE_WIDTH]
     assert not long, f"{source.name}: code lines over {SITE_CODE_WIDTH} characters:\n" + "\n".join(long)
+
+
+def test_instructors_times_are_the_notebooks_own():
+    """docs/instructors.md's Run All columns repeat what each notebook's time table says it measured."""
+    table = (ROOT / "docs/instructors.md").read_text()
+    for path in sorted(NOTEBOOKS.glob("0*.py")):
+        text = path.read_text()
+        default = re.search(r"# \| Run All at the default[^|]*\| ([^|(]+?) \(measured", text)[1].strip()
+        small = re.search(r"# \| Run All, `MKVIZ_SMALL=1` \| ([^|(]+?) \(measured", text)[1].strip()
+        row = re.search(rf"^\| {path.name[:2]} \| [^|]+ \| [^|]+ \| ([^|]+) \| ([^|]+) \|", table, re.M)
+        assert row and (row[1].strip(), row[2].strip()) == (default, small), (path.name, default, small)
