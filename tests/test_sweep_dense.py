@@ -2,15 +2,19 @@
 metric (`report.metric: {seg: test_miou, det: test_map}`), through the same runs, records and page blocks."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
-from mkviz.studies.sweep import run_sweep
+from mkviz.studies.sweep import forward_flops, run_sweep
 from mkviz.studies.sweep_config import load_sweep
 from mkviz.studies.sweep_report import render_blocks, report_metric, summarize
+from mkviz.training.config import TrainConfig, model_spec, num_classes_of
+from mkviz.training.tasks import TASKS
 
 DENSE = {
     "name": "dense_micro", "plots_dir": None, "seeds": [0, 1], "jobs": 1, "baseline": "baseline",
@@ -42,6 +46,7 @@ def test_dense_records_carry_their_tasks_metrics(dense_sweep):
         task = {"seg": "segmentation", "det": "detection"}[r["dataset"]]
         assert r["task"] == task and r["headline"] == {"segmentation": "miou", "detection": "map"}[task]
         assert 0.0 <= r[f"test_{r['headline']}"] <= 1.0 and r["test_loss"] > 0 and r["flops"] > 0
+        assert r["flops_of"] == ("backbone" if task == "detection" else "model")
         assert "test_acc" not in r and "test_acc_one_hot" not in r
         assert r["history"][-1][f"val_{r['headline']}"] == pytest.approx(r[f"val_{r['headline']}"])
 
@@ -58,6 +63,8 @@ def test_dense_page_blocks_compare_each_tasks_metric(dense_sweep):
     assert "`vanillak-2` − `baseline` | primary" in blocks["comparisons-seg"]
     assert "val miou %" in blocks["curves-seg"] and "val map %" in blocks["curves-det"]
     assert "| – (8) |" in blocks["cost-det"]  # a detector's step FLOPs are not counted
+    assert "| backbone MFLOPs |" in blocks["results-det"] and "| MFLOPs |" in blocks["results-seg"]
+    assert "forward MFLOPs/image (backbone)" in blocks["cost-det"]
 
 
 def test_report_metric_per_dataset_and_bad_values():
@@ -67,3 +74,28 @@ def test_report_metric_per_dataset_and_bad_values():
         report_metric(sweep, "det")
     with pytest.raises(ValueError, match="report.metric must be one of"):
         report_metric({"name": "s", "report": {"metric": "accuracy"}})
+
+
+def _detector(train: dict, seed: int) -> torch.nn.Module:
+    cfg = TrainConfig(**{k: v for k, v in train.items() if k != "device"}).resolved()
+    return TASKS["detection"].build(model_spec(cfg, num_classes_of(cfg)), False, seed).eval()
+
+
+def test_detector_flops_are_its_backbones_and_do_not_depend_on_the_weights():
+    """A whole detector's count includes heads run on its detections (a zero image: as many as the weights give);
+    `forward_flops` counts the backbone and pyramid, the same for any weights."""
+    train = {"task": "detection", "dataset": "fashion-scenes", "preset": "scenes", "variant": "vanillak",
+             "num_charts": 8}
+    a, b = _detector(train, 0), _detector(train, 1)
+    assert forward_flops(a, "detection", 64) == forward_flops(b, "detection", 64) > 0
+    with torch.no_grad():
+        for p in b.roi_heads.parameters():
+            p.mul_(3.0)                                   # other heads, other detections
+    assert forward_flops(a, "detection", 64) == forward_flops(b, "detection", 64)
+
+
+def test_committed_detection_records_count_the_backbone():
+    for path in sorted(Path("docs/results/dense_fmnist").glob("det__*.json")):
+        rec = json.loads(path.read_text())
+        assert rec["flops_of"] == "backbone", path
+        assert rec["flops"] == forward_flops(_detector(rec["train"], 0), "detection", 64), path

@@ -36,6 +36,7 @@ from ..training.tasks import TASKS
 from . import sweep_report
 from .sweep_config import Run, expand_runs, load_sweep
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
 __all__ = ["run_state", "run_sweep", "one_hot_test_accuracy", "make_parser", "main"]
@@ -73,6 +74,12 @@ def run_state(sweep: dict[str, Any], run: Run) -> str:
     return "todo"
 
 
+def forward_flops(model: nn.Module, task: str, size: int) -> int:
+    """Forward FLOPs of one `size` x `size` image (`count_flops`). A detector is counted up to its feature pyramid
+    (`model.backbone`): its heads run on its detections, whose number depends on the weights, not the design."""
+    return count_flops(model.backbone if task == "detection" else model, (1, 3, size, size))
+
+
 def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
@@ -80,9 +87,6 @@ def _worker_init(threads: int) -> None:
 def _run_one(sweep: dict[str, Any], run: Run, state: str) -> dict[str, Any]:
     """Train (state "todo") or resume (state "partial", from `run_state`) one run and write its result JSON
     atomically; returns the record."""
-
-
-
     result_path, out = _paths(sweep, run)
     cfg = TrainConfig(**run.train, out=str(out), resume=state == "partial", quiet=True)
     t0 = time.perf_counter()
@@ -99,7 +103,8 @@ def _run_one(sweep: dict[str, Any], run: Run, state: str) -> dict[str, Any]:
         "sweep": sweep["name"], "run_id": run.run_id, "dataset": run.dataset, "config": run.config,
         "seed": run.seed, "variant": resolved.variant, "task": resolved.task, "headline": TASKS[resolved.task].headline,
         "num_charts": cfg.num_charts if resolved.variant != "baseline" else None,
-        "params": count_params(model), "flops": count_flops(model.cpu().eval(), (1, 3, size, size)),
+        "params": count_params(model), "flops": forward_flops(model.cpu().eval(), resolved.task, size),
+        "flops_of": "backbone" if resolved.task == "detection" else "model",
         **metrics, "epochs": res["epoch"], "steps": res["step"], "history": res["history"],
         "train_time_s": round(sum(r["time"] for r in res["history"]), 2), "wall_time_s": round(wall, 2),
         "resumed": state == "partial", "threads": torch.get_num_threads(), "machine": machine_description(),

@@ -218,7 +218,8 @@ def cost_block(sweep: dict[str, Any], rows: dict[str, dict[str, Any]], records: 
                         "step": _train_step_flops(train, train["batch_size"]), "batch": train["batch_size"],
                         "time": float(np.mean([r["train_time_s"] for r in recs]))}
     b = info.get(base)
-    lines = ["| configuration | params | × | forward MFLOPs/image | training-step GFLOPs (batch) | × | epochs "
+    of = " (backbone)" if any(r.get("flops_of") == "backbone" for r in rows.values()) else ""
+    lines = [f"| configuration | params | × | forward MFLOPs/image{of} | training-step GFLOPs (batch) | × | epochs "
              "| training FLOPs × | mean training time (s) | × |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for config, i in info.items():

@@ -91,6 +91,7 @@ def summarize(records: list[dict[str, Any]], sweep: dict[str, Any]) -> dict[str,
             rows[config] = {"n": len(v), "accs": dict(sorted(accs.items())), "mean": float(v.mean()),
                             "std": float(v.std(ddof=1)) if len(v) > 1 else math.nan,
                             "params": recs[0]["params"], "flops": recs[0]["flops"],
+                            "flops_of": recs[0].get("flops_of", "model"),
                             "variant": recs[0]["variant"], "num_charts": recs[0]["num_charts"],
                             "train_time_s": float(np.mean([r["train_time_s"] for r in recs]))}
         if base in rows:
@@ -119,7 +120,8 @@ def _p(p: float) -> str:
 
 
 def _results_table(rows: dict[str, dict[str, Any]], base: str, label: str = "test acc") -> str:
-    lines = [f"| configuration | variant | charts | params | ×params | MFLOPs | {label} % (mean ± std) | n "
+    mflops = "backbone MFLOPs" if any(r.get("flops_of") == "backbone" for r in rows.values()) else "MFLOPs"
+    lines = [f"| configuration | variant | charts | params | ×params | {mflops} | {label} % (mean ± std) | n "
              "| Δ vs baseline, pp [95 % CI] | Welch p | paired p | per seed (%) |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     bp = rows[base]["params"] if base in rows else None
