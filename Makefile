@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install data chromium demo test test-fast lab book bench-params checkpoints repro repro-kernel repro-dense repro-small sync-notebooks clean
+.PHONY: install data chromium demo test test-fast lab book bench-params gpu-checks checkpoints repro repro-kernel repro-dense repro-small sync-notebooks clean
 
 install: $(STAMP) data
 
@@ -87,6 +87,10 @@ repro-dense: install
 # the first, superseded study on shapes and digits (docs/reproduction.md; about 40 minutes)
 repro-small: install
 	$(BIN)/mkviz sweep configs/repro_small.yaml
+
+# the GPU checks (benchmark, notebook 03 at GPU scale, the GPU study) within a deadline (docs/gpu_runs.md)
+gpu-checks: install
+	OUT=$(or $(OUT),outputs/gpu_checks) DEADLINE=$(or $(DEADLINE),480) PY=$(BIN)/python bash scripts/gpu_checks.sh
 
 bench-params: install
 	$(BIN)/python -m mkviz.bench params
