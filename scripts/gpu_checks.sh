@@ -2,7 +2,8 @@
 # The GPU checks in one script, in order of value, each under its own time limit and all within DEADLINE
 # seconds (a GPU lent for a few minutes must not end with nothing written):
 #   1. `mkviz bench` on CUDA: ViT-S/16 and ViT-B/16 at 224 px, bf16, batch 128, every variant at 8 charts,
-#      eager (then, after 2, the same with torch.compile per block, `--compile blocks`)
+#      eager, and a profile of one training step of each (then, after 2, the benchmark with torch.compile per
+#      block, `--compile blocks`)
 #   2. notebook 03 at GPU scale, run as a script (`python -m mkviz.course.notebook_runs run`)
 #   3. the GPU-scale Fashion-MNIST study (configs/repro_gpu.yaml): its primary comparison, seed-major (any
 #      prefix of the runs is balanced), three runs at a time, for the time that is left
@@ -39,12 +40,14 @@ if [ "$DRY" = 1 ]; then
     DEVICE=cpu
     SMALL=(--model vit_tiny_patch16_224 --img-size 32 --batch-size 4 --repeats 2 --latency-img-size 32)
     BASE=(--model vit_tiny_patch16_224 --img-size 32 --batch-size 4 --repeats 2 --latency-img-size 32)
+    PROFILE=(--model vit_tiny_patch16_224 --img-size 32 --batch-size 4 --steps 2)
     NOTEBOOK=(env MKVIZ_SMALL=1 MKVIZ_DEVICE=cpu)
     STUDY=(--list)
 else
     DEVICE=cuda
     SMALL=(--model vit_small_patch16_224 --batch-size 128 --repeats 10)
     BASE=(--model vit_base_patch16_224 --batch-size 128 --repeats 10)
+    PROFILE=(--model vit_small_patch16_224 --batch-size 128 --steps 5)
     NOTEBOOK=(env MKVIZ_DEVICE=cuda MKVIZ_WORKERS=8)
     STUDY=(--jobs 3)
 fi
@@ -57,6 +60,9 @@ BENCH=("$PY" -m mkviz.apps.bench run --device "$DEVICE" --dtype bfloat16 --varia
 # 1. the benchmark, eager
 step "bench ViT-S eager" 120 "${BENCH[@]}" "${SMALL[@]}" --json "$OUT/bench_vit_s_eager.json"
 step "bench ViT-B eager" 120 "${BENCH[@]}" "${BASE[@]}" --json "$OUT/bench_vit_b_eager.json"
+# 1a. where a training step's time goes (torch.profiler): the baseline and every variant on ViT-S
+step "profile ViT-S" 90 "$PY" -m mkviz.apps.bench profile --device "$DEVICE" --dtype bfloat16 \
+    --variants vanillak simplek spatialk kua --num-charts 8 "${PROFILE[@]}" --json "$OUT/profile_vit_s.json"
 # 2. notebook 03 at GPU scale, before the compiled runs (cold compiles take minutes): its runs and
 #    results_table.json in nb03/, the Run All record beside them
 step "notebook 03" 200 "${NOTEBOOK[@]}" MKVIZ_OUT="$OUT/nb03" \

@@ -10,6 +10,7 @@ import torch
 
 import mkviz
 from mkviz.apps import bench, bench_suite
+from mkviz.apps.bench_profile import format_profile, profile_steps
 from mkviz.core.key import ManifoldKey
 
 from conftest import assert_fast_matches_reference, small_vit
@@ -171,3 +172,16 @@ def test_compile_scope_errors():
                         compile="everything", latency_img_size=None, model_kwargs=TINY, log=lambda s: None)
     with pytest.raises(ValueError, match="compile scope 'blocks' needs a model with a `blocks` list"):
         bench_suite.compile_blocks(torch.nn.Linear(2, 2))
+
+
+def test_profile_counts_each_models_step():
+    """`mkviz bench profile`: one record per model, the baseline first; the variants run more operators per step
+    (the parameter-space key path); the baseline's extra time over itself is 0."""
+    records = profile_steps("vit_tiny_patch16_224", ["vanillak", "kua"], num_charts=2, img_size=32, batch_size=2,
+                            steps=1, warmup=1, model_kwargs=TINY)
+    assert [r["variant"] for r in records] == ["baseline", "vanillak", "kua"]
+    assert all(r["step_ms"] > 0 and r["ops_per_step"] > 0 and r["kernels_per_step"] is None for r in records)
+    assert records[1]["ops_per_step"] > records[0]["ops_per_step"] < records[2]["ops_per_step"]
+    assert "| baseline |" in format_profile(records) and "| 0.0 |" in format_profile(records)
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        profile_steps(steps=0)

@@ -11,6 +11,9 @@
         (variant, num_charts).
     python -m mkviz.bench table PATH.json
         a Markdown table from a JSON written by `run` (docs/benchmarks.md is made this way).
+    python -m mkviz.bench profile [--model ...] [--batch-size 8] [--device cpu|cuda] [--variants ...]
+        where a training step's time goes (torch.profiler): step time, operators, kernels and device time per
+        step of the baseline and each variant, and each one's top operators (mkviz.apps.bench_profile).
     python -m mkviz.bench targets PATH.json [PATH.json ...]
         the targets (training >= 0.9, folded inference >= 0.97, efficiency >= 0.85 at 8 charts) per run.
     python -m mkviz.bench params [--models ...] [--num-charts 8] [--markdown]
@@ -42,6 +45,7 @@ from ..core.key import VARIANTS
 from ..core.models import convert
 from ..viz.explorers import ChartExplorer
 from . import bench_record
+from .bench_profile import format_profile, profile_steps
 from .bench_suite import COMPILE_SCOPES, DEFAULT_CHARTS, DEFAULT_MODELS, QUICK, RECORD_FIELDS, run_suite, suite_pairs
 
 __all__ = ["CostRow", "cost_table", "format_cost_table", "RECORD_FIELDS", "run_suite", "format_suite", "format_markdown", "main"]
@@ -260,6 +264,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _run_parser(sub)
     t = sub.add_parser("table", help="Markdown tables from a JSON written by `run --json`")
     t.add_argument("path", help="a JSON file written by `mkviz bench run --json PATH`")
+    f = sub.add_parser("profile", help="where a training step's time goes (torch.profiler), baseline and variants")
+    f.add_argument("--model", default="vit_small_patch16_224", help="timm model name (default vit_small_patch16_224)")
+    f.add_argument("--img-size", type=int, default=224, help="input size in pixels (default 224)")
+    f.add_argument("--batch-size", type=int, default=8, help="default 8")
+    f.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    f.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    f.add_argument("--variants", nargs="+", default=["vanillak", "simplek"], help="default: vanillak simplek")
+    f.add_argument("--num-charts", type=int, default=8, help="charts of every variant (default 8)")
+    f.add_argument("--steps", type=int, default=5, help="profiled steps (default 5, after 3 untimed)")
+    f.add_argument("--json", metavar="PATH", help="write the records as JSON")
     g = sub.add_parser("targets", help="the targets (training, folded inference, efficiency) against saved runs")
     g.add_argument("paths", nargs="+", help="JSON files written by `mkviz bench run --json PATH`")
     p = sub.add_parser("params", help="parameters and FLOPs of each variant vs the timm baseline")
@@ -286,6 +300,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "table":
         with open(args.path) as f:
             print(format_markdown(json.load(f)))
+        return 0
+    if args.command == "profile":
+        records = profile_steps(args.model, args.variants, args.num_charts, args.img_size, args.batch_size,
+                                args.device, args.dtype, args.steps)
+        print(format_profile(records))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(records, f, indent=1)
+                f.write("\n")
+            print(f"wrote {args.json}")
         return 0
     if args.command == "targets":
         runs = {}
