@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -245,11 +246,16 @@ def _run(args: argparse.Namespace) -> int:
     print(f"efficiency = train throughput ratio / (baseline FLOPs / variant FLOPs), nominal per-chart FLOPs; "
           f"total {time.perf_counter() - start:.0f} s")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(records, f, indent=1)
-            f.write("\n")
-        print(f"wrote {args.json}")
+        _write_json(args.json, records)
     return 0
+
+def _write_json(path: str, records: Sequence[dict[str, Any]]) -> None:
+    """Write the records; say so, and say when an existing file was replaced."""
+    existed = os.path.exists(path)
+    with open(path, "w") as f:
+        json.dump(records, f, indent=1)
+        f.write("\n")
+    print(f"{'replaced' if existed else 'wrote'} {path}")
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -306,10 +312,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                 args.device, args.dtype, args.steps)
         print(format_profile(records))
         if args.json:
-            with open(args.json, "w") as f:
-                json.dump(records, f, indent=1)
-                f.write("\n")
-            print(f"wrote {args.json}")
+            _write_json(args.json, records)
         return 0
     if args.command == "targets":
         runs = {}
