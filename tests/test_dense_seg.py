@@ -127,8 +127,27 @@ def test_task_errors_name_the_argument_and_its_values(tmp_path):
     with pytest.raises(ValueError, match="--task classification trains on --dataset shapes or .*use --task "
                                          "segmentation"):
         TrainConfig(dataset="fashion-scenes").resolved()
-    with pytest.raises(ValueError, match="--init-from applies to --task classification only"):
-        TrainConfig(task="segmentation", dataset="fashion-scenes", init_from=str(tmp_path)).resolved()
     cfg = config_from_args(["--task", "Segmentation", "--dataset", "fashion-scenes", "--head-layers", "2"]).resolved()
     assert (cfg.task, cfg.preset, cfg.image_size, cfg.timm_kwargs["img_size"]) == ("segmentation", "scenes", 64, 64)
     assert {"classification", "segmentation"} <= set(TASKS)
+
+
+@pytest.mark.parametrize("task", ["segmentation", "detection"])
+def test_a_dense_run_starts_from_a_classification_checkpoints_backbone(tmp_path, task):
+    """`--init-from` a baseline classifier (same trunk, 64 px Fashion-MNIST): the dense model's trunk, converted
+    to VanillaK-2, computes the classifier's features before the first step; the heads are its own."""
+    trunk_kwargs = dict(depth=2, embed_dim=32)
+    classifier = train(TrainConfig(dataset="fashion-mnist", preset="scenes", image_size=64, timm_kwargs=trunk_kwargs,
+                                   num_train=32, num_eval=16, batch_size=16, epochs=1, out=str(tmp_path / "cls"),
+                                   quiet=True))["model"].eval()
+    dense = TrainConfig(**{**_cfg(tmp_path / "dense").to_dict(), "task": task, "variant": "vanillak", "num_charts": 2,
+                           "init_from": str(tmp_path / "cls"), "lr": 1e-12, "min_lr": 0.0, "weight_decay": 0.0})
+    model = train(dense)["model"].eval()
+    trunk = getattr(model.backbone, "trunk", model.backbone)
+    x = torch.rand(2, 3, 64, 64)
+    last = lambda m: m.forward_intermediates(x, indices=[1], norm=False, intermediates_only=True)[0]  # noqa: E731
+    with torch.no_grad():
+        diff = (last(trunk) - last(classifier)).abs().max().item()        # (2, 32, 8, 8): the last block's tokens
+    assert diff < 1e-4 and mkviz.manifold_modules(trunk)                      # converted, same function
+    with pytest.raises(ckpt.CheckpointError, match=f"a {task} checkpoint; a dense run starts from a classification"):
+        train(TrainConfig(**{**dense.to_dict(), "init_from": str(tmp_path / "dense"), "out": str(tmp_path / "x")}))

@@ -77,7 +77,8 @@ def _model_options(m: argparse._ArgumentGroup) -> None:
     m.add_argument("--pretrained", action="store_true", help="timm pretrained weights (downloads), converted "
                    "function-preservingly")
     m.add_argument("--init-from", metavar="CKPT", help="start from an mkviz checkpoint (a baseline one is "
-                   "converted function-preservingly to --variant)")
+                   "converted function-preservingly to --variant); with --task segmentation or detection, a "
+                   "classification checkpoint's backbone")
 
 def _data_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--dataset", default="shapes", type=str.lower, choices=DATASET_NAMES,

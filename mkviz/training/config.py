@@ -183,8 +183,6 @@ def _check_task(c: TrainConfig) -> None:
         raise ValueError(f"--task {c.task} trains on --dataset {' or '.join(allowed)}, got --dataset {c.dataset}"
                          + ("; its scenes have no image labels: use --task segmentation" if c.dataset in DENSE_DATASETS
                             else ""))
-    if c.task != "classification" and c.init_from:
-        raise ValueError(f"--init-from applies to --task classification only, got --task {c.task}")
 
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

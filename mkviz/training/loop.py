@@ -92,6 +92,24 @@ def _init_from(model_spec: dict[str, Any], path: str, seed: int) -> nn.Module:
         model.reset_classifier(n)
     return model.train()
 
+# what a classifier has after its last block and a dense model's trunk does not (timm's prune_intermediate_layers)
+CLASSIFIER_PARTS = ("head.", "norm.", "fc_norm.")
+
+def _init_dense_from(model: nn.Module, spec: dict[str, Any], path: str, seed: int) -> None:
+    """A dense model's timm trunk (a segmenter's `backbone`, a detector's `backbone.trunk`) from a classification
+    checkpoint, converted to the asked variant as for classification; the heads keep their initialisation."""
+    saved = ckpt.read_json(ckpt.find_checkpoint(path) / ckpt.CONFIG_FILE).get("model_spec") or {}
+    if saved.get("task", "classification") != "classification":
+        raise CheckpointError(f"--init-from {path}: a {saved['task']} checkpoint; a dense run starts from a "
+                              "classification checkpoint's backbone (--resume continues a dense run)")
+    source = _init_from({**spec, "task": "classification"}, path, seed)
+    trunk = getattr(model.backbone, "trunk", model.backbone)
+    missing, unexpected = trunk.load_state_dict(source.state_dict(), strict=False)
+    unexpected = [k for k in unexpected if not k.startswith(CLASSIFIER_PARTS)]  # pruned from a dense trunk
+    if missing or unexpected:
+        raise CheckpointError(f"--init-from {path}: the checkpoint's backbone does not fit this {spec['task']} "
+                              f"model (missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+
 def lr_at(step: int, total: int, base: float, min_lr: float, warmup: int) -> float:
     """Linear warmup from base/warmup to base over `warmup` steps, then cosine to `min_lr` at `total`."""
     if warmup > 0 and step < warmup:
@@ -251,8 +269,11 @@ def _build_model_and_data(cfg: TrainConfig, device: torch.device, resuming: bool
     the train and val datasets, and the run's checkpoint config (meta)."""
     num_classes = num_classes_of(cfg)
     spec = model_spec(cfg, num_classes)
-    if cfg.init_from and not resuming:
+    if cfg.init_from and not resuming and cfg.task == "classification":
         model = _init_from(spec, cfg.init_from, cfg.seed)
+    elif cfg.init_from and not resuming:
+        model = build_model(spec, seed=cfg.seed)
+        _init_dense_from(model, spec, cfg.init_from, cfg.seed)
     else:
         model = build_model(spec, pretrained=cfg.pretrained, seed=cfg.seed)
     model.to(device)
