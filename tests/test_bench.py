@@ -83,7 +83,7 @@ def test_training_step_optimiser_is_adamw_with_the_same_updates():
     torch.manual_seed(0)
     a, b = torch.nn.Linear(8, 4), torch.nn.Linear(8, 4)
     b.load_state_dict(a.state_dict())
-    opt_a, opt_b = bench_suite._adamw(a), torch.optim.AdamW(b.parameters(), lr=1e-6)
+    opt_a, opt_b = bench_suite.fused_adamw(a), torch.optim.AdamW(b.parameters(), lr=1e-6)
     assert opt_a.defaults["fused"] is True
     x = torch.randn(16, 8)
     for m, opt in ((a, opt_a), (b, opt_b)):

@@ -22,16 +22,14 @@ from torch.profiler import ProfilerActivity, profile
 
 from ..core.cost import machine_description
 from ..core.models import convert
+from .bench_suite import fused_adamw
 from .bench_timing import sync
 
 __all__ = ["profile_steps", "format_profile"]
 
 
 def _step_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, amp: bool):
-    try:
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=True)
-    except (RuntimeError, ValueError):  # no fused kernel for this device
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    opt = fused_adamw(model)  # the optimiser `mkviz bench run` times every model with
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
@@ -81,7 +79,7 @@ def profile_steps(model: str = "vit_small_patch16_224", variants: Sequence[str] 
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch_size, 3, img_size, img_size, generator=gen).to(dev)
     y = torch.randint(0, base.num_classes or 1000, (batch_size,), generator=gen).to(dev)
-    records = []
+    records, machine = [], machine_description()
     for variant in ("baseline", *variants):
         m = base if variant == "baseline" else convert(base, variant, num_charts).train()
         step = _step_fn(m, x, y, dtype == "bfloat16")
@@ -90,7 +88,7 @@ def profile_steps(model: str = "vit_small_patch16_224", variants: Sequence[str] 
         rec = _profile_one(step, dev, steps, top)
         rec.update(variant=variant, num_charts=None if variant == "baseline" else num_charts, model=model,
                    img_size=img_size, batch_size=batch_size, device=dev.type, dtype=dtype, steps=steps,
-                   machine=machine_description())
+                   machine=machine)
         records.append(rec)
         del step
     return records

@@ -22,7 +22,7 @@ from ..core.key import LINEAR_VARIANTS, VARIANTS, resolve_variant
 from ..core.models import convert, fold
 from .bench_timing import libc, memory_method, peak_step_bytes, round_robin, time_ratio, sync, timed
 
-__all__ = ["COMPILE_SCOPES", "RECORD_FIELDS", "compile_blocks", "run_suite", "suite_pairs"]
+__all__ = ["COMPILE_SCOPES", "RECORD_FIELDS", "compile_blocks", "fused_adamw", "run_suite", "suite_pairs"]
 
 
 DEFAULT_MODELS = ("vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224",
@@ -48,7 +48,7 @@ RECORD_FIELDS = ("variant", "num_charts", "params", "flops", "params_ratio", "fl
                  "peak_memory_ratio", "efficiency", "model", "device")
 
 # ---------------------------------------------------------------------------------------- the suite
-def _adamw(model: nn.Module) -> torch.optim.Optimizer:
+def fused_adamw(model: nn.Module) -> torch.optim.Optimizer:
     """The training step's optimiser, the same for every model (baseline included): AdamW with its fused
     kernel where the parameters' device has one (CPU and CUDA in current torch), else the default one.
     The optimiser's cost grows with the parameters, so its fastest form is the fair one to compare."""
@@ -127,7 +127,7 @@ class _GroupRunner:
         return f"{time.perf_counter() - self.t0:6.1f}s"
 
     def trainer(self, m: nn.Module) -> tuple[Callable[[], None], torch.optim.Optimizer]:
-        opt, run = _adamw(m), self.maybe_compile(m)
+        opt, run = fused_adamw(m), self.maybe_compile(m)
 
         def step() -> None:
             opt.zero_grad(set_to_none=True)
@@ -262,7 +262,7 @@ def run_suite(
     x = torch.randn(batch_size, 3, img_size, img_size, generator=gen).to(dev)
     y = torch.randint(0, base.num_classes or 1000, (batch_size,), generator=gen).to(dev)
     runner = _GroupRunner(base, x, y, dev, amp, maybe_compile, repeats, warmup, mem_method, log)
-    optimizer = "AdamW (fused)" if _adamw(base).defaults.get("fused") else "AdamW"
+    optimizer = "AdamW (fused)" if fused_adamw(base).defaults.get("fused") else "AdamW"
     common = dict(model=model, device=dev.type, dtype=dtype, compile=scope is not None, compile_scope=scope,
                   img_size=img_size,
                   batch_size=batch_size, repeats=repeats, warmup=warmup, quick=quick,
