@@ -64,7 +64,7 @@
 # | the 2 exercises (✎) | about 10 min |
 # | Run All at the default (CPU) scale, 2-core CPU | 2 min 5 s (measured 2026-12-04: one torch thread, 2 cores shared with two training runs) |
 # | Run All, `MKVIZ_SMALL=1` | 41 s (measured, likewise) |
-# | Run All at GPU scale (`MKVIZ_DEVICE=cuda`, ViT-S/16 at 224 px) | not measured yet: the one GPU run (an H200, 2026-12-04) trained the 3-epoch baseline (about 23 s an epoch) and stopped in section 2 after 97 s on a CPU tensor compared with a CUDA one, fixed since (`docs/gpu_runs.md`) |
+# | Run All at GPU scale (`MKVIZ_DEVICE=cuda`, ViT-S/16 at 224 px) | 2 min 30 s (measured 2026-12-04 on an H200, the 3-epoch baseline's training included; results: `docs/notebook03_gpu.md`) |
 #
 # **Exercises** are marked ✎. Write a few lines where a cell says `None  # your code`, then run the check
 # cell under it: it prints `✓ PASS`, `✗ FAIL` with what differs and a hint, or `· TODO` while the stub is

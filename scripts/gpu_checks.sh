@@ -10,19 +10,27 @@
 # Everything goes to OUT. Run from the repository root, with mkviz importable and Fashion-MNIST installed:
 #   OUT=outputs/gpu_checks DEADLINE=480 bash scripts/gpu_checks.sh
 # DRY=1 runs the same steps on the CPU at tiny sizes (a check of the script, not a measurement).
+# STEPS chooses steps by key (default: all, in the order below), e.g. STEPS="notebook03 profile compiled-b":
+#   bench-s bench-b profile notebook03 compiled-s compiled-b study  (STUDY_JOBS: runs at a time, default 3)
 set -u
 OUT=${OUT:-outputs/gpu_checks}
 DEADLINE=${DEADLINE:-480}
 PY=${PY:-python3}
 DRY=${DRY:-0}
+ALL_STEPS="bench-s bench-b profile notebook03 compiled-s compiled-b study"
+STEPS=${STEPS:-$ALL_STEPS}
+for key in $STEPS; do
+    case " $ALL_STEPS " in *" $key "*) ;; *) echo "STEPS: unknown step '$key'; allowed: $ALL_STEPS" >&2; exit 2 ;; esac
+done
 mkdir -p "$OUT"
 start=$(date +%s)
 
 left() { echo $(( DEADLINE - ($(date +%s) - start) )); }
 
-step() {  # step NAME CAP COMMAND...: run COMMAND under a limit of CAP seconds or the time left, if less
-    local name=$1 cap=$2 t s rc
-    shift 2
+step() {  # step KEY NAME CAP COMMAND...: run COMMAND under a limit of CAP seconds or the time left, if less
+    local key=$1 name=$2 cap=$3 t s rc
+    shift 3
+    case " $STEPS " in *" $key "*) ;; *) echo "== $name: not in STEPS"; return ;; esac
     t=$(left)
     [ "$t" -gt "$cap" ] && t=$cap
     if [ "$t" -lt 30 ]; then
@@ -49,7 +57,7 @@ else
     BASE=(--model vit_base_patch16_224 --batch-size 128 --repeats 10)
     PROFILE=(--model vit_small_patch16_224 --batch-size 128 --steps 5)
     NOTEBOOK=(env MKVIZ_DEVICE=cuda MKVIZ_WORKERS=8)
-    STUDY=(--jobs 3)
+    STUDY=(--jobs "${STUDY_JOBS:-3}")
 fi
 BENCH=("$PY" -m mkviz.apps.bench run --device "$DEVICE" --dtype bfloat16 --variants vanillak simplek spatialk kua
        --num-charts 8)
@@ -58,25 +66,25 @@ BENCH=("$PY" -m mkviz.apps.bench run --device "$DEVICE" --dtype bfloat16 --varia
 [ "$DEVICE" = cuda ] && nvidia-smi | tee -a "$OUT/machine.txt"
 
 # 1. the benchmark, eager
-step "bench ViT-S eager" 120 "${BENCH[@]}" "${SMALL[@]}" --json "$OUT/bench_vit_s_eager.json"
-step "bench ViT-B eager" 120 "${BENCH[@]}" "${BASE[@]}" --json "$OUT/bench_vit_b_eager.json"
+step bench-s "bench ViT-S eager" 120 "${BENCH[@]}" "${SMALL[@]}" --json "$OUT/bench_vit_s_eager.json"
+step bench-b "bench ViT-B eager" 120 "${BENCH[@]}" "${BASE[@]}" --json "$OUT/bench_vit_b_eager.json"
 # 1a. where a training step's time goes (torch.profiler): the baseline and every variant on ViT-S
-step "profile ViT-S" 90 "$PY" -m mkviz.apps.bench profile --device "$DEVICE" --dtype bfloat16 \
+step profile "profile ViT-S" 90 "$PY" -m mkviz.apps.bench profile --device "$DEVICE" --dtype bfloat16 \
     --variants vanillak simplek spatialk kua --num-charts 8 "${PROFILE[@]}" --json "$OUT/profile_vit_s.json"
 # 2. notebook 03 at GPU scale, before the compiled runs (cold compiles take minutes): its runs and
 #    results_table.json in nb03/, the Run All record beside them
-step "notebook 03" 200 "${NOTEBOOK[@]}" MKVIZ_OUT="$OUT/nb03" \
+step notebook03 "notebook 03" 300 "${NOTEBOOK[@]}" MKVIZ_OUT="$OUT/nb03" \
     "$PY" -m mkviz.course.notebook_runs run notebooks/03_fine_tuning.py --record "$OUT/nb03/run.json"
 
 # 1b. the benchmark compiled per block
-step "bench ViT-S compiled per block" 150 "${BENCH[@]}" "${SMALL[@]}" --compile blocks \
+step compiled-s "bench ViT-S compiled per block" 150 "${BENCH[@]}" "${SMALL[@]}" --compile blocks \
     --json "$OUT/bench_vit_s_blocks.json"
 
 
-step "bench ViT-B compiled per block" 150 "${BENCH[@]}" "${BASE[@]}" --compile blocks \
+step compiled-b "bench ViT-B compiled per block" 150 "${BENCH[@]}" "${BASE[@]}" --compile blocks \
     --json "$OUT/bench_vit_b_blocks.json"
 
 # 3. the study's primary comparison, seed-major, for the time left (finished runs write their JSON)
-step "study repro_gpu (primary comparison)" 100000 "$PY" -m mkviz.apps.cli sweep configs/repro_gpu.yaml \
+step study "study repro_gpu (primary comparison)" 100000 "$PY" -m mkviz.apps.cli sweep configs/repro_gpu.yaml \
     --only 'fmnist__baseline__s*,fmnist__vanillak-8__s*,fmnist__overparam-key__s*' "${STUDY[@]}"
 echo "== done after $(( $(date +%s) - start )) s"

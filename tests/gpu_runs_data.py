@@ -10,7 +10,9 @@ RUNS = ROOT / "docs/results/gpu_2026-12-04"
 PAGE = "docs/gpu_runs.md"
 BENCH = {"ViT-S/16 eager": "docs/bench_cuda_vit_s_224_h8.json",
          "ViT-B/16 eager": "docs/bench_cuda_vit_b_224_h8.json",
-         "ViT-S/16 compiled per block": "docs/bench_cuda_vit_s_224_h8_compiled.json"}
+         "ViT-S/16 compiled per block": "docs/bench_cuda_vit_s_224_h8_compiled.json",
+         "ViT-B/16 compiled per block": "docs/bench_cuda_vit_b_224_h8_compiled.json"}
+PROFILE = "docs/profile_cuda_vit_s_224_h8.json"
 STUDY_TRAIN_IMAGES = 54_000  # configs/repro_gpu.yaml: all training images but the 6,000 held out for validation
 
 
@@ -37,17 +39,25 @@ def metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def study_epoch_times() -> list[float]:
-    return [m["time"] for p in sorted((RUNS / "repro_gpu_partial").glob("*.jsonl")) for m in metrics(p)]
+STUDY_RUNS = {3: "repro_gpu_partial", 6: "repro_gpu_6jobs"}  # runs sharing the GPU -> their metrics
 
 
-def study_pace() -> dict[str, float]:
-    """Mean epoch time with three runs sharing the GPU, and what the stated runs would take at that pace."""
-    t = sum(study_epoch_times()) / len(study_epoch_times())
+def study_epoch_times(jobs: int = 3) -> list[float]:
+    return [m["time"] for p in sorted((RUNS / STUDY_RUNS[jobs]).glob("*.jsonl")) for m in metrics(p)]
+
+
+def study_pace(jobs: int = 3) -> dict[str, float]:
+    """Mean epoch time with `jobs` runs sharing the GPU, and what the stated runs would take at that pace."""
+    t = sum(study_epoch_times(jobs)) / len(study_epoch_times(jobs))
     run_min = 30 * t / 60
-    return {"epoch_s": t, "images_per_s": STUDY_TRAIN_IMAGES / t, "run_min": run_min,
-            "stage0_h": 30 / 3 * run_min / 60, "all_h": 81 / 3 * run_min / 60,
-            "lr_check_h": 54 / 3 * (10 * t / 60) / 60}
+    return {"epoch_s": t, "images_per_s": STUDY_TRAIN_IMAGES / t, "gpu_images_per_s": jobs * STUDY_TRAIN_IMAGES / t,
+            "run_min": run_min, "stage0_h": 30 / jobs * run_min / 60, "all_h": 81 / jobs * run_min / 60,
+            "lr_check_h": 54 / jobs * (10 * t / 60) / 60}
+
+
+def profile() -> dict[str, dict]:
+    """{variant: the profile record of one training step} (`mkviz bench profile`, ViT-S/16)."""
+    return {r["variant"]: r for r in json.loads((ROOT / PROFILE).read_text())}
 
 
 def notebook_baseline() -> list[dict]:
@@ -62,3 +72,27 @@ def extra_step_ms(label: str, variant: str) -> float:
     """How much longer a training step of `variant` took than the baseline's, in ms (medians, same run)."""
     r = bench(label)[variant]
     return 1e3 * r["batch_size"] * (1 / r["train_images_per_s"] - 1 / r["baseline_train_images_per_s"])
+
+
+def profile_extra(variant: str, key: str) -> float:
+    """How much more of `key` (device ms, operators, kernels per step) a variant's profiled step has."""
+    return profile()[variant][key] - profile()["baseline"][key]
+
+
+def bench_step_ms(label: str) -> float:
+    """The baseline's training step in a benchmark run, in ms (batch over median throughput)."""
+    r = next(iter(bench(label).values()))
+    return 1e3 * r["batch_size"] / r["baseline_train_images_per_s"]
+
+
+def notebook_gpu() -> dict:
+    """Notebook 03's GPU run as committed: {"table": its results table, "run": its Run All record}."""
+    return json.loads((ROOT / "docs/results/notebook03_gpu.json").read_text())
+
+
+def notebook_run_all() -> str:
+    """The Run All time of notebook 03's GPU run as its generated page writes it."""
+    from mkviz.course.notebook_runs import render_page
+
+    page = render_page({"name": "notebook03_gpu", **notebook_gpu()})
+    return re.search(r"Run All \(.*\): \*\*(.+?)\*\*", page)[1]

@@ -8,6 +8,7 @@ import re
 import pytest
 
 from mkviz.apps.bench import format_markdown, format_targets
+from mkviz.apps.bench_profile import format_profile
 
 import gpu_runs_data as gpu
 
@@ -24,6 +25,14 @@ def test_bench_tables_match_their_json(label):
     assert blocks()[path.removeprefix("docs/")] == format_markdown(records), \
         f"regenerate with: python -m mkviz.bench table {path}"
     assert {r["device"] for r in records} == {"cuda"} and all(r["machine"]["gpu"] for r in records)
+
+
+def test_profile_table_matches_its_json():
+    records = json.loads((gpu.ROOT / gpu.PROFILE).read_text())
+    summary = format_profile(records).split("\n\n")[0]             # the per-model table, without the top operators
+    assert blocks()[gpu.PROFILE.removeprefix("docs/")] == summary
+    assert [r["variant"] for r in records] == ["baseline", "vanillak", "simplek", "spatialk", "kua"]
+    assert {r["device"] for r in records} == {"cuda"} and {r["batch_size"] for r in records} == {128}
 
 
 def test_targets_table_matches_the_json():

@@ -267,8 +267,37 @@ CLAIMS = [
                "comparison about {} hours three at a\ntime, all 81 runs about {} hours", lambda: tuple(
         f"{gpu.study_pace()[k]:.0f}" for k in ("images_per_s", "run_min", "stage0_h", "all_h"))),
     Claim(GPU, "10 epochs) about {} hours", lambda: (f"{gpu.study_pace()['lr_check_h']:.0f}",)),
-    Claim(GPU, "it needs about {} hours of one H200", lambda: (
-        f"{gpu.study_pace()['all_h'] + gpu.study_pace()['lr_check_h']:.0f}",)),
+    Claim(GPU, "the study needs about {} hours of one H200", lambda: (
+        f"{gpu.study_pace(6)['all_h'] + gpu.study_pace(6)['lr_check_h']:.0f}",)),
+    Claim(GPU, "VanillaK-8 meets it ({}) and\n  SimpleK-8 falls just short ({})", lambda: tuple(
+        f"{gpu.bench('ViT-B/16 compiled per block')[v]['train_throughput_ratio']:.2f}" for v in ("vanillak", "simplek"))),
+    Claim(GPU, "the baseline's step takes {} ms under it, {} ms in the benchmark", lambda: (
+        f"{gpu.profile()['baseline']['step_ms']:.1f}", f"{gpu.bench_step_ms('ViT-S/16 eager'):.1f}")),
+    Claim(GPU, "busy for\n  {} ms of a {} ms benchmark step", lambda: (
+        f"{gpu.profile()['baseline']['device_ms_per_step']:.1f}", f"{gpu.bench_step_ms('ViT-S/16 eager'):.1f}")),
+    Claim(GPU, "VanillaK-8 {} ms, SpatialK-8 {} ms, SimpleK-8 {} ms,\n  against {}, {} and {} ms more per step", lambda: (
+        *(f"{gpu.profile_extra(v, 'device_ms_per_step'):.1f}" for v in ("vanillak", "spatialk", "simplek")),
+        *(f"{gpu.extra_step_ms('ViT-S/16 eager', v):.1f}" for v in ("vanillak", "spatialk", "simplek")))),
+    Claim(GPU, "operators ({}, {} and {} more per step)", lambda: tuple(
+        f"{gpu.profile_extra(v, 'ops_per_step'):.0f}" for v in ("vanillak", "spatialk", "simplek"))),
+    Claim(GPU, "(VanillaK-8 {} → {} ms, SimpleK-8 {} → {} ms)", lambda: tuple(
+        f"{gpu.extra_step_ms(k, v):.1f}" for v in ("vanillak", "simplek")
+        for k in ("ViT-B/16 eager", "ViT-B/16 compiled per block"))),
+    Claim(GPU, "ViT-S much less (VanillaK-8 {} → {} ms)", lambda: tuple(
+        f"{gpu.extra_step_ms(k, 'vanillak'):.1f}" for k in ("ViT-S/16 eager", "ViT-S/16 compiled per block"))),
+    Claim(GPU, "KUA-8 adds {} ms of device time", lambda: (f"{gpu.profile_extra('kua', 'device_ms_per_step'):.1f}",)),
+    Claim(GPU, "Run All took\n**{}**", lambda: (gpu.notebook_run_all(),)),
+    Claim(GPU, "as in run 2 ({} %, same seed); one more epoch of it and of its VanillaK-8 conversion gave\n{} % and {} %",
+          lambda: (f"{100 * gpu.notebook_gpu()['table']['start_test_acc']:.2f}",
+                   *(f"{100 * r['test acc']:.2f}" for r in gpu.notebook_gpu()["table"]["rows"]))),
+    Claim(GPU, "An epoch took {}–{} s, about {} images/s per run\nbut {} images/s on the GPU against {} with three runs:\n{}×",
+          lambda: (f"{min(gpu.study_epoch_times(6)):.1f}", f"{max(gpu.study_epoch_times(6)):.1f}",
+                   f"{gpu.study_pace(6)['images_per_s']:.0f}", f"{gpu.study_pace(6)['gpu_images_per_s']:.0f}",
+                   f"{gpu.study_pace(3)['gpu_images_per_s']:.0f}",
+                   f"{gpu.study_pace(6)['gpu_images_per_s'] / gpu.study_pace(3)['gpu_images_per_s']:.2f}")),
+    Claim(GPU, "one run takes about {} minutes, the primary comparison\nabout {} hours, all 81 runs about {} hours and "
+               "the learning-rate check about\n{} hours", lambda: tuple(
+        f"{gpu.study_pace(6)[k]:.0f}" for k in ("run_min", "stage0_h", "all_h", "lr_check_h"))),
     # --- dense_fmnist.md: the question, from the sweep file, the dataset's defaults and mkviz.stats
     Claim(DENSE, "box IoU at most {} with\n  every earlier", lambda: (
         f"{inspect.signature(mk('data.scenes', 'FashionScenesDataset')).parameters['max_iou'].default:g}",)),

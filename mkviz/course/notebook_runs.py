@@ -105,7 +105,7 @@ def render_page(results: dict[str, Any]) -> str:
         f"- {run['date']}, on {gpu}, {m['cpu_count']} CPU cores; Python {m['python']}, torch {m['torch']}, "
         f"timm {m['timm']}",
         f"- `{s.get('model')}` at {s.get('image_size')} px on `{s.get('dataset')}`, batch {s['batch_size']}, "
-        f"{s['epochs']} epochs per run at peak learning rate {s['lr']:g}, seed {table['seed']}"
+        f"{s['epochs']} epoch{'' if s['epochs'] == 1 else 's'} per run at peak learning rate {s['lr']:g}, seed {table['seed']}"
         f"{', bf16 autocast' if s.get('amp') else ''}",
         f"- the starting baseline's test accuracy: {100 * table['start_test_acc']:.2f} %",
         f"- Run All (the whole notebook, the baseline's own training included): **{_minutes(run['seconds'])}**",
