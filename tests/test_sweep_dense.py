@@ -99,3 +99,38 @@ def test_committed_detection_records_count_the_backbone():
         rec = json.loads(path.read_text())
         assert rec["flops_of"] == "backbone", path
         assert rec["flops"] == forward_flops(_detector(rec["train"], 0), "detection", 64), path
+
+
+def test_stated_test_adjusts_across_datasets():
+    """The stated test of a sweep over two tasks: Holm over the primary comparison of both datasets (and, for a
+    control, over all four stated comparisons), on the paired t-test and on the TOST, with each reading."""
+    from mkviz.studies import stats
+    from mkviz.studies.sweep_analysis import stated_test_block
+
+    sweep = {"baseline": "baseline", "configs": {"baseline": {}, "v": {}, "k": {}},
+             "report": {"primary": [["v", "baseline"]], "controls": [["k", "baseline"]], "family": "stated",
+                        "equivalence_margin": 0.01}}
+    base = {0: 0.40, 1: 0.41, 2: 0.39, 3: 0.40}
+    rows = {"seg": {"baseline": {"accs": base}, "v": {"accs": {s: x + 0.001 * (-1) ** s for s, x in base.items()}},
+                    "k": {"accs": {s: x - 0.05 - 0.002 * s for s, x in base.items()}}},
+            "det": {"baseline": {"accs": base}, "v": {"accs": {s: x + 0.004 + 0.003 * (-1) ** s for s, x in base.items()}},
+                    "k": {"accs": {s: x + 0.01 * (-1) ** s for s, x in base.items()}}}}
+    lines = [ln for ln in stated_test_block(sweep, rows).splitlines() if ln.startswith("| `")]
+    assert [ln.split(" | ")[:3] for ln in lines] == [["| `seg`", "`v` − `baseline`", "primary"],
+                                                     ["| `seg`", "`k` − `baseline`", "control"],
+                                                     ["| `det`", "`v` − `baseline`", "primary"],
+                                                     ["| `det`", "`k` − `baseline`", "control"]]
+    pairs = [(rows[d][c]["accs"], base) for d in ("seg", "det") for c in ("v", "k")]
+    p = [stats.paired(a, b)["p"] for a, b in pairs]
+    t = [stats.tost_paired(a, b, 0.01)["p"] for a, b in pairs]
+    primary_p, primary_t = stats.holm([p[0], p[2]]), stats.holm([t[0], t[2]])
+    family_p, family_t = stats.holm(p), stats.holm(t)
+    fmt = lambda x: "<0.001" if x < 0.001 else f"{x:.3f}"  # noqa: E731
+    cells = [ln.split(" | ") for ln in lines]
+    assert [c[6] for c in cells] == [fmt(primary_p[0]), fmt(family_p[1]), fmt(primary_p[1]), fmt(family_p[3])]
+    assert [c[8] for c in cells] == [fmt(primary_t[0]), fmt(family_t[1]), fmt(primary_t[1]), fmt(family_t[3])]
+    assert [c[9] for c in cells] == ["the 2 primary", "all 4", "the 2 primary", "all 4"]
+    assert cells[0][10] == "**equivalent** |" and cells[1][10] == "**differs** |"   # tiny Δ; a 5-point drop
+    assert cells[3][10] == "inconclusive |"                                         # ±1 point of noise
+    with pytest.raises(ValueError, match="report.equivalence_margin is needed"):
+        stated_test_block({**sweep, "report": {**sweep["report"], "equivalence_margin": None}}, rows)

@@ -2,6 +2,8 @@
 its YAML), and its chart-specialisation page, generated from the per-run JSON.
 
 Blocks of the reproduction page (see `mkviz.studies.sweep_report` for how blocks are kept in sync):
+    stated-test     (a sweep over several datasets) the stated comparisons of all datasets as one family: the
+                    stated test, with each comparison's reading
     comparisons     every comparison of the family (primary, controls, each configuration vs the baseline), each
                     read every way `mkviz.studies.stats.compare` gives, with Holm's adjustment over the primary pair and
                     over the whole family
@@ -29,7 +31,8 @@ from ..training.build import build_model
 from ..training.config import TrainConfig, model_spec, num_classes_of
 from . import stats
 
-__all__ = ["FAMILIES", "comparison_family", "in_holm_family", "holm_steps", "equivalence_columns", "comparisons_block", "lr_check_block", "cost_block", "curves_block",
+__all__ = ["FAMILIES", "comparison_family", "in_holm_family", "holm_steps", "equivalence_columns", "comparisons_block",
+           "stated_test_block", "lr_check_block", "cost_block", "curves_block",
            "curves_figure", "specialisation_blocks", "usage_block", "usage_entropy_of", "specialisation_figure", "page_link"]
 
 
@@ -164,6 +167,49 @@ def comparisons_block(sweep: dict[str, Any], rows: dict[str, dict[str, Any]]) ->
                      "column is the paired minimum detectable effect (80 % power) at the level Holm compared the "
                      "comparison's paired p with: within the primary comparisons for a primary one (the stated "
                      "test), within the family for the others.")
+    return "\n".join(lines) + "\n"
+
+
+def _reading(p_diff: float, p_equiv: float) -> str:
+    if p_diff < 0.05:
+        return "**differs**"
+    return "**equivalent**" if p_equiv < 0.05 else "inconclusive"
+
+
+def stated_test_block(sweep: dict[str, Any], summary: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """The stated test of a sweep over several datasets (tasks): the primary comparisons and controls of every
+    dataset as one family. Paired t-tests and TOST at `report.equivalence_margin`, each Holm-adjusted over the
+    primary comparisons of all datasets (the stated test for a primary one) and over the whole family (for a
+    control); a comparison differs when its adjusted p < 0.05, is equivalent when its adjusted TOST p < 0.05,
+    and is inconclusive otherwise."""
+    margin = (sweep.get("report") or {}).get("equivalence_margin")
+    if margin is None:
+        raise ValueError("report.equivalence_margin is needed for the stated test of a sweep over several datasets")
+    items = [(dataset, a, b, role, stats.paired(rows[a]["accs"], rows[b]["accs"]),
+              stats.tost_paired(rows[a]["accs"], rows[b]["accs"], margin)["p"])
+             for dataset, rows in summary.items() for a, b, role in comparison_family(sweep, rows)
+             if role in ("primary", "control")]
+    if not items:
+        return "No stated comparison has results yet.\n"
+    primary = [i for i, item in enumerate(items) if item[3] == "primary"]
+    holm_p, holm_tost = {}, {}
+    for group, key in ((range(len(items)), "family"), (primary, "primary")):  # primary last: the stated test
+        for i, p, t in zip(group, stats.holm([items[i][4]["p"] for i in group]),
+                           stats.holm([items[i][5] for i in group])):
+            holm_p[i], holm_tost[i] = (p, key), (t, key)
+    lines = [f"| dataset | comparison (a − b) | role | n | Δ pp, paired [95 % CI] | paired p | Holm p | "
+             f"TOST p (±{100 * margin:g} pp) | Holm TOST p | Holm over | reading |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
+    for i, (dataset, a, b, role, pr, tost) in enumerate(items):
+        (hp, over), (ht, _) = holm_p[i], holm_tost[i]
+        lines.append(f"| `{dataset}` | `{a}` − `{b}` | {role} | {pr['n']} | {_pp(pr['diff'])} [{_pp(pr['lo'])}, "
+                     f"{_pp(pr['hi'])}] | {_p(pr['p'])} | {_p(hp)} | {_p(tost)} | {_p(ht)} | "
+                     f"{'the ' + str(len(primary)) + ' primary' if over == 'primary' else 'all ' + str(len(items))} "
+                     f"| {_reading(hp, ht)} |")
+    lines += ["", f"Holm's adjustment runs over the datasets: a primary comparison within the {len(primary)} primary "
+              f"comparisons (the stated test), a control within all {len(items)} stated comparisons. Reading: "
+              "**differs** when the adjusted paired p is below 0.05, **equivalent** (within the margin) when the "
+              "adjusted TOST p is, inconclusive otherwise. The per-dataset tables below adjust within one dataset."]
     return "\n".join(lines) + "\n"
 
 

@@ -219,6 +219,8 @@ def render_blocks(sweep: dict[str, Any], records: Optional[list[dict[str, Any]]]
         blocks[f"results-{dataset}"] = _results_table(rows, base, label) if rows else "No finished runs yet.\n"
     rep = sweep.get("report") or {}
     if rep.get("primary"):  # a sweep that stated its comparisons: the full analysis
+        if len(sweep["datasets"]) > 1:
+            blocks["stated-test"] = analysis.stated_test_block(sweep, summary)
         for dataset, rows in summary.items():
             dataset_records = [r for r in records if r["dataset"] == dataset]
             blocks[f"comparisons-{dataset}"] = analysis.comparisons_block(sweep, rows)
