@@ -183,6 +183,55 @@ def dense_power(family: int) -> tuple[str, str]:
     return f"{alpha:g}", f"{mde:.2f}"
 
 
+@functools.lru_cache(None)
+def dense_rows() -> dict:
+    sweep = dense_sweep()
+    records = mk("sweep_report", "load_results")(ROOT / sweep["results_dir"])
+    return mk("sweep_report", "summarize")(records, sweep)
+
+
+DENSE_STATED = [("seg", "vanillak-8"), ("det", "vanillak-8"), ("seg", "kua-8"), ("det", "kua-8")]  # primary first
+
+
+@functools.lru_cache(None)
+def dense_test() -> dict:
+    """The dense study's stated test, per (task, configuration) against the baseline: the paired reading, the
+    TOST p at the stated margin, both Holm-adjusted (a primary comparison over the two primary ones, a
+    secondary one over all four), and the paired MDE at Holm's first level of its group."""
+    st, rows, margin = importlib.import_module("mkviz.stats"), dense_rows(), dense_sweep()["report"]["equivalence_margin"]
+    out = {}
+    for key in DENSE_STATED:
+        a, b = rows[key[0]][key[1]]["accs"], rows[key[0]]["baseline"]["accs"]
+        out[key] = {"paired": st.paired(a, b), "tost": st.tost_paired(a, b, margin)["p"]}
+    for group in (DENSE_STATED, DENSE_STATED[:2]):  # primary last: its own group is the stated test
+        for key, p, t in zip(group, st.holm([out[k]["paired"]["p"] for k in group]),
+                             st.holm([out[k]["tost"] for k in group])):
+            out[key].update(holm=p, holm_tost=t, mde=100 * st.min_detectable_effect(
+                out[key]["paired"]["se"], out[key]["paired"]["n"] - 1, 0.05 / len(group)))
+    return out
+
+
+def dense_diff(task: str, config: str) -> tuple[str, str, str, str]:
+    """Δ, its paired 95 % interval (points) and p of `config` − baseline on `task`."""
+    pr = dense_test()[(task, config)]["paired"]
+    return (f"{100 * pr['diff']:+.1f}", f"{100 * pr['lo']:+.1f}", f"{100 * pr['hi']:+.1f}", p_lt(pr["p"]))
+
+
+def dense_records(task: str) -> list[dict]:
+    sweep = dense_sweep()
+    return [r for r in mk("sweep_report", "load_results")(ROOT / sweep["results_dir"]) if r["dataset"] == task]
+
+
+def dense_last_gain(task: str) -> float:
+    """What the last epoch added to the validation metric, in points, averaged over the task's runs."""
+    key = f"val_{dense_sweep()['report']['metric'][task].removeprefix('test_')}"
+    return float(np.mean([100 * (r["history"][-1][key] - r["history"][-2][key]) for r in dense_records(task)]))
+
+
+def dense_times(task: str, config: str) -> list[float]:
+    return [r["train_time_s"] for r in dense_records(task) if r["config"] == config]
+
+
 def margin_pp() -> str:
     return f"{100 * study()[0]['report']['equivalence_margin']:g}"
 
@@ -307,6 +356,33 @@ CLAIMS = [
     Claim(DENSE, "unbalanced-atlas weight {} (as in", lambda: (f"{dense_sweep()['configs']['kua-8']['ua_weight']:g}",)),
     Claim(DENSE, "primary\n  comparisons (α = {}) detects with 80 % power a true difference of {} σ", lambda: dense_power(2)),
     Claim(DENSE, "four-comparison family (α = {}) one of {} σ", lambda: dense_power(4)),
+    # --- dense_fmnist.md: the answer, from the per-run JSON (dense_test: the stated test across the two tasks)
+    Claim(DENSE, "VanillaK-8 − baseline is {} points of test mIoU (paired 95 %\n  interval [{}, {}], p = {})",
+          lambda: dense_diff("seg", "vanillak-8")),
+    Claim(DENSE, "detection: {} points of test box mAP ([{}, {}], p = {})", lambda: dense_diff("det", "vanillak-8")),
+    Claim(DENSE, "Holm\n  over the two primary comparisons {} and {}", lambda: tuple(
+        p_lt(dense_test()[(t, "vanillak-8")]["holm"]) for t in ("seg", "det"))),
+    Claim(DENSE, "TOST p {} and {}, {} and {} after Holm's adjustment", lambda: (
+        *(p_lt(dense_test()[(t, "vanillak-8")]["tost"]) for t in ("seg", "det")),
+        *(p_lt(dense_test()[(t, "vanillak-8")]["holm_tost"]) for t in ("seg", "det")))),
+    Claim(DENSE, "σ = {} points of mIoU and\n  {} of mAP, so the stated test could detect a difference of {} points of mIoU "
+                 "or {} of mAP", lambda: (
+        *(f"{100 * dense_test()[(t, 'vanillak-8')]['paired']['sd']:.2f}" for t in ("seg", "det")),
+        *(f"{dense_test()[(t, 'vanillak-8')]['mde']:.1f}" for t in ("seg", "det")))),
+    Claim(DENSE, "{} points of mIoU ([{}, {}], p = {}) and", lambda: dense_diff("seg", "kua-8")),
+    Claim(DENSE, "{} points of box mAP\n  ([{}, {}], p = {})", lambda: dense_diff("det", "kua-8")),
+    Claim(DENSE, "over the four stated comparisons {} and {}", lambda: tuple(
+        p_lt(dense_test()[(t, "kua-8")]["holm"]) for t in ("seg", "det"))),
+    Claim(DENSE, "5 epochs added\n  {} points of validation mAP", lambda: (f"{dense_last_gain('det'):+.2f}",)),
+    Claim(DENSE, "its last epoch added {} points", lambda: (f"{dense_last_gain('seg'):+.2f}",)),
+    Claim(README, "VanillaK-8 − baseline is {} points of segmentation mIoU ([{}, {}]) and {} points of\ndetection box "
+                  "mAP ([{}, {}])", lambda: (*dense_diff("seg", "vanillak-8")[:3], *dense_diff("det", "vanillak-8")[:3])),
+    Claim(README, "(it could see about\n{} points)", lambda: (
+        f"{max(dense_test()[(t, 'vanillak-8')]['mde'] for t in ('seg', 'det')):.1f}",)),
+    Claim(README, "KUA-8 is\n{} and {} points behind", lambda: (
+        dense_diff("seg", "kua-8")[0], dense_diff("det", "kua-8")[0])),
+    Claim(DENSE, "detection runs took {} to {} s", lambda: tuple(
+        f"{f(dense_times('det', 'baseline')):.0f}" for f in (min, max))),
     # --- reproduction_fmnist.md: the question and the set-up
     Claim(REPRO, "KUA-8 (λ = {}", lambda: (str(study()[0]["configs"]["kua-8"]["ua_weight"]),)),
     Claim(REPRO, "the last epoch added {}–{} points", lambda: (
