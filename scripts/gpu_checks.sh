@@ -79,8 +79,6 @@ step notebook03 "notebook 03" 300 "${NOTEBOOK[@]}" MKVIZ_OUT="$OUT/nb03" \
 # 1b. the benchmark compiled per block
 step compiled-s "bench ViT-S compiled per block" 150 "${BENCH[@]}" "${SMALL[@]}" --compile blocks \
     --json "$OUT/bench_vit_s_blocks.json"
-
-
 step compiled-b "bench ViT-B compiled per block" 150 "${BENCH[@]}" "${BASE[@]}" --compile blocks \
     --json "$OUT/bench_vit_b_blocks.json"
 

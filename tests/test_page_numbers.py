@@ -190,24 +190,15 @@ def dense_rows() -> dict:
     return mk("sweep_report", "summarize")(records, sweep)
 
 
-DENSE_STATED = [("seg", "vanillak-8"), ("det", "vanillak-8"), ("seg", "kua-8"), ("det", "kua-8")]  # primary first
-
-
 @functools.lru_cache(None)
 def dense_test() -> dict:
-    """The dense study's stated test, per (task, configuration) against the baseline: the paired reading, the
-    TOST p at the stated margin, both Holm-adjusted (a primary comparison over the two primary ones, a
-    secondary one over all four), and the paired MDE at Holm's first level of its group."""
-    st, rows, margin = importlib.import_module("mkviz.stats"), dense_rows(), dense_sweep()["report"]["equivalence_margin"]
+    """The dense study's stated test (`stated_test`: Holm across the two tasks) by (task, configuration), each
+    with the paired MDE at Holm's first level of the group it was adjusted over."""
     out = {}
-    for key in DENSE_STATED:
-        a, b = rows[key[0]][key[1]]["accs"], rows[key[0]]["baseline"]["accs"]
-        out[key] = {"paired": st.paired(a, b), "tost": st.tost_paired(a, b, margin)["p"]}
-    for group in (DENSE_STATED, DENSE_STATED[:2]):  # primary last: its own group is the stated test
-        for key, p, t in zip(group, st.holm([out[k]["paired"]["p"] for k in group]),
-                             st.holm([out[k]["tost"] for k in group])):
-            out[key].update(holm=p, holm_tost=t, mde=100 * st.min_detectable_effect(
-                out[key]["paired"]["se"], out[key]["paired"]["n"] - 1, 0.05 / len(group)))
+    for c in mk("sweep_analysis", "stated_test")(dense_sweep(), dense_rows()):
+        pr = c["paired"]
+        mde = 100 * mk("stats", "min_detectable_effect")(pr["se"], pr["n"] - 1, 0.05 / c["holm_over"])
+        out[(c["dataset"], c["a"])] = {**c, "mde": mde}
     return out
 
 
@@ -361,10 +352,10 @@ CLAIMS = [
           lambda: dense_diff("seg", "vanillak-8")),
     Claim(DENSE, "detection: {} points of test box mAP ([{}, {}], p = {})", lambda: dense_diff("det", "vanillak-8")),
     Claim(DENSE, "Holm\n  over the two primary comparisons {} and {}", lambda: tuple(
-        p_lt(dense_test()[(t, "vanillak-8")]["holm"]) for t in ("seg", "det"))),
+        p_lt(dense_test()[(t, "vanillak-8")]["holm_p"]) for t in ("seg", "det"))),
     Claim(DENSE, "TOST p {} and {}, {} and {} after Holm's adjustment", lambda: (
-        *(p_lt(dense_test()[(t, "vanillak-8")]["tost"]) for t in ("seg", "det")),
-        *(p_lt(dense_test()[(t, "vanillak-8")]["holm_tost"]) for t in ("seg", "det")))),
+        *(p_lt(dense_test()[(t, "vanillak-8")]["tost_p"]) for t in ("seg", "det")),
+        *(p_lt(dense_test()[(t, "vanillak-8")]["holm_tost_p"]) for t in ("seg", "det")))),
     Claim(DENSE, "σ = {} points of mIoU and\n  {} of mAP, so the stated test could detect a difference of {} points of mIoU "
                  "or {} of mAP", lambda: (
         *(f"{100 * dense_test()[(t, 'vanillak-8')]['paired']['sd']:.2f}" for t in ("seg", "det")),
@@ -372,7 +363,7 @@ CLAIMS = [
     Claim(DENSE, "{} points of mIoU ([{}, {}], p = {}) and", lambda: dense_diff("seg", "kua-8")),
     Claim(DENSE, "{} points of box mAP\n  ([{}, {}], p = {})", lambda: dense_diff("det", "kua-8")),
     Claim(DENSE, "over the four stated comparisons {} and {}", lambda: tuple(
-        p_lt(dense_test()[(t, "kua-8")]["holm"]) for t in ("seg", "det"))),
+        p_lt(dense_test()[(t, "kua-8")]["holm_p"]) for t in ("seg", "det"))),
     Claim(DENSE, "5 epochs added\n  {} points of validation mAP", lambda: (f"{dense_last_gain('det'):+.2f}",)),
     Claim(DENSE, "its last epoch added {} points", lambda: (f"{dense_last_gain('seg'):+.2f}",)),
     Claim(README, "VanillaK-8 − baseline is {} points of segmentation mIoU ([{}, {}]) and {} points of\ndetection box "

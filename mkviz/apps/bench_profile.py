@@ -17,27 +17,14 @@ from typing import Any, Sequence
 
 import timm
 import torch
-from torch.nn import functional as F
 from torch.profiler import ProfilerActivity, profile
 
 from ..core.cost import machine_description
 from ..core.models import convert
-from .bench_suite import fused_adamw
+from .bench_suite import amp_context, training_step
 from .bench_timing import sync
 
-__all__ = ["profile_steps", "format_profile"]
-
-
-def _step_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, amp: bool):
-    opt = fused_adamw(model)  # the optimiser `mkviz bench run` times every model with
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-    return step
+__all__ = ["profile_steps", "format_profile", "format_profile_summary"]
 
 
 def _profile_one(step, device: torch.device, steps: int, top: int) -> dict[str, Any]:
@@ -79,10 +66,11 @@ def profile_steps(model: str = "vit_small_patch16_224", variants: Sequence[str] 
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch_size, 3, img_size, img_size, generator=gen).to(dev)
     y = torch.randint(0, base.num_classes or 1000, (batch_size,), generator=gen).to(dev)
+    amp = amp_context(dev.type, dtype)
     records, machine = [], machine_description()
     for variant in ("baseline", *variants):
         m = base if variant == "baseline" else convert(base, variant, num_charts).train()
-        step = _step_fn(m, x, y, dtype == "bfloat16")
+        step, _ = training_step(m, x, y, amp)  # the step `mkviz bench run` times
         for _ in range(warmup):
             step()
         rec = _profile_one(step, dev, steps, top)
@@ -94,8 +82,9 @@ def profile_steps(model: str = "vit_small_patch16_224", variants: Sequence[str] 
     return records
 
 
-def format_profile(records: Sequence[dict[str, Any]]) -> str:
-    """The per-model summary (step time, operators, kernels, device time) and each model's top operators."""
+def format_profile_summary(records: Sequence[dict[str, Any]]) -> str:
+    """The per-model table: step time, its extra over the baseline (the first record), operators, kernels and
+    device time per step."""
     base = records[0]
     lines = ["| model | step (ms) | extra over the baseline (ms) | operators / step | kernels / step "
              "| device time / step (ms) |", "|---|---:|---:|---:|---:|---:|"]
@@ -104,6 +93,12 @@ def format_profile(records: Sequence[dict[str, Any]]) -> str:
         name = r["variant"] + (f"-{r['num_charts']}" if r["num_charts"] else "")
         lines.append(f"| {name} | {fmt(r['step_ms'])} | {fmt(r['step_ms'] - base['step_ms'])} "
                      f"| {fmt(r['ops_per_step'], 0)} | {fmt(r['kernels_per_step'], 0)} | {fmt(r['device_ms_per_step'])} |")
+    return "\n".join(lines)
+
+
+def format_profile(records: Sequence[dict[str, Any]]) -> str:
+    """The per-model summary (`format_profile_summary`), then each model's top operators."""
+    lines = [format_profile_summary(records)]
     for r in records:
         lines += ["", f"{r['variant']}: top operators by {'device' if r['device'] == 'cuda' else 'CPU'} time per step"]
         lines += [f"  {t['ms_per_step']:8.2f} ms  {t['calls_per_step']:6.0f} calls  {t['name']}" for t in r["top"]]

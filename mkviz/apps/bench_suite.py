@@ -22,7 +22,8 @@ from ..core.key import LINEAR_VARIANTS, VARIANTS, resolve_variant
 from ..core.models import convert, fold
 from .bench_timing import libc, memory_method, peak_step_bytes, round_robin, time_ratio, sync, timed
 
-__all__ = ["COMPILE_SCOPES", "RECORD_FIELDS", "compile_blocks", "fused_adamw", "run_suite", "suite_pairs"]
+__all__ = ["COMPILE_SCOPES", "RECORD_FIELDS", "compile_blocks", "fused_adamw", "run_suite", "suite_pairs",
+           "amp_context", "training_step"]
 
 
 DEFAULT_MODELS = ("vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224",
@@ -57,6 +58,28 @@ def fused_adamw(model: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.AdamW(params, lr=1e-6, fused=True)
     except (RuntimeError, ValueError):  # no fused kernel for this device or dtype
         return torch.optim.AdamW(params, lr=1e-6)
+
+def amp_context(device_type: str, dtype: str) -> Callable[[], Any]:
+    """The context every model's forward runs in: bf16 autocast for dtype "bfloat16", nothing for "float32"."""
+    if dtype == "bfloat16":
+        return lambda: torch.autocast(device_type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+def training_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, amp: Callable[[], Any],
+                  run: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+                  ) -> tuple[Callable[[], None], torch.optim.Optimizer]:
+    """The timed training step, the same for every model: forward of `run` (default: `model`; its compiled
+    form when compiling) on x (B, 3, H, W) under the `amp` context, cross-entropy with y (B,), backward, a
+    `fused_adamw` step on `model`'s parameters. Returns the step and its optimiser."""
+    opt, run = fused_adamw(model), run or model
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with amp():
+            loss = F.cross_entropy(run(x), y)
+        loss.backward()
+        opt.step()
+    return step, opt
 
 def suite_pairs(variants: Sequence[str], num_charts: Sequence[int], quick: bool,
            explicit: bool) -> list[tuple[str, int]]:
@@ -127,15 +150,7 @@ class _GroupRunner:
         return f"{time.perf_counter() - self.t0:6.1f}s"
 
     def trainer(self, m: nn.Module) -> tuple[Callable[[], None], torch.optim.Optimizer]:
-        opt, run = fused_adamw(m), self.maybe_compile(m)
-
-        def step() -> None:
-            opt.zero_grad(set_to_none=True)
-            with self.amp():
-                loss = F.cross_entropy(run(self.x), self.y)
-            loss.backward()
-            opt.step()
-        return step, opt
+        return training_step(m, self.x, self.y, self.amp, run=self.maybe_compile(m))
 
     def inferrer(self, m: nn.Module) -> Callable[[], None]:
         run = self.maybe_compile(m)
@@ -249,7 +264,7 @@ def run_suite(
         pairs = suite_pairs(variants, num_charts, quick, explicit=False)
     pairs = list(dict.fromkeys((resolve_variant(v), int(h)) for v, h in pairs))
     model_kwargs = dict(model_kwargs or {})
-    amp = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if dtype == "bfloat16" else contextlib.nullcontext
+    amp = amp_context(dev.type, dtype)
     scope = ("model" if compile is True else compile) if compile else None
     maybe_compile = _compiler(scope)
     if scope:

@@ -24,7 +24,7 @@ from typing import Any, Optional, Sequence
 
 from ..core.checks import ArgumentParser, run_command
 
-__all__ = ["run_notebook_script", "render_page"]
+__all__ = ["run_notebook_script", "render_page", "format_duration"]
 
 ENV_PREFIX = "MKVIZ_"
 
@@ -68,7 +68,8 @@ def run_notebook_script(path: str | os.PathLike, record: str | os.PathLike,
     return out
 
 
-def _minutes(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """"2 min 30 s" (or "45 s"): how the page writes a Run All time."""
     minutes, rest = divmod(round(seconds), 60)
     return f"{minutes} min {rest} s" if minutes else f"{rest} s"
 
@@ -108,7 +109,7 @@ def render_page(results: dict[str, Any]) -> str:
         f"{s['epochs']} epoch{'' if s['epochs'] == 1 else 's'} per run at peak learning rate {s['lr']:g}, seed {table['seed']}"
         f"{', bf16 autocast' if s.get('amp') else ''}",
         f"- the starting baseline's test accuracy: {100 * table['start_test_acc']:.2f} %",
-        f"- Run All (the whole notebook, the baseline's own training included): **{_minutes(run['seconds'])}**",
+        f"- Run All (the whole notebook, the baseline's own training included): **{format_duration(run['seconds'])}**",
         "",
         "## The results table",
         "",

@@ -32,7 +32,7 @@ from ..training.config import TrainConfig, model_spec, num_classes_of
 from . import stats
 
 __all__ = ["FAMILIES", "comparison_family", "in_holm_family", "holm_steps", "equivalence_columns", "comparisons_block",
-           "stated_test_block", "lr_check_block", "cost_block", "curves_block",
+           "stated_test", "stated_test_block", "lr_check_block", "cost_block", "curves_block",
            "curves_figure", "specialisation_blocks", "usage_block", "usage_entropy_of", "specialisation_figure", "page_link"]
 
 
@@ -172,42 +172,50 @@ def comparisons_block(sweep: dict[str, Any], rows: dict[str, dict[str, Any]]) ->
 
 def _reading(p_diff: float, p_equiv: float) -> str:
     if p_diff < 0.05:
-        return "**differs**"
-    return "**equivalent**" if p_equiv < 0.05 else "inconclusive"
+        return "differs"
+    return "equivalent" if p_equiv < 0.05 else "inconclusive"
 
 
-def stated_test_block(sweep: dict[str, Any], summary: dict[str, dict[str, dict[str, Any]]]) -> str:
+def stated_test(sweep: dict[str, Any], summary: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
     """The stated test of a sweep over several datasets (tasks): the primary comparisons and controls of every
-    dataset as one family. Paired t-tests and TOST at `report.equivalence_margin`, each Holm-adjusted over the
-    primary comparisons of all datasets (the stated test for a primary one) and over the whole family (for a
-    control); a comparison differs when its adjusted p < 0.05, is equivalent when its adjusted TOST p < 0.05,
-    and is inconclusive otherwise."""
+    dataset as one family. Per comparison: {dataset, a, b, role, paired (`stats.paired`), tost_p (at
+    `report.equivalence_margin`), holm_p, holm_tost_p, holm_over (the size of the group Holm adjusted over: the
+    primary comparisons of all datasets for a primary one, the stated test; the whole family for a control),
+    reading ("differs" when holm_p < 0.05, "equivalent" when holm_tost_p < 0.05, else "inconclusive")}."""
     margin = (sweep.get("report") or {}).get("equivalence_margin")
     if margin is None:
         raise ValueError("report.equivalence_margin is needed for the stated test of a sweep over several datasets")
-    items = [(dataset, a, b, role, stats.paired(rows[a]["accs"], rows[b]["accs"]),
-              stats.tost_paired(rows[a]["accs"], rows[b]["accs"], margin)["p"])
-             for dataset, rows in summary.items() for a, b, role in comparison_family(sweep, rows)
-             if role in ("primary", "control")]
-    if not items:
+    out = [{"dataset": dataset, "a": a, "b": b, "role": role, "paired": stats.paired(rows[a]["accs"], rows[b]["accs"]),
+            "tost_p": stats.tost_paired(rows[a]["accs"], rows[b]["accs"], margin)["p"]}
+           for dataset, rows in summary.items() for a, b, role in comparison_family(sweep, rows)
+           if role in ("primary", "control")]
+    for group in (out, [c for c in out if c["role"] == "primary"]):  # primary last: its group is the stated test
+        for c, p, t in zip(group, stats.holm([c["paired"]["p"] for c in group]), stats.holm([c["tost_p"] for c in group])):
+            c.update(holm_p=p, holm_tost_p=t, holm_over=len(group))
+    for c in out:
+        c["reading"] = _reading(c["holm_p"], c["holm_tost_p"])
+    return out
+
+
+def stated_test_block(sweep: dict[str, Any], summary: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """The table of `stated_test`, with how to read it."""
+    tests = stated_test(sweep, summary)
+    if not tests:
         return "No stated comparison has results yet.\n"
-    primary = [i for i, item in enumerate(items) if item[3] == "primary"]
-    holm_p, holm_tost = {}, {}
-    for group, key in ((range(len(items)), "family"), (primary, "primary")):  # primary last: the stated test
-        for i, p, t in zip(group, stats.holm([items[i][4]["p"] for i in group]),
-                           stats.holm([items[i][5] for i in group])):
-            holm_p[i], holm_tost[i] = (p, key), (t, key)
+    margin = sweep["report"]["equivalence_margin"]
+    primary = sum(c["role"] == "primary" for c in tests)
     lines = [f"| dataset | comparison (a − b) | role | n | Δ pp, paired [95 % CI] | paired p | Holm p | "
              f"TOST p (±{100 * margin:g} pp) | Holm TOST p | Holm over | reading |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
-    for i, (dataset, a, b, role, pr, tost) in enumerate(items):
-        (hp, over), (ht, _) = holm_p[i], holm_tost[i]
-        lines.append(f"| `{dataset}` | `{a}` − `{b}` | {role} | {pr['n']} | {_pp(pr['diff'])} [{_pp(pr['lo'])}, "
-                     f"{_pp(pr['hi'])}] | {_p(pr['p'])} | {_p(hp)} | {_p(tost)} | {_p(ht)} | "
-                     f"{'the ' + str(len(primary)) + ' primary' if over == 'primary' else 'all ' + str(len(items))} "
-                     f"| {_reading(hp, ht)} |")
-    lines += ["", f"Holm's adjustment runs over the datasets: a primary comparison within the {len(primary)} primary "
-              f"comparisons (the stated test), a control within all {len(items)} stated comparisons. Reading: "
+    for c in tests:
+        pr = c["paired"]
+        over = f"the {primary} primary" if c["role"] == "primary" else f"all {len(tests)}"
+        reading = c["reading"] if c["reading"] == "inconclusive" else f"**{c['reading']}**"
+        lines.append(f"| `{c['dataset']}` | `{c['a']}` − `{c['b']}` | {c['role']} | {pr['n']} | {_pp(pr['diff'])} "
+                     f"[{_pp(pr['lo'])}, {_pp(pr['hi'])}] | {_p(pr['p'])} | {_p(c['holm_p'])} | {_p(c['tost_p'])} | "
+                     f"{_p(c['holm_tost_p'])} | {over} | {reading} |")
+    lines += ["", f"Holm's adjustment runs over the datasets: a primary comparison within the {primary} primary "
+              f"comparisons (the stated test), a control within all {len(tests)} stated comparisons. Reading: "
               "**differs** when the adjusted paired p is below 0.05, **equivalent** (within the margin) when the "
               "adjusted TOST p is, inconclusive otherwise. The per-dataset tables below adjust within one dataset."]
     return "\n".join(lines) + "\n"
